@@ -1,0 +1,161 @@
+"""Bus port. Two adapters implement it: `memory` (in-process, embedded mode) and `kafka`.
+
+Semantics follow Kafka, so code written against the port behaves the same on both:
+- a topic has a fixed number of partitions; a record's partition is chosen from its key
+  (same key, same partition; `partition_for_key` is the one hash both adapters use) or
+  round-robin when it has no key;
+- offsets are per partition, increasing from the partition's log start;
+- consumers join a group; each partition of a subscribed topic has one owner in the group;
+  assignment changes are reported to the `RebalanceListener` *from inside `poll_batch`*, on the
+  consumer's own thread;
+- `commit` stores the next offset to read; it is only a hint for the appender (the index is the
+  truth) and the at-least-once mark for the fetcher.
+"""
+
+from __future__ import annotations
+
+import zlib
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import NamedTuple
+
+
+class BusError(RuntimeError):
+    """A bus operation failed (delivery error, broker unreachable past the timeout...)."""
+
+
+class TopicPartition(NamedTuple):
+    topic: str
+    partition: int
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes
+    timestamp_ms: int
+
+    @property
+    def tp(self) -> TopicPartition:
+        return TopicPartition(self.topic, self.partition)
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionLag:
+    """A group's position on one partition: committed offset (None if never), log end offset."""
+
+    topic: str
+    partition: int
+    committed: int | None
+    high_watermark: int
+
+    @property
+    def lag(self) -> int:
+        return self.high_watermark - (self.committed or 0)
+
+
+# err is None on success; the message then carries its partition and offset.
+DeliveryCallback = Callable[[BusError | None, Message | None], None]
+
+
+def partition_for_key(key: bytes, partitions: int) -> int:
+    """Deterministic key -> partition (the memory adapter's; Kafka uses its own murmur2)."""
+    return zlib.crc32(key) % partitions
+
+
+class RebalanceListener:
+    """Callbacks for partition ownership; the default does nothing and starts at the committed offset."""
+
+    def on_assign(self, partitions: Sequence[TopicPartition]) -> Mapping[TopicPartition, int] | None:
+        """Called when partitions are granted. Return the offsets to start from (seek), or None
+        to start from the group's committed offset (else the log start)."""
+        return None
+
+    def on_revoke(self, partitions: Sequence[TopicPartition]) -> None:
+        """Called before partitions are taken away in an orderly rebalance: finish work on them."""
+
+    def on_lost(self, partitions: Sequence[TopicPartition]) -> None:
+        """Called when ownership was lost without an orderly revoke: commit nothing for them."""
+
+
+class Producer(ABC):
+    @abstractmethod
+    def produce(
+        self,
+        topic: str,
+        value: bytes,
+        key: bytes | None = None,
+        on_delivery: DeliveryCallback | None = None,
+    ) -> None:
+        """Queue a record. Blocks (back-pressure) while the local queue is full.
+        `on_delivery` runs later, from `poll` or `flush`, once the record is acknowledged."""
+
+    @abstractmethod
+    def poll(self, timeout: float = 0.0) -> None:
+        """Serve pending delivery callbacks."""
+
+    @abstractmethod
+    def flush(self, timeout: float = 30.0) -> None:
+        """Wait until every queued record is acknowledged; raise BusError past the timeout."""
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+
+class Consumer(ABC):
+    @abstractmethod
+    def subscribe(self, topics: Sequence[str], listener: RebalanceListener | None = None) -> None: ...
+
+    @abstractmethod
+    def poll_batch(self, max_messages: int, timeout: float) -> list[Message]:
+        """Up to `max_messages` records from the assigned partitions, waiting at most `timeout`
+        seconds for the first. Rebalance callbacks run from here."""
+
+    @abstractmethod
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        """Continue reading `tp` from `offset` (must be assigned)."""
+
+    @abstractmethod
+    def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
+        """Synchronously store, per partition, the next offset to read."""
+
+    @abstractmethod
+    def assignment(self) -> list[TopicPartition]: ...
+
+    @abstractmethod
+    def pause(self, partitions: Sequence[TopicPartition]) -> None: ...
+
+    @abstractmethod
+    def resume(self, partitions: Sequence[TopicPartition]) -> None: ...
+
+    @abstractmethod
+    def close(self) -> None:
+        """Leave the group (revoking partitions through the listener)."""
+
+
+class Bus(ABC):
+    """Factory for producers and consumers, plus the admin calls the services need."""
+
+    @abstractmethod
+    def create_topics(self, topics: Mapping[str, int]) -> None:
+        """Create topics (name -> partition count) that do not exist yet; idempotent."""
+
+    @abstractmethod
+    def partition_count(self, topic: str) -> int: ...
+
+    @abstractmethod
+    def producer(self) -> Producer: ...
+
+    @abstractmethod
+    def consumer(self, group_id: str) -> Consumer: ...
+
+    @abstractmethod
+    def lag(self, group_id: str, topic: str) -> list[PartitionLag]:
+        """Committed offset and log end of each partition of `topic` for `group_id`."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release admin resources."""

@@ -1,0 +1,162 @@
+"""Index port. Adapters: `sqlite` (embedded, a file in the output folder) and `postgres`.
+
+Both run the same versioned migrations (`index/migrations/NNNN_*.sql`, recorded in
+`schema_migrations`) and give the same answers: one contract suite checks both.
+
+The index is the source of truth for partition ownership and position: an appender that takes a
+partition bumps its epoch (`acquire_partition`) and resumes from `next_offset`; a segment becomes
+visible only through `commit_segment`, one transaction that refuses a stale epoch.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class IndexError_(RuntimeError):  # noqa: N801 - avoid shadowing the builtin IndexError
+    """An index operation failed."""
+
+
+class FencedError(IndexError_):
+    """The caller's epoch is no longer the partition's: another owner took over (zombie)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionLease:
+    topic: str
+    partition: int
+    epoch: int
+    next_offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionRow:
+    topic: str
+    partition: int
+    epoch: int
+    next_offset: int
+    owner: str | None
+    updated_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentRow:
+    segment_id: str  # e.g. "p00003/00000000000000001200-e2"
+    topic: str
+    partition: int
+    first_offset: int
+    last_offset: int
+    epoch: int
+    uri: str
+    item_count: int
+    sample_count: int
+    bytes: int
+    sha256: str
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class ItemRow:
+    item_id: str  # sha256 of the original downloaded bytes
+    segment_id: str
+    data_offset: int  # byte offset of the image member's data in the segment object
+    data_length: int
+    ext: str
+    mime: str | None
+    width: int | None
+    height: int | None
+    original_width: int | None
+    original_height: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class SampleRow:
+    sample_id: str
+    url: str
+    caption: str | None
+    status: str  # success | failed_to_download | failed_to_resize
+    error: str | None
+    item_id: str | None
+    segment_id: str  # the segment whose offset range carried this row's APPEND record
+    attrs: dict[str, Any] = field(default_factory=dict)  # the rest of img2dataset's columns
+    updated_at: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentCommit:
+    """One segment's transaction. `items` and `samples` have unique ids within the commit."""
+
+    epoch: int
+    segment: SegmentRow
+    items: Sequence[ItemRow]
+    samples: Sequence[SampleRow]
+    next_offset: int  # segment.last_offset + 1
+
+
+class Index(ABC):
+    @abstractmethod
+    def migrate(self) -> None:
+        """Apply pending migrations; safe to run concurrently from several processes."""
+
+    @abstractmethod
+    def acquire_partition(self, topic: str, partition: int, owner: str) -> PartitionLease:
+        """Take ownership: epoch := epoch + 1 (a new row starts at epoch 1, next_offset 0)."""
+
+    @abstractmethod
+    def commit_segment(self, commit: SegmentCommit) -> None:
+        """In one transaction: check the partition's epoch equals `commit.epoch` (else
+        FencedError, nothing written) and that `commit.segment.first_offset >= next_offset`;
+        insert the segment; insert items that are not stored yet (an item already indexed keeps
+        its first location); upsert samples (latest outcome wins); set next_offset."""
+
+    @abstractmethod
+    def partition(self, topic: str, partition: int) -> PartitionRow | None: ...
+
+    @abstractmethod
+    def partitions(self) -> list[PartitionRow]: ...
+
+    @abstractmethod
+    def existing_items(self, item_ids: Iterable[str]) -> set[str]:
+        """The subset of `item_ids` already indexed (dedup)."""
+
+    @abstractmethod
+    def known_samples(self, sample_ids: Iterable[str]) -> set[str]:
+        """The subset of `sample_ids` that already have a row (resume)."""
+
+    @abstractmethod
+    def item(self, item_id: str) -> ItemRow | None: ...
+
+    @abstractmethod
+    def sample(self, sample_id: str) -> SampleRow | None: ...
+
+    @abstractmethod
+    def samples_by_url(self, url: str) -> list[SampleRow]: ...
+
+    @abstractmethod
+    def segment(self, segment_id: str) -> SegmentRow | None: ...
+
+    @abstractmethod
+    def segments(self) -> list[SegmentRow]:
+        """All committed segments ordered by (partition, first_offset)."""
+
+    @abstractmethod
+    def items_for_segment(self, segment_id: str) -> list[ItemRow]:
+        """Items stored in that segment, in data_offset order."""
+
+    @abstractmethod
+    def samples_for_segment(self, segment_id: str) -> list[SampleRow]:
+        """Sample rows committed with that segment (successes and failures)."""
+
+    @abstractmethod
+    def status_counts(self) -> dict[str, int]:
+        """Sample rows per status."""
+
+    @abstractmethod
+    def error_counts(self) -> dict[str, int]:
+        """Failed sample rows per error message."""
+
+    @abstractmethod
+    def close(self) -> None: ...

@@ -1,0 +1,214 @@
+"""Records and events on the bus: versioned pydantic models and their named serializers.
+
+- `urls` values: a bare URL or a JSON object (leading `{`), as `kafka-console-producer` writes them.
+- `APPEND` values: serializer `append.v1`, a small binary frame (magic, version, metadata JSON
+  length, metadata JSON, payload) so image bytes travel without base64.
+- `SEGMENT_CLOSED` values: serializer `segment_closed.v1`, plain JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import time
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from i2d_segments.ids import sample_id_for
+
+
+class MalformedRecord(ValueError):
+    """A record that cannot be decoded: it becomes a failed sample or a logged skip, never a crash."""
+
+
+# --------------------------------------------------------------------------- urls topic
+
+
+class UrlRow(BaseModel):
+    """One input row, as read from a file or from the `urls` topic."""
+
+    model_config = ConfigDict(frozen=True)
+
+    url: str
+    caption: str | None = None
+    key: str | None = None
+    extra: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def sample_id(self) -> str:
+        return sample_id_for(self.url, self.key)
+
+
+def parse_url_value(
+    value: bytes | str, url_col: str = "url", caption_col: str | None = "caption"
+) -> UrlRow | None:
+    """Decode one `urls` record. Returns None for a blank line; raises MalformedRecord."""
+    text = value.decode("utf-8", errors="strict") if isinstance(value, bytes) else value
+    text = text.strip()
+    if not text:
+        return None
+    if not text.startswith("{"):
+        return UrlRow(url=text)
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise MalformedRecord(f"invalid JSON row: {e}") from e
+    if not isinstance(obj, dict):
+        raise MalformedRecord("JSON row is not an object")
+    url = obj.pop(url_col, None)
+    if not isinstance(url, str) or not url.strip():
+        raise MalformedRecord(f"JSON row has no {url_col!r} string")
+    caption = obj.pop(caption_col, None) if caption_col else None
+    key = obj.pop("key", None)
+    return UrlRow(
+        url=url.strip(),
+        caption=None if caption is None else str(caption),
+        key=None if key is None else str(key),
+        extra=obj,
+    )
+
+
+def encode_url_row(row: UrlRow) -> bytes:
+    """The JSON form of a row on the `urls` topic (a bare URL when it has nothing else)."""
+    if row.caption is None and row.key is None and not row.extra:
+        return row.url.encode("utf-8")
+    obj: dict[str, Any] = {"url": row.url}
+    if row.caption is not None:
+        obj["caption"] = row.caption
+    if row.key is not None:
+        obj["key"] = row.key
+    obj.update(row.extra)
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+# --------------------------------------------------------------------------- APPEND topic
+
+
+class SampleStatus(StrEnum):
+    SUCCESS = "success"
+    FAILED_TO_DOWNLOAD = "failed_to_download"
+    FAILED_TO_RESIZE = "failed_to_resize"
+
+
+class AppendMeta(BaseModel):
+    """Everything about one input row's outcome except the image bytes themselves."""
+
+    model_config = ConfigDict(frozen=True)
+
+    v: Literal[1] = 1
+    sample_id: str
+    url: str
+    caption: str | None = None
+    key: str | None = None
+    extra: dict[str, Any] = Field(default_factory=dict)
+    status: SampleStatus
+    error_message: str | None = None
+    # Successes only below.
+    item_id: str | None = None  # sha256 of the original downloaded bytes
+    ext: str | None = None  # jpg, png, webp: the member suffix in the segment
+    mime: str | None = None
+    width: int | None = None
+    height: int | None = None
+    original_width: int | None = None
+    original_height: int | None = None
+    original_size: int | None = None  # bytes downloaded
+    exif: str | None = None
+    hashes: dict[str, str] = Field(default_factory=dict)  # compute_hash column -> hex digest
+    staged: str | None = None  # claim check: store object holding the payload
+    fetched_at: float = Field(default_factory=time.time)
+
+    def sample_json(self) -> dict[str, Any]:
+        """img2dataset's per-sample metadata (the `.json` member and the parquet row)."""
+        out: dict[str, Any] = {
+            "url": self.url,
+            "caption": self.caption,
+            "key": self.key if self.key is not None else self.sample_id,
+            "status": self.status.value,
+            "error_message": self.error_message,
+            "width": self.width,
+            "height": self.height,
+            "original_width": self.original_width,
+            "original_height": self.original_height,
+            "exif": self.exif,
+        }
+        out.update(self.hashes)
+        out.update(self.extra)
+        out["sample_id"] = self.sample_id
+        return out
+
+
+class AppendRecord(BaseModel):
+    """One record of the APPEND topic: a success with its payload, or a failure without."""
+
+    model_config = ConfigDict(frozen=True)
+
+    meta: AppendMeta
+    payload: bytes | None = None
+
+    @property
+    def key(self) -> bytes:
+        """Successes are keyed by content (same bytes, same partition); failures by sample."""
+        if self.meta.status is SampleStatus.SUCCESS and self.meta.item_id:
+            return self.meta.item_id.encode()
+        return self.meta.sample_id.encode()
+
+
+APPEND_SERIALIZER = "append.v1"
+_APPEND_MAGIC = b"I2DA"
+_APPEND_HEADER = struct.Struct(">4sBI")  # magic, version, metadata length
+
+
+def encode_append(record: AppendRecord) -> bytes:
+    meta = record.meta.model_dump_json().encode("utf-8")
+    payload = record.payload or b""
+    return b"".join((_APPEND_HEADER.pack(_APPEND_MAGIC, 1, len(meta)), meta, payload))
+
+
+def decode_append(value: bytes) -> AppendRecord:
+    if len(value) < _APPEND_HEADER.size:
+        raise MalformedRecord("APPEND value shorter than its header")
+    magic, version, meta_len = _APPEND_HEADER.unpack_from(value)
+    if magic != _APPEND_MAGIC or version != 1:
+        raise MalformedRecord(f"not an {APPEND_SERIALIZER} record (magic={magic!r} v={version})")
+    start = _APPEND_HEADER.size
+    try:
+        meta = AppendMeta.model_validate_json(value[start : start + meta_len])
+    except ValueError as e:
+        raise MalformedRecord(f"invalid APPEND metadata: {e}") from e
+    payload = value[start + meta_len :]
+    return AppendRecord(meta=meta, payload=bytes(payload) if payload else None)
+
+
+# --------------------------------------------------------------------------- SEGMENT_CLOSED topic
+
+
+class SegmentClosed(BaseModel):
+    """Announced after a segment's index transaction committed: the segment is now visible."""
+
+    model_config = ConfigDict(frozen=True)
+
+    v: Literal[1] = 1
+    segment_id: str
+    uri: str
+    topic: str
+    partition: int
+    first_offset: int
+    last_offset: int
+    epoch: int
+    item_count: int
+    sample_count: int
+    bytes: int
+    sha256: str
+    created_at: float
+
+    def encode(self) -> bytes:
+        return self.model_dump_json().encode("utf-8")
+
+    @classmethod
+    def decode(cls, value: bytes) -> SegmentClosed:
+        try:
+            return cls.model_validate_json(value)
+        except ValueError as e:
+            raise MalformedRecord(f"invalid SEGMENT_CLOSED event: {e}") from e
