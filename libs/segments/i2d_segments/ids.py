@@ -10,7 +10,10 @@ def sha256_hex(data: bytes | memoryview) -> str:
 
 
 def sample_id_for(url: str, key: str | None = None) -> str:
-    """The row's own `key` when it carries one, else sha256(url): a URL enqueued twice is one sample."""
+    """The row's own `key` when it carries one, else sha256(url).
+
+    So a URL enqueued twice is one sample.
+    """
     if key is not None and key != "":
         return str(key)
     return sha256_hex(url.encode("utf-8"))

@@ -20,7 +20,10 @@ from i2d_segments.ids import sample_id_for
 
 
 class MalformedRecord(ValueError):
-    """A record that cannot be decoded: it becomes a failed sample or a logged skip, never a crash."""
+    """A record that cannot be decoded.
+
+    It becomes a failed sample or a logged skip, never a crash.
+    """
 
 
 # --------------------------------------------------------------------------- urls topic

@@ -68,9 +68,14 @@ def partition_for_key(key: bytes, partitions: int) -> int:
 
 
 class RebalanceListener:
-    """Callbacks for partition ownership; the default does nothing and starts at the committed offset."""
+    """Callbacks for partition ownership.
 
-    def on_assign(self, partitions: Sequence[TopicPartition]) -> Mapping[TopicPartition, int] | None:
+    The default does nothing and starts at the committed offset.
+    """
+
+    def on_assign(
+        self, partitions: Sequence[TopicPartition]
+    ) -> Mapping[TopicPartition, int] | None:
         """Called when partitions are granted. Return the offsets to start from (seek), or None
         to start from the group's committed offset (else the log start)."""
         return None
@@ -108,7 +113,9 @@ class Producer(ABC):
 
 class Consumer(ABC):
     @abstractmethod
-    def subscribe(self, topics: Sequence[str], listener: RebalanceListener | None = None) -> None: ...
+    def subscribe(
+        self, topics: Sequence[str], listener: RebalanceListener | None = None
+    ) -> None: ...
 
     @abstractmethod
     def poll_batch(self, max_messages: int, timeout: float) -> list[Message]:

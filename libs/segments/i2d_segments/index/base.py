@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
-class IndexError_(RuntimeError):  # noqa: N801 - avoid shadowing the builtin IndexError
+class IndexError_(RuntimeError):  # named so as not to shadow the builtin IndexError
     """An index operation failed."""
 
 

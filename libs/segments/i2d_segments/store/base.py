@@ -41,7 +41,10 @@ class SegmentUpload(ABC):
 
     @abstractmethod
     def complete(self) -> str:
-        """Publish the object atomically and return its URI; ObjectExistsError if the name exists."""
+        """Publish the object atomically and return its URI.
+
+        Raises ObjectExistsError if the name exists.
+        """
 
     @abstractmethod
     def abort(self) -> None:

@@ -1,0 +1,1 @@
+"""Pytest fixtures for the s3 test server (filled in by the adapter work)."""
