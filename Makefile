@@ -10,6 +10,7 @@ OUT     ?= out
 help:
 	@echo "make run    - download the bundled example list into ./$(OUT) (embedded mode)"
 	@echo "make test   - lint, type-check and run the whole test suite on real Kafka/S3/Postgres"
+	@echo "make lint / make typecheck / make unit - the parts of make test"
 
 venv: $(STAMP)
 
@@ -34,8 +35,10 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy libs/segments/i2d_segments services/fetcher/i2d_fetcher services/appender/i2d_appender services/materializer/i2d_materializer cli/i2d_cli tools/imageserver/i2d_imageserver
 
-test: $(STAMP) servers lint typecheck
+unit: $(STAMP) servers
 	$(BIN)/pytest -q
+
+test: lint typecheck unit
 
 clean:
 	rm -rf $(VENV) $(OUT) .mypy_cache .ruff_cache .pytest_cache

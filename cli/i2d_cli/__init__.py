@@ -1,0 +1,1 @@
+"""The img2dataset command line: wires the services and the kernel adapters."""

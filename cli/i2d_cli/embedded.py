@@ -1,0 +1,291 @@
+"""`img2dataset download`: the same fetcher, appender and materializer loops as the services,
+wired in one process over the embedded adapters (in-process bus, local folder, SQLite).
+
+Resume: the index is the truth. Rows already recorded are skipped before they are enqueued,
+and the in-process APPEND log starts at the index's `next_offset`, so the appender's fencing and
+offsets work exactly as they do on Kafka. Objects a killed run left behind (completed but never
+committed, or half-written) are removed first: this process owns the folder (a lock file says so).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import shutil
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+from i2d_appender.service import AppenderService
+from i2d_appender.settings import AppenderSettings
+from i2d_cli.inputs import RowReader, count_rows
+from i2d_cli.options import DownloadOptions
+from i2d_cli.progress import Progress
+from i2d_fetcher.service import FetcherService
+from i2d_fetcher.settings import FetcherSettings
+from i2d_materializer.service import MaterializerService
+from i2d_materializer.settings import MaterializerSettings
+from i2d_segments.bus.memory import MemoryBus
+from i2d_segments.gc import find_garbage
+from i2d_segments.index import Index
+from i2d_segments.index.sqlite import SqliteIndex
+from i2d_segments.records import UrlRow, encode_url_row
+from i2d_segments.store.local import LocalStore
+
+log = logging.getLogger(__name__)
+
+# How far the reader may run ahead of the fetcher: bounds memory whatever the list size.
+MAX_AHEAD = 20_000
+SKIP_BATCH = 2_000
+
+
+class DownloadInterrupted(Exception):
+    """SIGINT/SIGTERM: in-flight work was committed; running again resumes."""
+
+
+@dataclass
+class Summary:
+    rows_read: int = 0
+    rows_skipped: int = 0
+    rows_fetched: int = 0
+    successes: int = 0
+    elapsed: float = 0.0
+    status_counts: dict[str, int] = field(default_factory=dict)
+    error_counts: dict[str, int] = field(default_factory=dict)
+    segments: int = 0
+
+    @property
+    def images_per_second(self) -> float:
+        return self.successes / self.elapsed if self.elapsed > 0 else 0.0
+
+    def render(self) -> str:
+        lines = [
+            f"this run: {self.rows_fetched} rows fetched, {self.successes} images stored or "
+            f"deduplicated, {self.rows_skipped} rows skipped (already recorded), "
+            f"{self.elapsed:.1f}s, {self.images_per_second:.1f} images/s",
+            "dataset: "
+            + ", ".join(f"{k}={v}" for k, v in sorted(self.status_counts.items()))
+            + f", {self.segments} segments",
+        ]
+        if self.error_counts:
+            lines.append("failures by reason:")
+            top = sorted(self.error_counts.items(), key=lambda kv: (-kv[1], kv[0]))
+            lines += [f"  {n:>8}  {reason}" for reason, n in top[:20]]
+        return "\n".join(lines)
+
+
+@contextmanager
+def folder_lock(folder: Path) -> Iterator[None]:
+    folder.mkdir(parents=True, exist_ok=True)
+    handle: IO[str] = (folder / ".img2dataset.lock").open("w")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise RuntimeError(f"another img2dataset download is writing to {folder}") from None
+    try:
+        yield
+    finally:
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
+
+
+def _clear_output(folder: Path, index_name: str) -> None:
+    shutil.rmtree(folder / "segments", ignore_errors=True)
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        (folder / f"{index_name}{suffix}").unlink(missing_ok=True)
+
+
+class EmbeddedDownload:
+    def __init__(self, opts: DownloadOptions, fetcher_settings: FetcherSettings) -> None:
+        self.opts = opts
+        self.fetcher_settings = fetcher_settings
+        self.folder = Path(opts.output_folder)
+        self.stop_requested = threading.Event()
+
+    def run(self) -> Summary:
+        with folder_lock(self.folder):
+            if self.opts.incremental_mode == "overwrite":
+                _clear_output(self.folder, self.opts.index_name)
+            store = LocalStore(self.folder)
+            index = SqliteIndex(self.folder / self.opts.index_name)
+            try:
+                index.migrate()
+                for garbage in find_garbage(store, index, grace_seconds=0):
+                    store.delete(garbage.name)
+                return self._run(store, index)
+            finally:
+                index.close()
+
+    def _run(self, store: LocalStore, index: Index) -> Summary:
+        fs = self.fetcher_settings
+        bus = MemoryBus()
+        lease = index.partition(fs.append_topic, 0)
+        bus.create_topic(fs.urls_topic, 1)
+        bus.create_topic(fs.append_topic, 1, start_offsets=[lease.next_offset if lease else 0])
+        bus.create_topic(fs.closed_topic, 1)
+        common = {
+            "append_topic": fs.append_topic,
+            "closed_topic": fs.closed_topic,
+            "urls_topic": fs.urls_topic,
+            "metrics_port": 0,
+            "create_topics": False,
+        }
+        appender = AppenderService(
+            bus,
+            store,
+            index,
+            AppenderSettings(
+                number_sample_per_shard=self.opts.number_sample_per_shard,
+                segment_max_bytes=self.opts.segment_max_bytes,
+                segment_idle_seconds=3600.0,
+                **common,  # type: ignore[arg-type]
+            ),
+        )
+        materializer = MaterializerService(
+            bus,
+            store,
+            index,
+            MaterializerSettings(**common),  # type: ignore[arg-type]
+        )
+        fetcher = FetcherService(bus, fs, store=store)
+
+        stops = {name: threading.Event() for name in ("fetcher", "appender", "materializer")}
+        errors: list[BaseException] = []
+
+        def guarded(fn: Callable[[threading.Event], None], stop: threading.Event) -> None:
+            try:
+                fn(stop)
+            except BaseException as e:
+                errors.append(e)
+                self.stop_requested.set()
+
+        threads = [
+            threading.Thread(target=guarded, args=(fetcher.run, stops["fetcher"]), name="fetcher"),
+            threading.Thread(
+                target=guarded, args=(appender.run, stops["appender"]), name="appender"
+            ),
+            threading.Thread(
+                target=guarded, args=(materializer.run, stops["materializer"]), name="materializer"
+            ),
+        ]
+        for t in threads:
+            t.start()
+
+        summary = Summary()
+        started = time.monotonic()
+        total = count_rows(self.opts.url_list, self.opts.input_format)
+        progress = Progress(total=total, enabled=self.opts.progress)
+        try:
+            produced = self._enqueue(bus, index, fetcher, summary, progress)
+            progress.set_total(summary.rows_skipped + produced)
+            self._wait(lambda: fetcher.rows_done >= produced or bool(errors), fetcher, progress)
+            # Everything is on the APPEND log: close segments as soon as the appender is idle.
+            appender.close_when_idle.set()
+            append_start = lease.next_offset if lease else 0
+            self._wait(
+                lambda: _caught_up(bus, "appender", fs.append_topic, append_start) or bool(errors)
+            )
+            self._wait(lambda: _caught_up(bus, "materializer", fs.closed_topic, 0) or bool(errors))
+        finally:
+            progress.close()
+            # Order matters: the fetcher drains first, then the appender commits its segments.
+            for name in ("fetcher", "appender", "materializer"):
+                stops[name].set()
+                next(t for t in threads if t.name == name).join()
+        if errors:
+            raise errors[0]
+        summary.elapsed = time.monotonic() - started
+        summary.rows_fetched = fetcher.rows_done
+        summary.successes = fetcher.successes
+        summary.status_counts = index.status_counts()
+        summary.error_counts = index.error_counts()
+        summary.segments = len(index.segments())
+        if self.stop_requested.is_set():
+            raise DownloadInterrupted(summary.render())
+        return summary
+
+    def _enqueue(
+        self,
+        bus: MemoryBus,
+        index: Index,
+        fetcher: FetcherService,
+        summary: Summary,
+        progress: Progress,
+    ) -> int:
+        """Produce every row not recorded yet; returns how many were produced."""
+        topic = self.fetcher_settings.urls_topic
+        producer = bus.producer()
+        reader = RowReader(
+            self.opts.input_format,
+            self.opts.url_col,
+            self.opts.caption_col,
+            self.opts.save_additional_columns,
+        )
+        skip_known = self.opts.incremental_mode == "incremental"
+        produced = 0
+        batch: list[UrlRow] = []
+
+        def flush_batch() -> None:
+            nonlocal produced
+            known = index.known_samples(r.sample_id for r in batch) if skip_known else set()
+            for row in batch:
+                if row.sample_id in known:
+                    summary.rows_skipped += 1
+                    progress.skipped(1)
+                    continue
+                producer.produce(topic, encode_url_row(row))
+                produced += 1
+            batch.clear()
+            producer.poll(0)
+            self._truncate_consumed(bus)
+            while produced - fetcher.rows_done > MAX_AHEAD and not self.stop_requested.is_set():
+                progress.update(fetcher.rows_done, fetcher.successes)
+                time.sleep(0.05)
+
+        for row in reader.rows(self.opts.url_list):
+            if self.stop_requested.is_set():
+                break
+            summary.rows_read += 1
+            batch.append(row)
+            if len(batch) >= SKIP_BATCH:
+                flush_batch()
+        if batch and not self.stop_requested.is_set():
+            flush_batch()
+        producer.flush()
+        return produced
+
+    def _wait(
+        self,
+        done: Callable[[], bool],
+        fetcher: FetcherService | None = None,
+        progress: Progress | None = None,
+    ) -> None:
+        while not done() and not self.stop_requested.is_set():
+            if fetcher is not None and progress is not None:
+                progress.update(fetcher.rows_done, fetcher.successes)
+            time.sleep(0.05)
+        if fetcher is not None and progress is not None:
+            progress.update(fetcher.rows_done, fetcher.successes)
+
+    def _truncate_consumed(self, bus: MemoryBus) -> None:
+        """Drop log records every group has committed past: the in-process log is not a
+        retention store, and image payloads would otherwise pile up in memory."""
+        fs = self.fetcher_settings
+        for group, topic in ((fs.group_id, fs.urls_topic), ("appender", fs.append_topic)):
+            for lag in bus.lag(group, topic):
+                if lag.committed:
+                    bus.truncate_before(topic, lag.partition, lag.committed)
+
+
+def _caught_up(bus: MemoryBus, group: str, topic: str, log_start: int) -> bool:
+    """The group committed everything on the (single-partition) topic; a group that never
+    committed is caught up only if nothing was produced since the log started."""
+    return all(
+        (log_start if p.committed is None else p.committed) >= p.high_watermark
+        for p in bus.lag(group, topic)
+    )

@@ -1,0 +1,59 @@
+"""`img2dataset enqueue`: write a url list to the `urls` topic, one record per row.
+
+Rows go out in the topic's own format (a bare URL, or a JSON object when the row has more
+than a URL), keyed by sample id so a URL enqueued twice lands on the same partition.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from pydantic import Field
+
+from i2d_cli.inputs import RowReader
+from i2d_segments.connect import open_kafka_bus
+from i2d_segments.records import encode_url_row
+from i2d_segments.settings import ConnectionSettings
+
+
+class EnqueueSettings(ConnectionSettings):
+    url_list: str = Field(description="A url file, or a folder of them.")
+    input_format: str = Field("txt", description="txt, csv, tsv, json, jsonl (.gz), parquet.")
+    url_col: str = Field("url", description="Column holding the url.")
+    caption_col: str | None = Field(None, description="Column holding the caption.")
+    save_additional_columns: list[str] | None = Field(
+        None, description="More input columns carried with each row."
+    )
+
+
+def enqueue(settings: EnqueueSettings) -> int:
+    bus = open_kafka_bus(settings)
+    try:
+        if settings.create_topics:
+            bus.create_topics(settings.topic_partitions())
+        producer = bus.producer()
+        reader = RowReader(
+            settings.input_format,
+            settings.url_col,
+            settings.caption_col,
+            settings.save_additional_columns,
+        )
+        started = time.monotonic()
+        count = 0
+        for row in reader.rows(settings.url_list):
+            producer.produce(settings.urls_topic, encode_url_row(row), key=row.sample_id.encode())
+            count += 1
+            if count % 10_000 == 0:
+                producer.poll(0)
+                print(f"enqueued {count} rows", file=sys.stderr)
+        producer.flush()
+        producer.close()
+        elapsed = time.monotonic() - started
+        print(
+            f"enqueued {count} rows to {settings.urls_topic} in {elapsed:.1f}s",
+            file=sys.stderr,
+        )
+        return count
+    finally:
+        bus.close()

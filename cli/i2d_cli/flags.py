@@ -1,0 +1,70 @@
+"""One flag per settings field: `--field_name value` or `--field_name=value`, as img2dataset.
+
+Values are parsed like python-fire does for img2dataset users: Python literals where they
+parse (`'[]'`, `"['noai']"`, `None`, `True`, `1e9`), plain strings otherwise; pydantic then
+validates them against the field's type. A bare `--flag` means True.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+from collections.abc import Iterable
+from typing import Any, get_args
+
+from pydantic import BaseModel
+
+
+def parse_value(text: str) -> Any:
+    if text in ("inf", "+inf", "-inf"):
+        return float(text)
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def add_model_flags(
+    parser: argparse.ArgumentParser,
+    model: type[BaseModel],
+    *,
+    skip: Iterable[str] = (),
+    group_title: str | None = None,
+) -> None:
+    target: Any = parser.add_argument_group(group_title) if group_title else parser
+    existing = {a.dest for a in parser._actions}
+    skipped = set(skip)
+    for name, field in model.model_fields.items():
+        if name in skipped or name in existing:
+            continue
+        default = field.get_default(call_default_factory=False)
+        shown = "" if default is None or callable(default) else f" (default: {default!r})"
+        target.add_argument(
+            f"--{name}",
+            dest=name,
+            nargs="?",
+            const="True",
+            default=argparse.SUPPRESS,
+            metavar=name.upper(),
+            help=(field.description or "") + shown,
+        )
+
+
+def _is_text(annotation: Any) -> bool:
+    """str or str | None: keep the text as typed (`--url_col 123` is the column "123")."""
+    return annotation is str or set(get_args(annotation)) == {str, type(None)}
+
+
+def model_kwargs(ns: argparse.Namespace, model: type[BaseModel]) -> dict[str, Any]:
+    """The flags the user gave for `model`'s fields (absent ones fall back to env/defaults)."""
+    given = vars(ns)
+    out: dict[str, Any] = {}
+    for name, field in model.model_fields.items():
+        if name not in given:
+            continue
+        text = given[name]
+        if _is_text(field.annotation):
+            out[name] = None if text == "None" else text
+        else:
+            out[name] = parse_value(text)
+    return out

@@ -1,0 +1,35 @@
+"""Options of `img2dataset download` that are not a service's settings (img2dataset's names)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class DownloadOptions(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    url_list: str = Field(description="A url file, or a folder of them.")
+    output_folder: str = Field("images", description="Where segments, index and metadata go.")
+    input_format: str = Field(
+        "txt", description="txt, csv, tsv, json, jsonl (each also .gz), or parquet."
+    )
+    url_col: str = Field("url", description="Column holding the url (csv, tsv, json, parquet).")
+    caption_col: str | None = Field(None, description="Column holding the caption.")
+    save_additional_columns: list[str] | None = Field(
+        None, description="More input columns kept in each sample's metadata."
+    )
+    number_sample_per_shard: int = Field(
+        10000, ge=1, description="Input rows per segment (segments also close by size)."
+    )
+    incremental_mode: Literal["incremental", "overwrite", "extend"] = Field(
+        "incremental",
+        description="incremental: skip rows already recorded (resume); overwrite: start over; "
+        "extend: fetch every row again, keeping what is stored.",
+    )
+    index_name: str = Field("index.sqlite", description="SQLite index file in output_folder.")
+    segment_max_bytes: int = Field(
+        512 * 1024 * 1024, ge=1024, description="Close a segment once it holds this many bytes."
+    )
+    progress: bool = Field(True, description="Show a progress bar with rate and ETA.")

@@ -1,0 +1,60 @@
+"""`img2dataset serve <service>`: one service over Kafka, the store and the index, with
+/metrics, /healthz and /readyz, stopping cleanly on SIGTERM (work in flight is finished and
+committed, offsets are stored)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from i2d_appender.service import AppenderService
+from i2d_appender.settings import AppenderSettings
+from i2d_fetcher.service import FetcherService
+from i2d_fetcher.settings import FetcherSettings
+from i2d_materializer.service import MaterializerService
+from i2d_materializer.settings import MaterializerSettings
+from i2d_segments.connect import index_from, open_kafka_bus, store_from
+from i2d_segments.runtime import Health, HealthServer, stop_event_on_signals
+from i2d_segments.settings import ConnectionSettings
+
+log = logging.getLogger(__name__)
+
+SETTINGS: dict[str, type[ConnectionSettings]] = {
+    "fetcher": FetcherSettings,
+    "appender": AppenderSettings,
+    "materializer": MaterializerSettings,
+}
+
+
+def serve(name: str, settings: ConnectionSettings) -> None:
+    stop = stop_event_on_signals()
+    health = Health()
+    server = (
+        HealthServer(health, settings.metrics_host, settings.metrics_port).start()
+        if settings.metrics_port
+        else None
+    )
+    bus = open_kafka_bus(settings)
+    service: Any
+    try:
+        if settings.create_topics:
+            bus.create_topics(settings.topic_partitions())
+        store = store_from(settings)
+        if isinstance(settings, FetcherSettings):
+            service = FetcherService(bus, settings, store=store, health=health)
+        else:
+            index = index_from(settings)
+            health.add_check("index", lambda: index.partitions() is not None)
+            if isinstance(settings, AppenderSettings):
+                service = AppenderService(bus, store, index, settings, health=health)
+            elif isinstance(settings, MaterializerSettings):
+                service = MaterializerService(bus, store, index, settings, health=health)
+            else:
+                raise ValueError(f"unknown service {name!r}")
+        log.info("%s serving (owner %s)", name, settings.owner)
+        service.run(stop)
+        log.info("%s stopped cleanly", name)
+    finally:
+        bus.close()
+        if server is not None:
+            server.stop()

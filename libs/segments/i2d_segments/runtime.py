@@ -1,0 +1,150 @@
+"""What every long-running service shares: health state, the /metrics + health endpoint, signals.
+
+- `/healthz` (liveness): the service loop has beaten within `stall_seconds`; a wedged loop gets
+  restarted by the orchestrator.
+- `/readyz` (readiness): every registered check passes (dependencies reachable, partitions
+  assigned, no partition stopped on a permanent error); it answers JSON with each check.
+- `/metrics`: prometheus-client's registry.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TypeVar
+
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class Health:
+    """Liveness beats from the service loop and named readiness checks."""
+
+    def __init__(self, stall_seconds: float = 120.0) -> None:
+        self.stall_seconds = stall_seconds
+        self._last_beat = time.monotonic()
+        self._checks: dict[str, Callable[[], bool]] = {}
+        self._lock = threading.Lock()
+
+    def beat(self) -> None:
+        self._last_beat = time.monotonic()
+
+    def alive(self) -> bool:
+        return time.monotonic() - self._last_beat < self.stall_seconds
+
+    def add_check(self, name: str, check: Callable[[], bool]) -> None:
+        with self._lock:
+            self._checks[name] = check
+
+    def readiness(self) -> dict[str, bool]:
+        with self._lock:
+            checks = dict(self._checks)
+        out: dict[str, bool] = {}
+        for name, check in checks.items():
+            try:
+                out[name] = bool(check())
+            except Exception:  # a failing probe is "not ready", never a crash
+                log.debug("readiness check %s raised", name, exc_info=True)
+                out[name] = False
+        return out
+
+
+class _Handler(BaseHTTPRequestHandler):
+    health: Health  # set on the per-server subclass
+
+    def do_GET(self) -> None:
+        path = self.path.split("?", 1)[0]
+        if path == "/metrics":
+            self._send(200, generate_latest(REGISTRY), CONTENT_TYPE_LATEST)
+        elif path == "/healthz":
+            ok = self.health.alive()
+            self._send(200 if ok else 503, b"ok\n" if ok else b"stalled\n", "text/plain")
+        elif path == "/readyz":
+            checks = self.health.readiness()
+            ok = all(checks.values())
+            body = json.dumps({"ready": ok, "checks": checks}).encode()
+            self._send(200 if ok else 503, body, "application/json")
+        else:
+            self._send(404, b"not found\n", "text/plain")
+
+    def _send(self, code: int, body: bytes, content_type: str) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        log.debug("http %s", format % args)
+
+
+class HealthServer:
+    """Serves /metrics, /healthz and /readyz from a daemon thread."""
+
+    def __init__(self, health: Health, host: str, port: int) -> None:
+        handler = type("Handler", (_Handler,), {"health": health})
+        self._server = ThreadingHTTPServer((host, port), handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="health-http", daemon=True
+        )
+
+    @property
+    def port(self) -> int:
+        return int(self._server.server_address[1])
+
+    def start(self) -> HealthServer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def stop_event_on_signals() -> threading.Event:
+    """An event set by SIGTERM or SIGINT: the service loop finishes its work and exits."""
+    stop = threading.Event()
+
+    def handler(signum: int, _frame: object) -> None:
+        log.info("received %s, shutting down", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+    return stop
+
+
+def retry_call(
+    fn: Callable[[], T],
+    *,
+    what: str,
+    retry_on: tuple[type[BaseException], ...],
+    attempts: int = 6,
+    base_delay: float = 0.2,
+    max_delay: float = 10.0,
+    stop: threading.Event | None = None,
+) -> T:
+    """Call `fn`, retrying transient errors with bounded exponential backoff; the last error
+    propagates, so a permanent failure stops the caller loudly instead of skipping data."""
+    delay = base_delay
+    for attempt in range(1, attempts + 1):
+        try:
+            return fn()
+        except retry_on as e:
+            if attempt == attempts or (stop is not None and stop.is_set()):
+                raise
+            log.warning("%s failed (attempt %d/%d): %s; retrying", what, attempt, attempts, e)
+            if stop is not None:
+                stop.wait(delay)
+            else:
+                time.sleep(delay)
+            delay = min(delay * 2, max_delay)
+    raise AssertionError("unreachable")

@@ -1,0 +1,33 @@
+"""Prometheus metrics of the appender (no URL or host labels: bounded cardinality)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+RECORDS = Counter(
+    "img2dataset_appender_records_total",
+    "APPEND records consumed, by outcome (stored, duplicate, failure, malformed).",
+    ["outcome"],
+)
+SEGMENTS_CLOSED = Counter(
+    "img2dataset_appender_segments_closed_total", "Segments committed to the index."
+)
+SEGMENT_BYTES = Histogram(
+    "img2dataset_appender_segment_bytes",
+    "Size of committed segments.",
+    buckets=[2**k for k in range(16, 34, 2)],
+)
+COMMIT_SECONDS = Histogram(
+    "img2dataset_appender_commit_seconds",
+    "Time from closing a segment to its index commit and announcement.",
+)
+OPEN_SEGMENT_BYTES = Gauge(
+    "img2dataset_appender_open_segment_bytes", "Bytes written to currently open segments."
+)
+FENCED = Counter(
+    "img2dataset_appender_fenced_total",
+    "Segment commits refused because another owner took the partition (zombie).",
+)
+OWNED_PARTITIONS = Gauge(
+    "img2dataset_appender_owned_partitions", "APPEND partitions this instance owns."
+)

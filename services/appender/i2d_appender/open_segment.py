@@ -1,0 +1,137 @@
+"""One segment being written: TAR bytes stream to the store, index rows accumulate in memory.
+
+Nothing here is visible to readers: the object appears at `complete()` and becomes part of the
+dataset only when the service commits the rows this class collected.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from i2d_segments.bus import TopicPartition
+from i2d_segments.ids import sha256_hex
+from i2d_segments.index import ItemRow, SampleRow, SegmentCommit, SegmentRow
+from i2d_segments.naming import segment_id_of, segment_object_name
+from i2d_segments.records import AppendRecord, SampleStatus
+from i2d_segments.segment import SegmentWriter, sample_members
+from i2d_segments.store import SegmentStore
+
+# Columns carried by SampleRow itself; everything else of img2dataset's row goes to `attrs`.
+_SAMPLE_COLUMNS = ("url", "caption", "status", "error_message", "sample_id")
+
+
+@dataclass(frozen=True, slots=True)
+class ClosedSegment:
+    commit: SegmentCommit
+    staged: list[str]  # claim-check objects to delete once the commit is durable
+
+
+class OpenSegment:
+    def __init__(
+        self, store: SegmentStore, tp: TopicPartition, epoch: int, first_offset: int
+    ) -> None:
+        self.tp = tp
+        self.epoch = epoch
+        self.first_offset = first_offset
+        self.last_offset = first_offset - 1
+        self.name = segment_object_name(tp.partition, first_offset, epoch)
+        self.segment_id = segment_id_of(self.name)
+        self.created_at = time.time()
+        self.last_append = time.monotonic()
+        self.records = 0
+        self._upload = store.begin_upload(self.name)
+        self._writer = SegmentWriter(self._upload.write, mtime=int(self.created_at))
+        self._items: list[ItemRow] = []
+        self._item_ids: set[str] = set()
+        self._samples: dict[str, SampleRow] = {}
+        self._staged: list[str] = []
+
+    @property
+    def bytes_written(self) -> int:
+        return self._writer.bytes_written
+
+    def holds_item(self, item_id: str) -> bool:
+        return item_id in self._item_ids
+
+    def add(self, offset: int, record: AppendRecord, payload: bytes | None, stored: bool) -> None:
+        """Add one APPEND record. `stored`: the item is already in the index or this segment, so
+        only the sample row is recorded (dedup); `payload` is the image when it must be written."""
+        meta = record.meta
+        item_id: str | None = None
+        if meta.status is SampleStatus.SUCCESS and meta.item_id:
+            item_id = meta.item_id
+            if not stored:
+                if payload is None:
+                    raise ValueError(f"success record at offset {offset} carries no payload")
+                self._write_item(record, payload)
+        if meta.staged:
+            self._staged.append(meta.staged)
+        row = meta.sample_json()
+        self._samples[meta.sample_id] = SampleRow(
+            sample_id=meta.sample_id,
+            url=meta.url,
+            caption=meta.caption,
+            status=meta.status.value,
+            error=meta.error_message,
+            item_id=item_id,
+            segment_id=self.segment_id,
+            attrs={k: v for k, v in row.items() if k not in _SAMPLE_COLUMNS},
+            updated_at=time.time(),
+        )
+        self.last_offset = offset
+        self.records += 1
+        self.last_append = time.monotonic()
+
+    def _write_item(self, record: AppendRecord, payload: bytes) -> None:
+        meta = record.meta
+        assert meta.item_id is not None
+        ext = meta.ext or "jpg"
+        members = sample_members(meta.item_id, ext, payload, meta.sample_json(), meta.caption)
+        image_location = self._writer.add_sample(meta.item_id, members)[0]
+        self._items.append(
+            ItemRow(
+                item_id=meta.item_id,
+                segment_id=self.segment_id,
+                data_offset=image_location.data_offset,
+                data_length=image_location.data_length,
+                ext=ext,
+                mime=meta.mime,
+                width=meta.width,
+                height=meta.height,
+                original_width=meta.original_width,
+                original_height=meta.original_height,
+                data_sha256=sha256_hex(payload),
+            )
+        )
+        self._item_ids.add(meta.item_id)
+
+    def finish(self) -> ClosedSegment:
+        """Write the end of the archive and publish the object (If-None-Match semantics)."""
+        digest = self._writer.finish()
+        uri = self._upload.complete()
+        segment = SegmentRow(
+            segment_id=self.segment_id,
+            topic=self.tp.topic,
+            partition=self.tp.partition,
+            first_offset=self.first_offset,
+            last_offset=self.last_offset,
+            epoch=self.epoch,
+            uri=uri,
+            item_count=len(self._items),
+            sample_count=len(self._samples),
+            bytes=digest.bytes,
+            sha256=digest.sha256,
+            created_at=self.created_at,
+        )
+        commit = SegmentCommit(
+            epoch=self.epoch,
+            segment=segment,
+            items=self._items,
+            samples=list(self._samples.values()),
+            next_offset=self.last_offset + 1,
+        )
+        return ClosedSegment(commit=commit, staged=self._staged)
+
+    def abort(self) -> None:
+        self._upload.abort()

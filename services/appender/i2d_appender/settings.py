@@ -1,0 +1,25 @@
+"""The appender's settings: env `I2D_<FIELD>` or `img2dataset serve appender --<field>`."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from i2d_segments.settings import ConnectionSettings
+
+
+class AppenderSettings(ConnectionSettings):
+    group_id: str = Field("appender", description="Consumer group owning APPEND partitions.")
+    number_sample_per_shard: int = Field(
+        10000, ge=1, description="Close a segment after this many input rows (img2dataset's name)."
+    )
+    segment_max_bytes: int = Field(
+        512 * 1024 * 1024, ge=1024, description="Close a segment once it holds this many bytes."
+    )
+    segment_idle_seconds: float = Field(
+        30.0, ge=0, description="Close a segment that received nothing for this long."
+    )
+    poll_max_records: int = Field(500, ge=1, description="Records taken per poll.")
+    poll_timeout_seconds: float = Field(0.5, gt=0, description="Longest wait of one poll.")
+    commit_attempts: int = Field(
+        8, ge=1, description="Tries of a transient store/index error before stopping loudly."
+    )

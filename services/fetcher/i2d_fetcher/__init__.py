@@ -1,0 +1,1 @@
+"""The fetcher: downloads, filters, resizes and encodes images; one APPEND record per row."""

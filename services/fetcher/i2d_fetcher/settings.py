@@ -1,0 +1,39 @@
+"""The fetcher's settings: connection settings, img2dataset's download options (same names and
+defaults), and the service's own knobs. Env `I2D_<FIELD>` or `--field` flags."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from i2d_fetcher.cpu import default_workers
+from i2d_fetcher.options import FetchOptions
+from i2d_segments.settings import ConnectionSettings
+
+
+class FetcherSettings(ConnectionSettings, FetchOptions):
+    group_id: str = Field("fetcher", description="Consumer group on the urls topic.")
+    thread_count: int = Field(
+        256, ge=1, description="Rows downloaded concurrently (img2dataset's name)."
+    )
+    processes_count: int = Field(
+        default_factory=default_workers,
+        ge=0,
+        description="Worker processes for decode/resize/encode (default: one per core; "
+        "0 = a thread of this process).",
+    )
+    url_col: str = Field("url", description="JSON field of a `urls` record holding the url.")
+    caption_col: str | None = Field(
+        "caption", description="JSON field of a `urls` record holding the caption."
+    )
+    inline_payload_limit: int = Field(
+        8 * 1024 * 1024,
+        ge=1024,
+        description="Larger images travel by claim check through the store, not the bus.",
+    )
+    commit_interval_seconds: float = Field(1.0, gt=0, description="How often offsets commit.")
+    poll_timeout_seconds: float = Field(0.5, gt=0, description="Longest wait of one poll.")
+
+    def fetch_options(self) -> FetchOptions:
+        return FetchOptions.model_validate(
+            {name: getattr(self, name) for name in FetchOptions.model_fields}
+        )

@@ -1,0 +1,14 @@
+"""Prometheus metrics of the materializer."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+SEGMENTS = Counter(
+    "img2dataset_materializer_segments_total", "Segments materialized (metadata + stats)."
+)
+SECONDS = Histogram("img2dataset_materializer_segment_seconds", "Time to materialize one segment.")
+LAG_SECONDS = Gauge(
+    "img2dataset_materializer_lag_seconds",
+    "Age of the last materialized segment when it was handled (commit to materialization).",
+)
