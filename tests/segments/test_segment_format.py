@@ -259,6 +259,26 @@ def test_sink_receives_bytes_as_samples_are_added(tmp_path: Path) -> None:
     assert max(received) <= image_size + 2048
 
 
+def test_multi_megabyte_segment_reads_back_at_the_recorded_offsets(tmp_path: Path) -> None:
+    """Larger than the readers' read-ahead, so skipping data seeks (file) or reads (stream)."""
+    rng = random.Random(11)
+    items = [
+        Item(f"big{i:03d}", "jpg", rng.randbytes(rng.randrange(50_000, 300_000)), {"i": i}, "c")
+        for i in range(30)
+    ]
+    big = _write(tmp_path / "big.tar", items)
+    expected = [loc for sample in big.locations for loc in sample]
+    with big.path.open("rb") as f:
+        assert list(scan_locations(f)) == expected
+    with big.path.open("rb") as f:
+        metadata_only = list(iter_samples(f, load={"json"}))
+    assert [json.loads(s.data["json"])["i"] for s in metadata_only] == list(range(30))
+    assert [loc for s in metadata_only for loc in s.locations.values()] == expected
+    members = list(iter_members(_trickle(big.data)))
+    assert [m.data for m in members] == [d for item in items for _, d in item.members]
+    assert verify_stream(_trickle(big.data), big.digest.sha256).ok
+
+
 def test_same_inputs_give_identical_bytes(tmp_path: Path, items: list[Item]) -> None:
     first = _write(tmp_path / "a.tar", items)
     second = _write(tmp_path / "b.tar", _items())
