@@ -29,6 +29,20 @@ class ObjectInfo:
     last_modified: float  # unix seconds
 
 
+@dataclass(frozen=True, slots=True)
+class IncompleteUpload:
+    """An upload begun and neither completed nor aborted: garbage once its writer is gone.
+
+    `upload_id` is opaque and only meaningful to the store that listed it. `started` is unix
+    seconds; a store that cannot know the start gives the last write, which is never earlier,
+    so a grace period measured from it stays on the safe side.
+    """
+
+    name: str
+    upload_id: str
+    started: float
+
+
 class SegmentUpload(ABC):
     """A streaming write of one object; nothing is visible before `complete()`."""
 
@@ -85,6 +99,20 @@ class SegmentStore(ABC):
     @abstractmethod
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         """Complete objects whose name starts with `prefix`, in name order."""
+
+    def list_incomplete_uploads(self) -> Iterator[IncompleteUpload]:
+        """Uploads still in progress or abandoned by a crashed writer (for garbage collection).
+
+        A store whose uploads leave nothing behind when their writer dies has none to list.
+        """
+        return iter(())
+
+    def abort_incomplete_upload(self, upload: IncompleteUpload) -> None:
+        """Discard an upload `list_incomplete_uploads` returned; already gone is not an error.
+
+        Its writer, if still alive, can no longer complete it.
+        """
+        raise StoreError(f"{type(self).__name__} lists no incomplete uploads to abort")
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
