@@ -315,6 +315,9 @@ def test_list_by_prefix_in_name_order(store: SegmentStore) -> None:
     ]
     assert _names(store, "zzz") == []
     assert _names(store, "nowhere/") == []
+    assert _names(store, "/a") == []
+    assert _names(store, "a//") == []
+    assert _names(store, "b/") == []  # "b" is an object, not a folder
     assert all(isinstance(info, ObjectInfo) for info in store.list())
     in_progress.abort()
 
@@ -391,6 +394,20 @@ def test_s3_read_range_is_one_ranged_get(s3_store: S3Store) -> None:
     [(operation, method, headers, _)] = wire.requests
     assert (operation, method) == ("GetObject", "GET")
     assert headers["range"] == "bytes=4096-5095"
+
+
+def test_s3_open_stream_is_one_plain_get(s3_store: S3Store) -> None:
+    data = _bytes(3 * 1024 * 1024)
+    s3_store.put("segments/p00000/s.tar", data)
+    wire = _Wire(s3_store.client)
+
+    with s3_store.open_stream("segments/p00000/s.tar") as stream:
+        assert stream.read(10) == data[:10]
+        assert stream.read() == data[10:]
+
+    [(operation, method, headers, _)] = wire.requests
+    assert (operation, method) == ("GetObject", "GET")
+    assert "range" not in headers
 
 
 def test_s3_upload_sends_parts_as_the_buffer_fills(s3_store: S3Store) -> None:

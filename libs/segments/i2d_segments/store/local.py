@@ -176,12 +176,15 @@ class LocalStore(SegmentStore):
             raise StoreError(f"cannot delete {name}: {e}") from e
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        folder, _, start = prefix.rpartition("/")
-        if folder:
-            check_name(folder)
-            yield from self._walk(self.root / folder, folder + "/", start)
-        else:
+        folder, slash, start = prefix.rpartition("/")
+        if not slash:
             yield from self._walk(self.root, "", start)
+            return
+        try:
+            check_name(folder)
+        except ValueError:
+            return  # no valid name starts with this prefix (as S3 would answer: nothing)
+        yield from self._walk(self.root / folder, folder + "/", start)
 
     def _walk(self, directory: Path, rel: str, start: str) -> Iterator[ObjectInfo]:
         """Objects under `directory` whose basename starts with `start`, in full-name order.
