@@ -1,0 +1,1 @@
+"""Contract suites: one behaviour spec run against every adapter of a port."""
