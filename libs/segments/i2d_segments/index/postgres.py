@@ -1,0 +1,261 @@
+"""PostgreSQL adapter of the Index port (psycopg 3): the distributed mode's shared index.
+
+`commit_segment` is one transaction: lock the partition row (`SELECT ... FOR UPDATE`), check the
+epoch and the offset, insert the segment, COPY items and samples into session temp tables and
+move them with one `INSERT ... SELECT ... ON CONFLICT` each (items: keep the first location;
+samples: latest outcome wins), advance `next_offset`. COPY is the fast path for the ~10k rows a
+segment carries; the `ORDER BY` on the key makes concurrent transactions that touch the same
+sample rows take their locks in the same order, so they queue instead of deadlocking.
+
+Connection loss (a Postgres restart, a failover, an idle connection cut by a proxy):
+- reads, `acquire_partition` and `migrate` reconnect and retry once, and a later call reconnects
+  again, so a service survives a database restart without being restarted itself. Retrying
+  `acquire_partition` is safe: if the lost attempt did bump the epoch, the retry bumps it again
+  and the caller holds the newest lease, which is all fencing needs.
+- `commit_segment` does NOT retry by itself: it raises IndexError_ and the next call reconnects.
+  The caller (the appender) retries the same commit; if the lost attempt had in fact committed,
+  the retry finds its segment and returns without writing (see `commit_gate`).
+
+One connection per instance, used under a lock, so threads may share an instance; a service that
+needs parallel commits opens one instance per worker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import psycopg
+
+from i2d_segments.index.base import IndexError_, PartitionLease, SegmentCommit
+from i2d_segments.index.rows import (
+    ITEM_COLUMNS,
+    SAMPLE_COLUMNS,
+    clean_text,
+    cols,
+    item_rows,
+    sample_rows,
+    segment_values,
+)
+from i2d_segments.index.schema import SCHEMA_MIGRATIONS_DDL, Migration, load_migrations
+from i2d_segments.index.sqlbase import (
+    ACQUIRE_SQL,
+    ADVANCE_SQL,
+    INSERT_SEGMENT_SQL,
+    ITEM_KEEP_FIRST,
+    PARTITION_STATE_SQL,
+    SAMPLE_UPSERT_SET,
+    SEGMENT_EXISTS_SQL,
+    SqlIndex,
+    check_commit,
+    commit_gate,
+)
+
+T = TypeVar("T")
+Conn = psycopg.Connection[tuple[Any, ...]]
+
+# Advisory lock serialising migrate() across processes: a fixed 64-bit key derived from a name,
+# so it cannot collide with a lock another program picked by hand.
+MIGRATE_LOCK_KEY = int.from_bytes(
+    hashlib.sha256(b"i2d_segments.index.migrate").digest()[:8], "big", signed=True
+)
+
+# Session temp tables the commit COPYs into; emptied at each commit. Plain column types (no LIKE)
+# so they do not depend on the schema, and attrs as text, cast to JSONB on the way in.
+_STAGE_ITEMS = "_i2d_stage_items"
+_STAGE_SAMPLES = "_i2d_stage_samples"
+_CREATE_STAGING = (
+    f"CREATE TEMP TABLE IF NOT EXISTS {_STAGE_ITEMS} ("
+    "item_id TEXT, segment_id TEXT, data_offset BIGINT, data_length BIGINT, ext TEXT, mime TEXT, "
+    "width INTEGER, height INTEGER, original_width INTEGER, original_height INTEGER, "
+    "data_sha256 TEXT) ON COMMIT DELETE ROWS",
+    f"CREATE TEMP TABLE IF NOT EXISTS {_STAGE_SAMPLES} ("
+    "sample_id TEXT, url TEXT, caption TEXT, status TEXT, error TEXT, item_id TEXT, "
+    "segment_id TEXT, attrs TEXT, updated_at DOUBLE PRECISION) ON COMMIT DELETE ROWS",
+)
+_MOVE_ITEMS = (
+    f"INSERT INTO items ({cols(ITEM_COLUMNS)}) "
+    f"SELECT {cols(ITEM_COLUMNS)} FROM {_STAGE_ITEMS} ORDER BY item_id {ITEM_KEEP_FIRST}"
+)
+_SAMPLE_SELECT = cols(c if c != "attrs" else "attrs::jsonb" for c in SAMPLE_COLUMNS)
+_MOVE_SAMPLES = (
+    f"INSERT INTO samples ({cols(SAMPLE_COLUMNS)}) "
+    f"SELECT {_SAMPLE_SELECT} FROM {_STAGE_SAMPLES} ORDER BY sample_id {SAMPLE_UPSERT_SET}"
+)
+
+
+def _pg(sql: str) -> str:
+    """The shared SQL uses `?` placeholders; psycopg wants `%s`."""
+    return sql.replace("?", "%s")
+
+
+class PostgresIndex(SqlIndex):
+    """The index in a PostgreSQL database. Call `migrate()` once after opening (or use `open`)."""
+
+    def __init__(self, dsn: str, *, connect_timeout: float = 10.0) -> None:
+        self.dsn = dsn
+        self._connect_timeout = connect_timeout
+        self._lock = threading.RLock()
+        self._conn: Conn | None = None
+        self._staging_ready = False
+        self._closed = False
+        with self._lock:
+            self._connection()  # a wrong DSN fails here, not at the first commit
+
+    @classmethod
+    def open(cls, dsn: str) -> PostgresIndex:
+        index = cls(dsn)
+        try:
+            index.migrate()
+        except BaseException:
+            index.close()
+            raise
+        return index
+
+    # ------------------------------------------------------------------ connection handling
+
+    def _connection(self) -> Conn:
+        if self._closed:
+            raise IndexError_("the Postgres index is closed")
+        conn = self._conn
+        if conn is not None and not conn.closed and not conn.broken:
+            return conn
+        self._drop()
+        try:
+            # Autocommit: a read is its own statement; writes open explicit transactions.
+            self._conn = psycopg.connect(
+                self.dsn, autocommit=True, connect_timeout=max(1, int(self._connect_timeout))
+            )
+        except psycopg.Error as e:
+            raise IndexError_(f"cannot connect to the Postgres index: {e}") from e
+        self._staging_ready = False
+        return self._conn
+
+    def _drop(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(psycopg.Error):  # already gone; nothing to release
+                conn.close()
+
+    def _lost(self, conn: Conn) -> bool:
+        if conn.closed or conn.broken:
+            self._drop()
+            return True
+        return False
+
+    def _run(self, fn: Callable[[Conn], T], *, retry: bool) -> T:
+        with self._lock:
+            for attempt in (1, 2):
+                conn = self._connection()
+                try:
+                    return fn(conn)
+                except psycopg.Error as e:
+                    if self._lost(conn) and retry and attempt == 1:
+                        continue
+                    raise IndexError_(f"Postgres index: {e}") from e
+            raise AssertionError("unreachable: the second attempt returns or raises")
+
+    def _fetch(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        query = _pg(sql)
+        return self._run(lambda conn: conn.execute(query, params).fetchall(), retry=True)
+
+    # One array parameter instead of thousands of bind parameters: one plan, one round trip.
+    _lookup_chunk = 20_000
+
+    def _in_condition(self, column: str, ids: list[str]) -> tuple[str, Sequence[Any]]:
+        return f"{column} = ANY(?)", (ids,)
+
+    # ------------------------------------------------------------------ writes
+
+    def migrate(self) -> None:
+        for migration in load_migrations("postgres"):
+
+            def apply(conn: Conn, migration: Migration = migration) -> None:
+                with conn.transaction():
+                    # Held to the end of this transaction: concurrent migrate() calls queue here,
+                    # then see the version recorded and skip it.
+                    conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATE_LOCK_KEY,))
+                    conn.execute(SCHEMA_MIGRATIONS_DDL)
+                    applied = conn.execute(
+                        "SELECT 1 FROM schema_migrations WHERE version = %s", (migration.version,)
+                    ).fetchone()
+                    if applied:
+                        return
+                    for statement in migration.statements():
+                        conn.execute(statement)
+                    conn.execute(
+                        "INSERT INTO schema_migrations (version, name, applied_at) "
+                        "VALUES (%s, %s, %s)",
+                        (migration.version, migration.name, time.time()),
+                    )
+
+            self._run(apply, retry=True)
+
+    def acquire_partition(self, topic: str, partition: int, owner: str) -> PartitionLease:
+        topic = clean_text(topic)
+        params = (topic, partition, clean_text(owner), time.time())
+
+        def bump(conn: Conn) -> tuple[Any, ...]:
+            row = conn.execute(_pg(ACQUIRE_SQL), params).fetchone()
+            assert row is not None  # INSERT ... ON CONFLICT DO UPDATE RETURNING always returns
+            return row
+
+        epoch, next_offset = self._run(bump, retry=True)
+        return PartitionLease(topic, partition, int(epoch), int(next_offset))
+
+    def commit_segment(self, commit: SegmentCommit) -> None:
+        check_commit(commit)
+        seg_values = segment_values(commit.segment)
+        segment_id = seg_values[0]
+        now = time.time()
+        items = item_rows(commit.items, segment_id)
+        samples = sample_rows(commit.samples, segment_id, now)
+        key = (seg_values[1], commit.segment.partition)
+
+        def write(conn: Conn) -> None:
+            if not self._staging_ready:
+                for ddl in _CREATE_STAGING:
+                    conn.execute(ddl)
+                self._staging_ready = True
+            with conn.transaction():
+                state = conn.execute(_pg(PARTITION_STATE_SQL) + " FOR UPDATE", key).fetchone()
+
+                def already_committed() -> bool:
+                    found = conn.execute(_pg(SEGMENT_EXISTS_SQL), (segment_id,)).fetchone()
+                    return found is not None
+
+                if not commit_gate(commit, state, already_committed):
+                    return
+                conn.execute(_pg(INSERT_SEGMENT_SQL), seg_values)
+                with conn.cursor() as cur:
+                    if items:
+                        _copy(cur, _STAGE_ITEMS, ITEM_COLUMNS, items)
+                        cur.execute(_MOVE_ITEMS)
+                    if samples:
+                        _copy(cur, _STAGE_SAMPLES, SAMPLE_COLUMNS, samples)
+                        cur.execute(_MOVE_SAMPLES)
+                conn.execute(_pg(ADVANCE_SQL), (commit.next_offset, now, *key))
+
+        # No retry: whether a lost COMMIT landed is unknown here; the caller retries the commit,
+        # and a landed one is then recognised by its segment id.
+        self._run(write, retry=False)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            self._drop()
+
+
+def _copy(
+    cur: psycopg.Cursor[tuple[Any, ...]],
+    table: str,
+    columns: Sequence[str],
+    rows: Sequence[tuple[Any, ...]],
+) -> None:
+    with cur.copy(f"COPY {table} ({cols(columns)}) FROM STDIN") as copy:
+        for row in rows:
+            copy.write_row(row)

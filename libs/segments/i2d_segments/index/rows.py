@@ -1,0 +1,258 @@
+"""Row <-> column values, shared by both adapters so they store and return the same thing.
+
+Text is made storable before it reaches either engine: PostgreSQL rejects NUL characters in TEXT
+and JSONB, and neither driver can encode a lone surrogate. One bad caption must not make a
+segment's commit fail forever (the appender would retry it endlessly), so such characters are
+replaced (NUL -> U+FFFD, unencodable -> "?") identically for both engines.
+
+`attrs` (the rest of img2dataset's columns) is stored as JSON. Values JSON cannot carry are
+converted: NaN and infinities become null (PostgreSQL's JSONB refuses them), numpy scalars and
+arrays their Python values, dates their ISO form, bytes their UTF-8 text, anything else `str()`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any
+
+from i2d_segments.index.base import ItemRow, PartitionRow, SampleRow, SegmentRow
+
+# Column lists in dataclass field order; the `to_*` functions below read rows in this order.
+PARTITION_COLUMNS = ("topic", '"partition"', "epoch", "next_offset", "owner", "updated_at")
+SEGMENT_COLUMNS = (
+    "segment_id",
+    "topic",
+    '"partition"',
+    "first_offset",
+    "last_offset",
+    "epoch",
+    "uri",
+    "item_count",
+    "sample_count",
+    "bytes",
+    "sha256",
+    "created_at",
+)
+ITEM_COLUMNS = (
+    "item_id",
+    "segment_id",
+    "data_offset",
+    "data_length",
+    "ext",
+    "mime",
+    "width",
+    "height",
+    "original_width",
+    "original_height",
+    "data_sha256",
+)
+SAMPLE_COLUMNS = (
+    "sample_id",
+    "url",
+    "caption",
+    "status",
+    "error",
+    "item_id",
+    "segment_id",
+    "attrs",
+    "updated_at",
+)
+
+# Statuses that are not failures; error_counts ignores them.
+SUCCESS_STATUS = "success"
+
+
+def cols(columns: Iterable[str]) -> str:
+    return ", ".join(columns)
+
+
+def clean_text(value: str) -> str:
+    if "\x00" in value:
+        value = value.replace("\x00", "\ufffd")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        value = value.encode("utf-8", "replace").decode("utf-8")
+    return value
+
+
+def clean_opt(value: str | None) -> str | None:
+    return None if value is None else clean_text(value)
+
+
+def _jsonable(value: Any) -> Any:
+    if value is None or isinstance(value, bool | int):
+        return value
+    if isinstance(value, str):
+        return clean_text(value)
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {clean_text(str(k)): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, bytes | bytearray | memoryview):
+        return clean_text(bytes(value).decode("utf-8", "replace"))
+    if isinstance(value, dt.datetime | dt.date | dt.time):
+        return value.isoformat()
+    # numpy / pyarrow scalars and arrays (from parquet inputs) without importing either.
+    for method in ("tolist", "item", "as_py"):
+        fn = getattr(value, method, None)
+        if callable(fn):
+            try:
+                converted = fn()
+            except (TypeError, ValueError):
+                continue
+            if converted is not value:
+                return _jsonable(converted)
+    return clean_text(str(value))
+
+
+def encode_attrs(attrs: Mapping[str, Any]) -> str:
+    return json.dumps(_jsonable(attrs), ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
+
+def decode_attrs(value: Any) -> dict[str, Any]:
+    """SQLite hands back JSON text; psycopg has already parsed JSONB into a dict."""
+    if value is None:
+        return {}
+    if isinstance(value, str | bytes):
+        loaded = json.loads(value)
+        return loaded if isinstance(loaded, dict) else {"value": loaded}
+    return dict(value)
+
+
+def segment_values(s: SegmentRow) -> tuple[Any, ...]:
+    return (
+        clean_text(s.segment_id),
+        clean_text(s.topic),
+        s.partition,
+        s.first_offset,
+        s.last_offset,
+        s.epoch,
+        clean_text(s.uri),
+        s.item_count,
+        s.sample_count,
+        s.bytes,
+        s.sha256,
+        s.created_at,
+    )
+
+
+def item_values(i: ItemRow, segment_id: str) -> tuple[Any, ...]:
+    """An item's column values; `segment_id` is the committing segment's (already cleaned)."""
+    return (
+        clean_text(i.item_id),
+        segment_id,
+        i.data_offset,
+        i.data_length,
+        clean_text(i.ext),
+        clean_opt(i.mime),
+        i.width,
+        i.height,
+        i.original_width,
+        i.original_height,
+        i.data_sha256,
+    )
+
+
+def sample_values(s: SampleRow, segment_id: str, now: float) -> tuple[Any, ...]:
+    """A sample's column values (attrs as JSON text). A row without its own time gets `now`."""
+    return (
+        clean_text(s.sample_id),
+        clean_text(s.url),
+        clean_opt(s.caption),
+        clean_text(s.status),
+        clean_opt(s.error),
+        clean_opt(s.item_id),
+        segment_id,
+        encode_attrs(s.attrs),
+        s.updated_at if s.updated_at else now,
+    )
+
+
+def item_rows(items: Iterable[ItemRow], segment_id: str) -> list[tuple[Any, ...]]:
+    """Column values of a commit's items, one per id (the first wins, as in the index)."""
+    out: dict[str, tuple[Any, ...]] = {}
+    for item in items:
+        values = item_values(item, segment_id)
+        out.setdefault(values[0], values)
+    return list(out.values())
+
+
+def sample_rows(samples: Iterable[SampleRow], segment_id: str, now: float) -> list[tuple[Any, ...]]:
+    """Column values of a commit's samples, one per id (the last wins, as in the index).
+
+    Postgres refuses an upsert that touches one row twice, so duplicates go before the SQL.
+    """
+    out: dict[str, tuple[Any, ...]] = {}
+    for sample in samples:
+        values = sample_values(sample, segment_id, now)
+        out[values[0]] = values
+    return list(out.values())
+
+
+def to_partition(row: Sequence[Any]) -> PartitionRow:
+    return PartitionRow(str(row[0]), int(row[1]), int(row[2]), int(row[3]), row[4], float(row[5]))
+
+
+def to_segment(row: Sequence[Any]) -> SegmentRow:
+    return SegmentRow(
+        segment_id=row[0],
+        topic=row[1],
+        partition=int(row[2]),
+        first_offset=int(row[3]),
+        last_offset=int(row[4]),
+        epoch=int(row[5]),
+        uri=row[6],
+        item_count=int(row[7]),
+        sample_count=int(row[8]),
+        bytes=int(row[9]),
+        sha256=row[10],
+        created_at=float(row[11]),
+    )
+
+
+def to_item(row: Sequence[Any]) -> ItemRow:
+    return ItemRow(
+        item_id=row[0],
+        segment_id=row[1],
+        data_offset=int(row[2]),
+        data_length=int(row[3]),
+        ext=row[4],
+        mime=row[5],
+        width=row[6],
+        height=row[7],
+        original_width=row[8],
+        original_height=row[9],
+        data_sha256=row[10],
+    )
+
+
+def to_sample(row: Sequence[Any]) -> SampleRow:
+    return SampleRow(
+        sample_id=row[0],
+        url=row[1],
+        caption=row[2],
+        status=row[3],
+        error=row[4],
+        item_id=row[5],
+        segment_id=row[6],
+        attrs=decode_attrs(row[7]),
+        updated_at=float(row[8]),
+    )
+
+
+def chunked(values: Iterable[str], size: int) -> Iterator[list[str]]:
+    """Bound the number of bind parameters per query (SQLite caps them; so should we)."""
+    batch: list[str] = []
+    for v in values:
+        batch.append(v)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch

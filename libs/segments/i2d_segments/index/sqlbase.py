@@ -1,0 +1,211 @@
+"""The read side of the index, written once for both engines.
+
+Every query here is plain SQL both engines run unchanged, with `?` placeholders (the adapter
+translates them for psycopg). Keeping one text per query is what makes "both adapters give the
+same answers" true by construction rather than by two copies kept in step.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from i2d_segments.index.base import (
+    FencedError,
+    Index,
+    IndexError_,
+    ItemRow,
+    PartitionRow,
+    SampleRow,
+    SegmentCommit,
+    SegmentRow,
+)
+from i2d_segments.index.rows import (
+    ITEM_COLUMNS,
+    PARTITION_COLUMNS,
+    SAMPLE_COLUMNS,
+    SEGMENT_COLUMNS,
+    SUCCESS_STATUS,
+    chunked,
+    clean_text,
+    cols,
+    to_item,
+    to_partition,
+    to_sample,
+    to_segment,
+)
+
+# Ids per lookup query: far under SQLite's bind limit (32766) and a cheap plan for Postgres.
+LOOKUP_CHUNK = 1000
+
+_PARTITION = f"SELECT {cols(PARTITION_COLUMNS)} FROM partitions"
+_SEGMENT = f"SELECT {cols(SEGMENT_COLUMNS)} FROM segments"
+_ITEM = f"SELECT {cols(ITEM_COLUMNS)} FROM items"
+_SAMPLE = f"SELECT {cols(SAMPLE_COLUMNS)} FROM samples"
+
+
+# Writes both engines run with the same text (SQLite >= 3.35 for RETURNING).
+ACQUIRE_SQL = (
+    f"INSERT INTO partitions ({cols(PARTITION_COLUMNS)}) VALUES (?, ?, 1, 0, ?, ?) "
+    'ON CONFLICT (topic, "partition") DO UPDATE SET epoch = partitions.epoch + 1, '
+    "owner = excluded.owner, updated_at = excluded.updated_at "
+    "RETURNING epoch, next_offset"
+)
+PARTITION_STATE_SQL = (
+    'SELECT epoch, next_offset FROM partitions WHERE topic = ? AND "partition" = ?'
+)
+SEGMENT_EXISTS_SQL = "SELECT 1 FROM segments WHERE segment_id = ?"
+INSERT_SEGMENT_SQL = (
+    f"INSERT INTO segments ({cols(SEGMENT_COLUMNS)}) "
+    f"VALUES ({', '.join('?' * len(SEGMENT_COLUMNS))})"
+)
+ADVANCE_SQL = (
+    'UPDATE partitions SET next_offset = ?, updated_at = ? WHERE topic = ? AND "partition" = ?'
+)
+# "Latest outcome wins": every column but the key takes the incoming row's value.
+SAMPLE_UPSERT_SET = "ON CONFLICT (sample_id) DO UPDATE SET " + ", ".join(
+    f"{c} = excluded.{c}" for c in SAMPLE_COLUMNS[1:]
+)
+# "An item already indexed keeps its first location".
+ITEM_KEEP_FIRST = "ON CONFLICT (item_id) DO NOTHING"
+
+
+def check_commit(commit: SegmentCommit) -> None:
+    """Reject a commit that contradicts itself before touching the database."""
+    seg = commit.segment
+    if seg.epoch != commit.epoch:
+        raise ValueError(f"segment epoch {seg.epoch} differs from commit epoch {commit.epoch}")
+    if seg.last_offset < seg.first_offset:
+        raise ValueError(f"segment last_offset {seg.last_offset} < first_offset {seg.first_offset}")
+    if commit.next_offset <= seg.last_offset:
+        raise ValueError(
+            f"commit next_offset {commit.next_offset} must pass last_offset {seg.last_offset}"
+        )
+
+
+def commit_gate(
+    commit: SegmentCommit,
+    state: Sequence[Any] | None,
+    already_committed: Callable[[], bool],
+) -> bool:
+    """Decide a commit under the partition's lock, from its (epoch, next_offset) row.
+
+    Returns True to write, False when this very segment is already committed: a caller that lost
+    its connection during COMMIT cannot know whether it landed, retries, and must not then be told
+    its offsets are stale. The same segment id means the same partition, first offset and epoch,
+    so the same owner's same data. Raises FencedError for a stale or missing epoch, IndexError_
+    for a first offset below the committed position.
+    """
+    current = None if state is None else int(state[0])
+    if current != commit.epoch:
+        raise fenced(commit, current)
+    if already_committed():
+        return False
+    assert state is not None
+    next_offset = int(state[1])
+    if commit.segment.first_offset < next_offset:
+        raise refuse_offset(commit, next_offset)
+    return True
+
+
+def refuse_offset(commit: SegmentCommit, next_offset: int) -> IndexError_:
+    seg = commit.segment
+    return IndexError_(
+        f"segment {seg.segment_id} starts at offset {seg.first_offset}, below partition "
+        f"{seg.topic}/{seg.partition}'s committed next_offset {next_offset}"
+    )
+
+
+def fenced(commit: SegmentCommit, current: int | None) -> FencedError:
+    seg = commit.segment
+    if current is None:
+        return FencedError(f"partition {seg.topic}/{seg.partition} was never acquired")
+    return FencedError(
+        f"partition {seg.topic}/{seg.partition} is at epoch {current}, "
+        f"commit of {seg.segment_id} carries epoch {commit.epoch}"
+    )
+
+
+class SqlIndex(Index):
+    """Implements every read of the port over `_fetch`; adapters add writes and connections."""
+
+    @abstractmethod
+    def _fetch(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Run one read-only statement (`?` placeholders) and return all its rows."""
+
+    def partition(self, topic: str, partition: int) -> PartitionRow | None:
+        rows = self._fetch(f'{_PARTITION} WHERE topic = ? AND "partition" = ?', (topic, partition))
+        return to_partition(rows[0]) if rows else None
+
+    def partitions(self) -> list[PartitionRow]:
+        return [to_partition(r) for r in self._fetch(f'{_PARTITION} ORDER BY topic, "partition"')]
+
+    def existing_items(self, item_ids: Iterable[str]) -> set[str]:
+        return self._subset("items", "item_id", item_ids)
+
+    def known_samples(self, sample_ids: Iterable[str]) -> set[str]:
+        return self._subset("samples", "sample_id", sample_ids)
+
+    def _subset(self, table: str, column: str, ids: Iterable[str]) -> set[str]:
+        # Ids are stored cleaned (rows.clean_text); look up the cleaned form, answer with the
+        # caller's own strings.
+        wanted: dict[str, str] = {}
+        for original in ids:
+            wanted.setdefault(clean_text(original), original)
+        found: set[str] = set()
+        for batch in chunked(wanted, self._lookup_chunk):
+            condition, params = self._in_condition(column, batch)
+            rows = self._fetch(f"SELECT {column} FROM {table} WHERE {condition}", params)
+            found.update(wanted[r[0]] for r in rows)
+        return found
+
+    _lookup_chunk = LOOKUP_CHUNK
+
+    def _in_condition(self, column: str, ids: list[str]) -> tuple[str, Sequence[Any]]:
+        """`column IN (?, ?, ...)`: portable; an adapter may offer a cheaper form."""
+        return f"{column} IN ({', '.join('?' * len(ids))})", ids
+
+    def item(self, item_id: str) -> ItemRow | None:
+        rows = self._fetch(f"{_ITEM} WHERE item_id = ?", (clean_text(item_id),))
+        return to_item(rows[0]) if rows else None
+
+    def sample(self, sample_id: str) -> SampleRow | None:
+        rows = self._fetch(f"{_SAMPLE} WHERE sample_id = ?", (clean_text(sample_id),))
+        return to_sample(rows[0]) if rows else None
+
+    def samples_by_url(self, url: str) -> list[SampleRow]:
+        rows = self._fetch(f"{_SAMPLE} WHERE url = ? ORDER BY sample_id", (clean_text(url),))
+        return [to_sample(r) for r in rows]
+
+    def segment(self, segment_id: str) -> SegmentRow | None:
+        rows = self._fetch(f"{_SEGMENT} WHERE segment_id = ?", (clean_text(segment_id),))
+        return to_segment(rows[0]) if rows else None
+
+    def segments(self) -> list[SegmentRow]:
+        rows = self._fetch(f'{_SEGMENT} ORDER BY "partition", first_offset, topic, segment_id')
+        return [to_segment(r) for r in rows]
+
+    def items_for_segment(self, segment_id: str) -> list[ItemRow]:
+        rows = self._fetch(
+            f"{_ITEM} WHERE segment_id = ? ORDER BY data_offset", (clean_text(segment_id),)
+        )
+        return [to_item(r) for r in rows]
+
+    def samples_for_segment(self, segment_id: str) -> list[SampleRow]:
+        rows = self._fetch(
+            f"{_SAMPLE} WHERE segment_id = ? ORDER BY sample_id", (clean_text(segment_id),)
+        )
+        return [to_sample(r) for r in rows]
+
+    def status_counts(self) -> dict[str, int]:
+        rows = self._fetch("SELECT status, COUNT(*) FROM samples GROUP BY status")
+        return {str(status): int(n) for status, n in rows}
+
+    def error_counts(self) -> dict[str, int]:
+        rows = self._fetch(
+            "SELECT error, COUNT(*) FROM samples WHERE status <> ? AND error IS NOT NULL "
+            "GROUP BY error",
+            (SUCCESS_STATUS,),
+        )
+        return {str(error): int(n) for error, n in rows}

@@ -1,0 +1,169 @@
+"""SQLite adapter of the Index port: the embedded mode's index, a file in the output folder.
+
+Connection settings, and why:
+- WAL journal: readers (status, materializer threads) never block the appender's commit, and a
+  crash mid-commit leaves the previous state intact.
+- synchronous=FULL: in WAL mode NORMAL skips the fsync at commit, so a power cut can roll back
+  the last commits after they returned. A returned `commit_segment` has been announced
+  (SEGMENT_CLOSED, sidecar files), and losing it would make the appender redo those offsets under
+  a new segment name. FULL costs one fsync per transaction, which is one per segment (thousands
+  of rows), so it is nearly free here.
+- busy_timeout: several processes may open the same file (a `status` command next to a running
+  download); a writer waits for the lock instead of failing at once.
+- One connection shared by the threads of the embedded mode (check_same_thread=False), guarded by
+  a lock: sqlite3 connections are not safe for concurrent use, and there is one writer anyway.
+- Autocommit mode (isolation_level=None) with explicit `BEGIN IMMEDIATE`: the write lock is taken
+  when the transaction starts, so the epoch check and the writes it guards cannot interleave
+  with another process's, and no deferred-transaction upgrade can deadlock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from i2d_segments.index.base import IndexError_, PartitionLease, SegmentCommit
+from i2d_segments.index.rows import (
+    ITEM_COLUMNS,
+    SAMPLE_COLUMNS,
+    clean_text,
+    cols,
+    item_rows,
+    sample_rows,
+    segment_values,
+)
+from i2d_segments.index.schema import SCHEMA_MIGRATIONS_DDL, load_migrations
+from i2d_segments.index.sqlbase import (
+    ACQUIRE_SQL,
+    ADVANCE_SQL,
+    INSERT_SEGMENT_SQL,
+    ITEM_KEEP_FIRST,
+    PARTITION_STATE_SQL,
+    SAMPLE_UPSERT_SET,
+    SEGMENT_EXISTS_SQL,
+    SqlIndex,
+    check_commit,
+    commit_gate,
+)
+
+_INSERT_ITEM = (
+    f"INSERT INTO items ({cols(ITEM_COLUMNS)}) VALUES ({', '.join('?' * len(ITEM_COLUMNS))}) "
+    f"{ITEM_KEEP_FIRST}"
+)
+_UPSERT_SAMPLE = (
+    f"INSERT INTO samples ({cols(SAMPLE_COLUMNS)}) "
+    f"VALUES ({', '.join('?' * len(SAMPLE_COLUMNS))}) {SAMPLE_UPSERT_SET}"
+)
+
+
+class SqliteIndex(SqlIndex):
+    """The index in one SQLite file. Call `migrate()` once after opening (or use `open`)."""
+
+    def __init__(self, path: str | Path, *, busy_timeout: float = 60.0) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        try:
+            self._conn = sqlite3.connect(
+                self.path,
+                timeout=busy_timeout,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+            # busy_timeout first: switching to WAL takes a lock another process may hold.
+            self._conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+            self._conn.execute("PRAGMA journal_mode = WAL")
+            self._conn.execute("PRAGMA synchronous = FULL")
+        except sqlite3.Error as e:
+            raise IndexError_(f"cannot open the SQLite index {self.path}: {e}") from e
+
+    @classmethod
+    def open(cls, path: str | Path) -> SqliteIndex:
+        """Open and migrate: what a caller that just wants a working index needs."""
+        index = cls(path)
+        try:
+            index.migrate()
+        except BaseException:
+            index.close()
+            raise
+        return index
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction holding SQLite's write lock from its first statement."""
+        with self._lock:
+            conn = self._conn
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield conn
+                    conn.execute("COMMIT")
+                except BaseException:
+                    # Some errors (disk full, I/O) already rolled the transaction back.
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as e:
+                raise IndexError_(f"SQLite index {self.path}: {e}") from e
+
+    def _fetch(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        with self._lock:
+            try:
+                return self._conn.execute(sql, params).fetchall()
+            except sqlite3.Error as e:
+                raise IndexError_(f"SQLite index {self.path}: {e}") from e
+
+    def migrate(self) -> None:
+        for migration in load_migrations("sqlite"):
+            with self._write() as conn:
+                conn.execute(SCHEMA_MIGRATIONS_DDL)
+                # Re-read under the write lock: another process may have just applied it.
+                applied = conn.execute(
+                    "SELECT 1 FROM schema_migrations WHERE version = ?", (migration.version,)
+                ).fetchone()
+                if applied:
+                    continue
+                for statement in migration.statements():
+                    conn.execute(statement)
+                conn.execute(
+                    "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
+                    (migration.version, migration.name, time.time()),
+                )
+
+    def acquire_partition(self, topic: str, partition: int, owner: str) -> PartitionLease:
+        topic = clean_text(topic)
+        with self._write() as conn:
+            epoch, next_offset = conn.execute(
+                ACQUIRE_SQL, (topic, partition, clean_text(owner), time.time())
+            ).fetchone()
+        return PartitionLease(topic, partition, int(epoch), int(next_offset))
+
+    def commit_segment(self, commit: SegmentCommit) -> None:
+        check_commit(commit)
+        seg_values = segment_values(commit.segment)
+        segment_id = seg_values[0]
+        now = time.time()
+        items = item_rows(commit.items, segment_id)
+        samples = sample_rows(commit.samples, segment_id, now)
+        key = (seg_values[1], commit.segment.partition)
+        with self._write() as conn:
+            state = conn.execute(PARTITION_STATE_SQL, key).fetchone()
+
+            def already_committed() -> bool:
+                return conn.execute(SEGMENT_EXISTS_SQL, (segment_id,)).fetchone() is not None
+
+            if not commit_gate(commit, state, already_committed):
+                return
+            conn.execute(INSERT_SEGMENT_SQL, seg_values)
+            conn.executemany(_INSERT_ITEM, items)
+            conn.executemany(_UPSERT_SAMPLE, samples)
+            conn.execute(ADVANCE_SQL, (commit.next_offset, now, *key))
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
