@@ -30,7 +30,7 @@ from i2d_fetcher.settings import FetcherSettings
 from i2d_materializer.service import MaterializerService
 from i2d_materializer.settings import MaterializerSettings
 from i2d_segments.bus.memory import MemoryBus
-from i2d_segments.gc import find_garbage
+from i2d_segments.gc import find_abandoned_uploads, find_garbage
 from i2d_segments.index import Index
 from i2d_segments.index.sqlite import SqliteIndex
 from i2d_segments.records import UrlRow, encode_url_row
@@ -115,6 +115,9 @@ class EmbeddedDownload:
             index = SqliteIndex(self.folder / self.opts.index_name)
             try:
                 index.migrate()
+                # This process owns the folder: whatever a killed run left uncommitted is garbage.
+                for upload in find_abandoned_uploads(store, grace_seconds=0):
+                    store.abort_incomplete_upload(upload)
                 for garbage in find_garbage(store, index, grace_seconds=0):
                     store.delete(garbage.name)
                 return self._run(store, index)

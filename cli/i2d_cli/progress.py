@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 from tqdm import tqdm
 
 
 class Progress:
     def __init__(self, total: int | None, enabled: bool = True) -> None:
-        self._bar: tqdm[None] | None = (
+        self._bar: tqdm[Any] | None = (
             tqdm(
                 total=total,
                 unit=" rows",

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from i2d_segments.index import Index
 from i2d_segments.naming import SEGMENTS_PREFIX, STAGING_PREFIX
-from i2d_segments.store import SegmentStore
+from i2d_segments.store import IncompleteUpload, SegmentStore
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,3 +55,9 @@ def find_garbage(store: SegmentStore, index: Index, grace_seconds: float) -> Ite
     for info in store.list(STAGING_PREFIX):
         if info.last_modified <= cutoff:
             yield Garbage(info.name, info.size, info.last_modified, "stale claim check")
+
+
+def find_abandoned_uploads(store: SegmentStore, grace_seconds: float) -> list[IncompleteUpload]:
+    """Uploads begun and never completed nor aborted (a writer died mid-segment)."""
+    cutoff = time.time() - grace_seconds
+    return [u for u in store.list_incomplete_uploads() if u.started <= cutoff]

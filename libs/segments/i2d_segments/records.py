@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import builtins
 import json
 import struct
 import time
@@ -206,11 +207,12 @@ class SegmentClosed(BaseModel):
     sha256: str
     created_at: float
 
-    def encode(self) -> bytes:
+    # `bytes` is a field here (the segment's size), so the builtin is spelled out below.
+    def encode(self) -> builtins.bytes:
         return self.model_dump_json().encode("utf-8")
 
     @classmethod
-    def decode(cls, value: bytes) -> SegmentClosed:
+    def decode(cls, value: builtins.bytes) -> SegmentClosed:
         try:
             return cls.model_validate_json(value)
         except ValueError as e:

@@ -127,17 +127,22 @@ def retry_call(
     *,
     what: str,
     retry_on: tuple[type[BaseException], ...],
+    never_retry: tuple[type[BaseException], ...] = (),
     attempts: int = 6,
     base_delay: float = 0.2,
     max_delay: float = 10.0,
     stop: threading.Event | None = None,
 ) -> T:
     """Call `fn`, retrying transient errors with bounded exponential backoff; the last error
-    propagates, so a permanent failure stops the caller loudly instead of skipping data."""
+    propagates, so a permanent failure stops the caller loudly instead of skipping data.
+    `never_retry` names subclasses of `retry_on` that are answers, not accidents (a fenced
+    commit will never succeed)."""
     delay = base_delay
     for attempt in range(1, attempts + 1):
         try:
             return fn()
+        except never_retry:
+            raise
         except retry_on as e:
             if attempt == attempts or (stop is not None and stop.is_set()):
                 raise

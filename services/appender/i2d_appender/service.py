@@ -255,6 +255,7 @@ class AppenderService(RebalanceListener):
                 lambda: self.index.commit_segment(commit),
                 what=f"commit {seg.segment_id}",
                 retry_on=(IndexError_,),
+                never_retry=(FencedError,),
                 attempts=self.settings.commit_attempts,
             )
         except FencedError:
