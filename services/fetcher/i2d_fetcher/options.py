@@ -1,0 +1,137 @@
+"""The download options the fetcher applies: img2dataset's names, defaults and meanings.
+
+One frozen model shared by the fetcher service settings (which extend it, so every field is
+also an `I2D_<FIELD>` environment variable) and by the CLI (which turns every field into a
+`--field` flag). It must stay cheap to pickle: it travels with every image to the worker
+processes that decode and resize.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic_settings import SettingsConfigDict
+
+ResizeMode = Literal["no", "border", "keep_ratio", "keep_ratio_largest", "center_crop"]
+EncodeFormat = Literal["jpg", "png", "webp"]
+HashName = Literal["md5", "sha256", "sha512"]
+Interpolation = Literal["nearest", "linear", "cubic", "area", "lanczos"]
+
+DEFAULT_DISALLOWED_DIRECTIVES = ("noai", "noimageai", "noindex", "noimageindex")
+# img2dataset has no png default (it asks for 0-9); zlib's usual level is a sane one.
+DEFAULT_PNG_COMPRESSION = 6
+# Pillow's own decompression-bomb threshold (~0.27 GB of RGB): above it, decoding is refused.
+DEFAULT_MAX_DECODED_PIXELS = 89_478_485
+
+
+class FetchOptions(BaseModel):
+    # Typed as the settings' config: the fetcher's settings extend this model and a
+    # BaseSettings subclass, whose model_config types must agree.
+    model_config: ClassVar[SettingsConfigDict] = SettingsConfigDict(
+        frozen=True, ser_json_inf_nan="strings"
+    )
+
+    # ---------------------------------------------------------------- resize and encode
+    image_size: int = Field(256, ge=1, description="Target size in pixels (see resize_mode).")
+    resize_mode: ResizeMode = Field(
+        "border",
+        description="no; keep_ratio (smallest side = image_size); keep_ratio_largest (largest "
+        "side = image_size); center_crop (smallest side, then a centred square); border "
+        "(largest side, then padded to a white square).",
+    )
+    resize_only_if_bigger: bool = Field(
+        False, description="Leave images already within image_size as they are."
+    )
+    upscale_interpolation: Interpolation = Field("lanczos", description="Filter to enlarge.")
+    downscale_interpolation: Interpolation = Field("area", description="Filter to shrink.")
+    encode_format: EncodeFormat = Field("jpg", description="jpg, png or webp.")
+    encode_quality: int = Field(
+        95, description="jpg/webp quality 0-100; for png the zlib compression level 0-9."
+    )
+    extract_exif: bool = Field(True, description="Keep the EXIF tags as a JSON string.")
+    compute_hash: HashName | None = Field(
+        "sha256",
+        description="Hash of the downloaded bytes kept per sample (md5, sha256, sha512 or None).",
+    )
+
+    # ---------------------------------------------------------------- filters
+    min_image_size: int = Field(
+        0, ge=0, description="Reject images whose smaller side is below this."
+    )
+    max_image_area: float = Field(
+        math.inf, gt=0, description="Reject images with more pixels than this."
+    )
+    max_aspect_ratio: float = Field(
+        math.inf, gt=0, description="Reject images whose long/short side ratio exceeds this."
+    )
+
+    # ---------------------------------------------------------------- download
+    timeout: float = Field(10, gt=0, description="Seconds allowed for one download attempt.")
+    retries: int = Field(
+        0,
+        ge=0,
+        description="Extra attempts after a transient failure (timeouts, connection "
+        "errors, 408, 429, 5xx), with exponential backoff; never after a 404.",
+    )
+    retry_backoff: float = Field(
+        0.5, ge=0, description="Seconds before the first retry; doubled per retry, jittered."
+    )
+    user_agent_token: str | None = Field(
+        None, description="Added to the User-Agent; X-Robots-Tag values scoped to it apply."
+    )
+    disallowed_header_directives: tuple[str, ...] = Field(
+        DEFAULT_DISALLOWED_DIRECTIVES,
+        description="X-Robots-Tag directives that forbid using an image ([] to ignore them).",
+    )
+    ignore_ssl_certificate: bool = Field(False, description="Accept invalid TLS certificates.")
+    max_body_bytes: int = Field(
+        64 * 1024 * 1024, ge=1, description="Downloads larger than this (decoded) fail."
+    )
+    max_decoded_pixels: int = Field(
+        DEFAULT_MAX_DECODED_PIXELS,
+        ge=1,
+        description="Decompression-bomb guard: images that would decode to more pixels fail.",
+    )
+
+    @field_validator("disallowed_header_directives", mode="before")
+    @classmethod
+    def _directives(cls, value: Any) -> Any:
+        """None means img2dataset's default list; "noai,noindex" is accepted as a list."""
+        if value is None:
+            return DEFAULT_DISALLOWED_DIRECTIVES
+        if isinstance(value, str):
+            value = value.split(",")
+        if isinstance(value, list | tuple | set | frozenset):
+            return tuple(str(v).strip().lower() for v in value if str(v).strip())
+        return value
+
+    @field_validator("user_agent_token", mode="after")
+    @classmethod
+    def _token(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        value = value.strip()
+        return value or None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _png_compression_default(cls, data: Any) -> Any:
+        """`--encode_format png` alone works: encode_quality's default (95) is a jpg quality."""
+        png = isinstance(data, dict) and data.get("encode_format") == "png"
+        if png and data.get("encode_quality") is None:
+            return {**data, "encode_quality": DEFAULT_PNG_COMPRESSION}
+        return data
+
+    @model_validator(mode="after")
+    def _quality_in_range(self) -> FetchOptions:
+        q = self.encode_quality
+        if self.encode_format == "png" and not 0 <= q <= 9:
+            raise ValueError(
+                "For png, encode quality represents compression which must be between 0 and 9,"
+                f" got {q}"
+            )
+        if self.encode_format != "png" and not 0 <= q <= 100:
+            raise ValueError(f"encode_quality must be between 0 and 100 for {self.encode_format}")
+        return self

@@ -1,0 +1,163 @@
+"""fetch_row end to end: one APPEND record per input row, success or failure, never a raise."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import multiprocessing
+import urllib.request
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+
+import aiohttp
+import pytest
+from PIL import Image
+
+from i2d_fetcher.imaging import ProcessedImage, process_image
+from i2d_fetcher.options import FetchOptions
+from i2d_fetcher.process import fetch_row
+from i2d_imageserver import ImageServer
+from i2d_segments.records import AppendRecord, SampleStatus, UrlRow, decode_append, encode_append
+from tests.fetcher.conftest import fresh_seed, with_session
+
+FAST = FetchOptions(timeout=5, retry_backoff=0.01)
+
+
+async def in_process(data: bytes, opts: FetchOptions) -> ProcessedImage:
+    return process_image(data, opts)
+
+
+def fetch_one(row: UrlRow, opts: FetchOptions = FAST, run_cpu=in_process) -> AppendRecord:
+    return with_session(opts, lambda s: fetch_row(s, row, opts, run_cpu))
+
+
+def served(server: ImageServer, seed: int, w: int, h: int) -> bytes:
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(server.url_for(seed, w, h), timeout=10) as r:
+        return r.read()
+
+
+def test_success_record_carries_payload_ids_and_img2dataset_fields(
+    image_server: ImageServer,
+) -> None:
+    seed = fresh_seed()
+    row = UrlRow(
+        url=image_server.url_for(seed, 640, 480),
+        caption="a cat",
+        key="k1",
+        extra={"license": "cc-by"},
+    )
+    rec = fetch_one(row)
+    original = served(image_server, seed, 640, 480)
+    m = rec.meta
+    assert m.status is SampleStatus.SUCCESS
+    assert m.error_message is None
+    assert m.item_id == hashlib.sha256(original).hexdigest()
+    assert rec.key == m.item_id.encode()
+    assert m.hashes == {"sha256": m.item_id}
+    assert (m.sample_id, m.url, m.caption, m.key) == ("k1", row.url, "a cat", "k1")
+    assert m.extra == {"license": "cc-by"}
+    assert (m.ext, m.mime) == ("jpg", "image/jpeg")
+    assert (m.width, m.height, m.original_width, m.original_height) == (256, 256, 640, 480)
+    assert m.original_size == len(original)
+    assert m.exif == "{}"
+    assert rec.payload is not None
+    assert Image.open(io.BytesIO(rec.payload)).size == (256, 256)
+    # and it survives the bus encoding
+    assert decode_append(encode_append(rec)) == rec
+
+
+def test_compute_hash_names_the_column_but_item_id_stays_sha256(
+    image_server: ImageServer,
+) -> None:
+    seed = fresh_seed()
+    original = served(image_server, seed, 300, 200)
+    row = UrlRow(url=image_server.url_for(seed, 300, 200))
+    md5 = fetch_one(row, FAST.model_copy(update={"compute_hash": "md5"})).meta
+    assert md5.hashes == {"md5": hashlib.md5(original).hexdigest()}
+    assert md5.item_id == hashlib.sha256(original).hexdigest()
+    none = fetch_one(row, FAST.model_copy(update={"compute_hash": None})).meta
+    assert none.hashes == {}
+    assert none.item_id == md5.item_id
+
+
+def test_resize_options_shape_the_payload(image_server: ImageServer) -> None:
+    row = UrlRow(url=image_server.url_for(fresh_seed(), 800, 400))
+    opts = FAST.model_copy(
+        update={"encode_format": "webp", "resize_mode": "keep_ratio_largest", "image_size": 100}
+    )
+    rec = fetch_one(row, opts)
+    assert (rec.meta.ext, rec.meta.mime) == ("webp", "image/webp")
+    assert (rec.meta.width, rec.meta.height) == (100, 50)
+    assert rec.payload is not None
+    assert Image.open(io.BytesIO(rec.payload)).format == "WEBP"
+
+
+def assert_failure(rec: AppendRecord, status: SampleStatus, message: str) -> None:
+    m = rec.meta
+    assert (m.status, m.error_message) == (status, message)
+    assert rec.payload is None
+    assert m.item_id is None and m.hashes == {} and m.width is None
+    assert rec.key == m.sample_id.encode()
+
+
+def test_download_failures_become_failed_to_download(image_server: ImageServer) -> None:
+    missing = UrlRow(url=image_server.url_for(fresh_seed(), 300, 200, fault="missing"))
+    assert_failure(fetch_one(missing), SampleStatus.FAILED_TO_DOWNLOAD, "HTTP Error 404: Not Found")
+    noai = UrlRow(url=image_server.url_for(fresh_seed(), 300, 200, fault="noai"))
+    assert_failure(
+        fetch_one(noai),
+        SampleStatus.FAILED_TO_DOWNLOAD,
+        "Use of image disallowed by X-Robots-Tag directive",
+    )
+    bad = UrlRow(url="not a url", caption="kept")
+    rec = fetch_one(bad)
+    assert rec.meta.status is SampleStatus.FAILED_TO_DOWNLOAD
+    assert rec.meta.caption == "kept"
+    assert rec.meta.sample_id == bad.sample_id
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # see test_imaging
+def test_image_failures_become_failed_to_resize(image_server: ImageServer) -> None:
+    html = UrlRow(url=image_server.url_for(fresh_seed(), 300, 200, fault="notimage"))
+    assert_failure(fetch_one(html), SampleStatus.FAILED_TO_RESIZE, "Image decoding error")
+    small = UrlRow(url=image_server.url_for(fresh_seed(), 300, 200))
+    opts = FAST.model_copy(update={"min_image_size": 250})
+    assert_failure(fetch_one(small, opts), SampleStatus.FAILED_TO_RESIZE, "image too small")
+    bomb = UrlRow(url=image_server.url_for(fresh_seed(), 12000, 12000, fault="bomb"))
+    rec = fetch_one(bomb)
+    assert rec.meta.status is SampleStatus.FAILED_TO_RESIZE
+    assert rec.meta.error_message is not None
+    assert "decompression bomb" in rec.meta.error_message
+
+
+def test_a_crashed_worker_costs_one_row_not_the_fetcher(image_server: ImageServer) -> None:
+    async def broken(data: bytes, opts: FetchOptions) -> ProcessedImage:
+        raise BrokenProcessPool("a process in the pool was terminated abruptly")
+
+    row = UrlRow(url=image_server.url_for(fresh_seed(), 300, 200))
+    rec = fetch_one(row, run_cpu=broken)
+    assert rec.meta.status is SampleStatus.FAILED_TO_RESIZE
+    assert rec.meta.error_message == (
+        "BrokenProcessPool: a process in the pool was terminated abruptly"
+    )
+
+
+def test_with_a_process_pool_as_the_service_runs_it(image_server: ImageServer) -> None:
+    ctx = multiprocessing.get_context("forkserver")
+    with ProcessPoolExecutor(2, mp_context=ctx) as pool:
+
+        async def run_cpu(data: bytes, opts: FetchOptions) -> ProcessedImage:
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(pool, process_image, data, opts)
+
+        async def many(session: aiohttp.ClientSession) -> list[AppendRecord]:
+            rows = [UrlRow(url=image_server.url_for(fresh_seed(), 500, 300)) for _ in range(6)]
+            rows.append(UrlRow(url=image_server.url_for(fresh_seed(), 300, 200, fault="notimage")))
+            return list(await asyncio.gather(*(fetch_row(session, r, FAST, run_cpu) for r in rows)))
+
+        records = with_session(FAST, many)
+    statuses = [r.meta.status for r in records]
+    assert statuses == [SampleStatus.SUCCESS] * 6 + [SampleStatus.FAILED_TO_RESIZE]
+    assert len({r.meta.item_id for r in records[:6]}) == 6
