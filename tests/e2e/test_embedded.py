@@ -1,0 +1,186 @@
+"""The embedded download, as a user runs it: img2dataset's flat command line, a folder of
+WebDataset segments with metadata, and resume after SIGKILL equal to an uninterrupted run."""
+
+from __future__ import annotations
+
+import io
+import json
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import webdataset as wds
+from PIL import Image
+
+from i2d_cli.main import main
+from i2d_imageserver import ImageServer, make_url_list
+from i2d_segments.index.sqlite import SqliteIndex
+from i2d_segments.naming import object_name_of
+
+BIN = Path(sys.executable).parent
+FAULTS = {"missing": 0.05, "notimage": 0.03, "truncated": 0.02, "noai": 0.02}
+IMG2DATASET_COLUMNS = [
+    "url",
+    "caption",
+    "key",
+    "status",
+    "error_message",
+    "width",
+    "height",
+    "original_width",
+    "original_height",
+    "exif",
+    "sha256",
+]
+
+
+@pytest.fixture(scope="module")
+def images() -> Iterator[ImageServer]:
+    with ImageServer() as server:
+        yield server
+
+
+def test_flat_form_download_writes_a_webdataset(images: ImageServer, tmp_path: Path) -> None:
+    urls = make_url_list(images.base_url, 150, seed=3, faults=FAULTS)
+    (tmp_path / "urls.txt").write_text("\n".join(urls) + "\n")
+    out = tmp_path / "out"
+    rc = main(
+        [
+            f"--url_list={tmp_path / 'urls.txt'}",
+            f"--output_folder={out}",
+            "--number_sample_per_shard=40",
+            "--processes_count=1",
+            "--progress=False",
+        ]
+    )
+    assert rc == 0
+    index = SqliteIndex(out / "index.sqlite")
+    try:
+        segments = index.segments()
+        assert len(segments) == 4  # 150 rows, 40 per segment
+        assert sum(index.status_counts().values()) == 150
+        rows = 0
+        for seg in segments:
+            tar_path = out / object_name_of(seg.segment_id)
+            listing = subprocess.run(
+                ["tar", "tf", str(tar_path)], capture_output=True, text=True, check=True
+            ).stdout.split()
+            assert len(listing) >= 2 * seg.item_count
+            samples = list(wds.WebDataset(str(tar_path), shardshuffle=False))
+            assert len(samples) == seg.item_count
+            for s in samples[:3]:
+                img = Image.open(io.BytesIO(s["jpg"]))
+                assert img.size == (256, 256)  # default: border to 256
+                meta = json.loads(s["json"])
+                assert meta["status"] == "success" and meta["sha256"] == s["__key__"]
+            table = pq.read_table(out / f"segments/{seg.segment_id}.parquet")
+            assert table.column_names[: len(IMG2DATASET_COLUMNS) - 1] == IMG2DATASET_COLUMNS[:-1]
+            assert "sha256" in table.column_names
+            rows += table.num_rows
+            stats = json.loads((out / f"segments/{seg.segment_id}_stats.json").read_text())
+            assert stats["count"] == table.num_rows
+            assert stats["successes"] == seg.item_count
+        assert rows == 150
+        errors = index.error_counts()
+        assert any("404" in e for e in errors)
+    finally:
+        index.close()
+
+
+def outcome(folder: Path) -> tuple[dict[str, tuple[str, str | None]], set[str]]:
+    """What a user relies on: each row's outcome and the set of stored items."""
+    index = SqliteIndex(folder / "index.sqlite")
+    try:
+        samples: dict[str, tuple[str, str | None]] = {}
+        items: set[str] = set()
+        for seg in index.segments():
+            for s in index.samples_for_segment(seg.segment_id):
+                samples[s.sample_id] = (s.status, s.item_id)
+            for item in index.items_for_segment(seg.segment_id):
+                items.add(item.item_id)
+                data = (folder / object_name_of(seg.segment_id)).read_bytes()
+                assert item.data_length > 0
+                assert data[item.data_offset : item.data_offset + 2] == b"\xff\xd8"
+        on_disk = {
+            p.relative_to(folder / "segments").as_posix()[:-4]
+            for p in (folder / "segments").rglob("*.tar")
+        }
+        assert on_disk == {s.segment_id for s in index.segments()}, "orphan segment objects"
+        return samples, items
+    finally:
+        index.close()
+
+
+def download_cmd(url_list: Path, out: Path) -> list[str]:
+    return [
+        str(BIN / "img2dataset"),
+        "download",
+        "--url_list",
+        str(url_list),
+        "--output_folder",
+        str(out),
+        "--number_sample_per_shard=50",
+        "--thread_count=4",
+        "--processes_count=1",
+        "--progress=False",
+    ]
+
+
+def committed_segments(out: Path) -> int:
+    path = out / "index.sqlite"
+    if not path.exists():
+        return 0
+    try:
+        index = SqliteIndex(path)
+        try:
+            return len(index.segments())
+        finally:
+            index.close()
+    except Exception:
+        return 0  # created but not migrated yet
+
+
+def test_resume_after_sigkill_equals_a_clean_run(images: ImageServer, tmp_path: Path) -> None:
+    urls = make_url_list(images.base_url, 600, seed=11, faults={**FAULTS, "slow": 0.02})
+    url_list = tmp_path / "urls.txt"
+    url_list.write_text("\n".join(urls) + "\n")
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(download_cmd(url_list, killed), stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while committed_segments(killed) < 2 and proc.poll() is None:
+        assert time.monotonic() < deadline, "no segment committed in time"
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be killed; slow it down"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    partial, _ = outcome(killed) if committed_segments(killed) else ({}, set())
+    assert 0 < len(partial) < len(urls)
+
+    resumed = subprocess.run(
+        download_cmd(url_list, killed), capture_output=True, text=True, timeout=300
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"{len(partial)} rows skipped" in resumed.stdout
+
+    clean = tmp_path / "clean"
+    done = subprocess.run(
+        download_cmd(url_list, clean), capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    resumed_samples, resumed_items = outcome(killed)
+    clean_samples, clean_items = outcome(clean)
+    assert len(clean_samples) == len(set(urls))
+    assert resumed_samples == clean_samples
+    assert resumed_items == clean_items
+    # The segments a user globs are exactly the committed ones, and each is a valid tar.
+    for tar_path in (killed / "segments").rglob("*.tar"):
+        with tarfile.open(tar_path) as tar:
+            tar.getmembers()
