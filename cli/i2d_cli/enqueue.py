@@ -6,15 +6,20 @@ than a URL), keyed by sample id so a URL enqueued twice lands on the same partit
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 
 from pydantic import Field
 
+from i2d_cli.flags import add_model_flags, model_kwargs
 from i2d_cli.inputs import RowReader
 from i2d_segments.connect import open_kafka_bus
 from i2d_segments.records import encode_url_row
 from i2d_segments.settings import ConnectionSettings
+
+NAME = "enqueue"
+HELP = "Write a url list to the Kafka urls topic."
 
 
 class EnqueueSettings(ConnectionSettings):
@@ -57,3 +62,12 @@ def enqueue(settings: EnqueueSettings) -> int:
         return count
     finally:
         bus.close()
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_model_flags(parser, EnqueueSettings)
+
+
+def run(ns: argparse.Namespace) -> int:
+    enqueue(EnqueueSettings(**model_kwargs(ns, EnqueueSettings)))
+    return 0

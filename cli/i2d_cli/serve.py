@@ -4,11 +4,13 @@ committed, offsets are stored)."""
 
 from __future__ import annotations
 
+import argparse
 import logging
 from typing import Any
 
 from i2d_appender.service import AppenderService
 from i2d_appender.settings import AppenderSettings
+from i2d_cli.flags import add_model_flags, model_kwargs
 from i2d_fetcher.service import FetcherService
 from i2d_fetcher.settings import FetcherSettings
 from i2d_materializer.service import MaterializerService
@@ -18,6 +20,9 @@ from i2d_segments.runtime import Health, HealthServer, stop_event_on_signals
 from i2d_segments.settings import ConnectionSettings
 
 log = logging.getLogger(__name__)
+
+NAME = "serve"
+HELP = "Run one service over Kafka, S3 and Postgres."
 
 SETTINGS: dict[str, type[ConnectionSettings]] = {
     "fetcher": FetcherSettings,
@@ -58,3 +63,15 @@ def serve(name: str, settings: ConnectionSettings) -> None:
         bus.close()
         if server is not None:
             server.stop()
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    services = parser.add_subparsers(dest="service", required=True)
+    for name, cls in SETTINGS.items():
+        add_model_flags(services.add_parser(name, help=f"the {name}"), cls)
+
+
+def run(ns: argparse.Namespace) -> int:
+    cls = SETTINGS[ns.service]
+    serve(ns.service, cls(**model_kwargs(ns, cls)))
+    return 0

@@ -1,0 +1,41 @@
+"""`img2dataset download`: the embedded mode's command (img2dataset's flags and defaults)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+
+from i2d_cli.flags import add_model_flags, model_kwargs
+from i2d_cli.options import DownloadOptions
+from i2d_fetcher.settings import FetcherSettings
+from i2d_segments.settings import ConnectionSettings
+
+NAME = "download"
+HELP = "Download a url list into a local folder (embedded mode)."
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_model_flags(parser, DownloadOptions)
+    # The fetcher's own options (img2dataset's names); connection settings mean nothing here.
+    add_model_flags(parser, FetcherSettings, skip=(*ConnectionSettings.model_fields, "group_id"))
+
+
+def run(ns: argparse.Namespace) -> int:
+    from i2d_cli.embedded import DownloadInterrupted, EmbeddedDownload
+
+    opts = DownloadOptions(**model_kwargs(ns, DownloadOptions))
+    fetcher_kwargs = model_kwargs(ns, FetcherSettings)
+    fetcher = FetcherSettings(**fetcher_kwargs, metrics_port=0, create_topics=False)
+    # SIGTERM ends the run like Ctrl-C: in-flight work is committed, a rerun resumes.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        summary = EmbeddedDownload(opts, fetcher).run()
+    except (KeyboardInterrupt, DownloadInterrupted) as e:
+        detail = str(e) if isinstance(e, DownloadInterrupted) else ""
+        print(f"\ninterrupted; run the same command again to resume.\n{detail}", file=sys.stderr)
+        return 130
+    print(summary.render())
+    print(f"output: {os.path.abspath(opts.output_folder)}")
+    return 0
