@@ -19,7 +19,7 @@ from i2d_fetcher.download import (
 from i2d_fetcher.options import FetchOptions
 from i2d_fetcher.robots import DISALLOWED_MESSAGE, is_disallowed
 from i2d_imageserver import ImageServer
-from tests.fetcher.conftest import fresh_seed, run, with_session
+from tests.fetcher.helpers import fresh_seed, run, with_session
 from tests.servers.proc import free_port
 
 FAST = FetchOptions(timeout=5, retry_backoff=0.01)

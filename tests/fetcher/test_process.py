@@ -19,7 +19,7 @@ from i2d_fetcher.options import FetchOptions
 from i2d_fetcher.process import fetch_row
 from i2d_imageserver import ImageServer
 from i2d_segments.records import AppendRecord, SampleStatus, UrlRow, decode_append, encode_append
-from tests.fetcher.conftest import fresh_seed, with_session
+from tests.fetcher.helpers import fresh_seed, with_session
 
 FAST = FetchOptions(timeout=5, retry_backoff=0.01)
 
