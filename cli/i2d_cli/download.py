@@ -28,7 +28,9 @@ def run(ns: argparse.Namespace) -> int:
     opts = DownloadOptions(**model_kwargs(ns, DownloadOptions))
     fetcher_kwargs = model_kwargs(ns, FetcherSettings)
     fetcher = FetcherSettings(**fetcher_kwargs, metrics_port=0, create_topics=False)
-    # SIGTERM ends the run like Ctrl-C: in-flight work is committed, a rerun resumes.
+    # Ctrl-C and SIGTERM end the run cleanly: in-flight work is committed, a rerun resumes.
+    # (SIGINT is set explicitly: a shell starts background jobs with it ignored.)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         summary = EmbeddedDownload(opts, fetcher).run()
