@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import sys
+
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from i2d_cli.flags import add_model_flags, model_kwargs
 from i2d_cli.options import DownloadOptions
@@ -32,8 +35,11 @@ def run(ns: argparse.Namespace) -> int:
     # (SIGINT is set explicitly: a shell starts background jobs with it ignored.)
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.default_int_handler)
+    # Log lines (segments closing...) print above the progress bar instead of through it.
+    redirect = logging_redirect_tqdm() if opts.progress else contextlib.nullcontext()
     try:
-        summary = EmbeddedDownload(opts, fetcher).run()
+        with redirect:
+            summary = EmbeddedDownload(opts, fetcher).run()
     except (KeyboardInterrupt, DownloadInterrupted) as e:
         detail = str(e) if isinstance(e, DownloadInterrupted) else ""
         print(f"\ninterrupted; run the same command again to resume.\n{detail}", file=sys.stderr)
