@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import webdataset
 
 from i2d_appender.service import AppenderService
 from i2d_appender.settings import AppenderSettings
@@ -151,7 +152,9 @@ def test_idle_segment_closes_and_holds_failures(h: Harness, tmp_path: Path) -> N
     with tarfile.open(path) as tar:
         names = tar.getnames()
     item_id = success(1).meta.item_id
-    assert names == [f"{item_id}.jpg", f"{item_id}.json", f"{item_id}.txt"]
+    # The manifest closes the archive; WebDataset skips it as metadata.
+    assert names == [f"{item_id}.jpg", f"{item_id}.json", f"{item_id}.txt", "__segment__"]
+    assert [s["__key__"] for s in webdataset.WebDataset(str(path), shardshuffle=False)] == [item_id]
 
 
 def test_same_content_is_stored_once(h: Harness) -> None:

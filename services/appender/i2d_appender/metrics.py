@@ -31,3 +31,25 @@ FENCED = Counter(
 OWNED_PARTITIONS = Gauge(
     "img2dataset_appender_owned_partitions", "APPEND partitions this instance owns."
 )
+RETRIES = Counter(
+    "img2dataset_appender_retries_total",
+    "Transient failures retried (store, index, announce, kafka_commit), by operation.",
+    ["operation"],
+)
+SEGMENTS_ABANDONED = Counter(
+    "img2dataset_appender_segments_abandoned_total",
+    "Open segments discarded and re-read from the committed offset, by reason.",
+    ["reason"],
+)
+PARTITIONS_STOPPED = Gauge(
+    "img2dataset_appender_partitions_stopped",
+    "Partitions stopped on a permanent error; readiness fails while any is.",
+)
+ANNOUNCEMENTS_PENDING = Gauge(
+    "img2dataset_appender_announcements_pending",
+    "Committed segments whose SEGMENT_CLOSED is not acknowledged yet.",
+)
+REANNOUNCED = Counter(
+    "img2dataset_appender_segments_reannounced_total",
+    "Committed segments announced again on taking a partition (a previous owner's may be lost).",
+)

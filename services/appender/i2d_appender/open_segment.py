@@ -1,7 +1,9 @@
 """One segment being written: TAR bytes stream to the store, index rows accumulate in memory.
 
 Nothing here is visible to readers: the object appears at `complete()` and becomes part of the
-dataset only when the service commits the rows this class collected.
+dataset only when the service commits the rows this class collected. Just before the end of the
+archive the rows themselves are written as the segment's manifest (`__segment__`), so the
+segments alone can rebuild the index (`img2dataset reindex`).
 """
 
 from __future__ import annotations
@@ -9,12 +11,14 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+from i2d_appender import crashpoints
 from i2d_segments.bus import TopicPartition
 from i2d_segments.ids import sha256_hex
 from i2d_segments.index import ItemRow, SampleRow, SegmentCommit, SegmentRow
 from i2d_segments.naming import segment_id_of, segment_object_name
 from i2d_segments.records import AppendRecord, SampleStatus
 from i2d_segments.segment import SegmentWriter, sample_members
+from i2d_segments.segment.manifest import MANIFEST_NAME, SegmentManifest, encode_manifest
 from i2d_segments.store import SegmentStore
 
 # Columns carried by SampleRow itself; everything else of img2dataset's row goes to `attrs`.
@@ -38,7 +42,8 @@ class OpenSegment:
         self.name = segment_object_name(tp.partition, first_offset, epoch)
         self.segment_id = segment_id_of(self.name)
         self.created_at = time.time()
-        self.last_append = time.monotonic()
+        self.opened = time.monotonic()
+        self.last_append = self.opened
         self.records = 0
         self._upload = store.begin_upload(self.name)
         self._writer = SegmentWriter(self._upload.write, mtime=int(self.created_at))
@@ -105,9 +110,28 @@ class OpenSegment:
             )
         )
         self._item_ids.add(meta.item_id)
+        crashpoints.reached("segment_write")
+
+    @property
+    def item_ids(self) -> set[str]:
+        return set(self._item_ids)
 
     def finish(self) -> ClosedSegment:
-        """Write the end of the archive and publish the object (If-None-Match semantics)."""
+        """Write the manifest and the end of the archive, then publish the object
+        (If-None-Match semantics: ObjectExistsError if the name is taken)."""
+        samples = list(self._samples.values())
+        manifest = SegmentManifest(
+            segment_id=self.segment_id,
+            topic=self.tp.topic,
+            partition=self.tp.partition,
+            first_offset=self.first_offset,
+            last_offset=self.last_offset,
+            epoch=self.epoch,
+            created_at=self.created_at,
+            items=self._items,
+            samples=samples,
+        )
+        self._writer.add_metadata(MANIFEST_NAME, encode_manifest(manifest))
         digest = self._writer.finish()
         uri = self._upload.complete()
         segment = SegmentRow(
@@ -128,10 +152,11 @@ class OpenSegment:
             epoch=self.epoch,
             segment=segment,
             items=self._items,
-            samples=list(self._samples.values()),
+            samples=samples,
             next_offset=self.last_offset + 1,
         )
         return ClosedSegment(commit=commit, staged=self._staged)
 
     def abort(self) -> None:
+        """Discard the upload (a failed store call may have left it half sent)."""
         self._upload.abort()

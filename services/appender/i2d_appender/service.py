@@ -1,47 +1,45 @@
 """The appender loop: consume APPEND, append to each owned partition's open segment, close
-segments by record count, size or idle time, and make each one durable in this order:
+segments by record count, size, idle time or age, and make each one durable in this order:
 
     complete the object  ->  index commit (fenced by epoch, advances next_offset)
-    ->  SEGMENT_CLOSED  ->  Kafka offset commit  ->  delete claim-check payloads
+    ->  SEGMENT_CLOSED acknowledged  ->  Kafka offset commit  ->  delete claim-check payloads
 
 The index, not Kafka, says where a partition resumes: on assignment the epoch is bumped and the
 consumer seeks to `next_offset`, so a record is in the index exactly once whatever crashes.
+
+Failures never skip data. A store or index call that fails discards what is not committed (the
+open segment; a completed object whose commit keeps failing is garbage for `gc`), seeks the
+partition back to the first uncommitted offset and pauses it for a doubling backoff; the other
+partitions go on. After `commit_attempts` consecutive failures the partition stops: paused,
+counted in a metric, logged, and readiness fails until the appender is restarted. A commit the
+index refuses as fenced means another appender owns the partition now: this one lets go of it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
 
-from i2d_appender import metrics
+from i2d_appender import crashpoints, metrics
+from i2d_appender.announce import Announcement, Announcer, closed_event
 from i2d_appender.open_segment import ClosedSegment, OpenSegment
+from i2d_appender.partition import PartitionState
 from i2d_appender.settings import AppenderSettings
-from i2d_segments.bus import Bus, Message, RebalanceListener, TopicPartition
+from i2d_segments.bus import Bus, BusError, Message, RebalanceListener, TopicPartition
 from i2d_segments.index import FencedError, Index, IndexError_
 from i2d_segments.records import (
     AppendRecord,
     MalformedRecord,
     SampleStatus,
-    SegmentClosed,
     decode_append,
 )
-from i2d_segments.runtime import Health, retry_call
-from i2d_segments.store import SegmentStore, StoreError
+from i2d_segments.runtime import Health
+from i2d_segments.store import ObjectExistsError, SegmentStore, StoreError
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class _Owned:
-    """A partition this instance owns, under the epoch the index granted."""
-
-    epoch: int
-    next_offset: int
-    segment: OpenSegment | None = None
-    store_failures: int = 0
 
 
 class AppenderService(RebalanceListener):
@@ -54,18 +52,26 @@ class AppenderService(RebalanceListener):
         health: Health | None = None,
     ) -> None:
         self.settings = settings
+        self.bus = bus
         self.store = store
         self.index = index
         self.health = health or Health()
         self.consumer = bus.consumer(settings.group_id)
         self.producer = bus.producer()
-        self.owned: dict[TopicPartition, _Owned] = {}
+        self.announcer = Announcer(self.producer, settings.closed_topic)
+        self.owned: dict[TopicPartition, PartitionState] = {}
         # Set by the embedded runner once every record is produced: close segments as soon as
         # the partition has nothing more to read, instead of waiting for the idle timeout.
         self.close_when_idle = threading.Event()
         self.failed: BaseException | None = None
         self._stop = threading.Event()
+        # Partitions rewound during the current batch: the rest of the batch is stale for them.
+        self._rewound: set[TopicPartition] = set()
         self.health.add_check("partition_loop", lambda: self.failed is None)
+        self.health.add_check("partitions", lambda: not self.stopped_partitions())
+
+    def stopped_partitions(self) -> dict[TopicPartition, str]:
+        return {tp: s.stopped for tp, s in self.owned.items() if s.stopped is not None}
 
     # ------------------------------------------------------------------ loop
 
@@ -76,17 +82,20 @@ class AppenderService(RebalanceListener):
         try:
             while not stop.is_set():
                 self.step()
-            self._close_all("shutdown")
+            self._shutdown()
         except BaseException as e:
             self.failed = e
-            log.exception("appender stopped on a permanent error")
+            log.exception("appender stopped on an unexpected error")
             raise
         finally:
-            self.consumer.close()
-            self.producer.flush()
-            self.producer.close()
+            self.consumer.close()  # revokes what is left through on_revoke
+            try:
+                self.producer.close()
+            except BusError as e:
+                log.warning("closing the producer: %s", e)
 
     def step(self) -> None:
+        self._retry_due()
         messages = self.consumer.poll_batch(
             self.settings.poll_max_records, self.settings.poll_timeout_seconds
         )
@@ -94,216 +103,473 @@ class AppenderService(RebalanceListener):
         if messages:
             self._append_batch(messages)
         self._close_due(idle=not messages)
+        self._reannounce_due()
+        self.announcer.poll()
+        self._commit_announced(self.announcer.partitions())
         metrics.OPEN_SEGMENT_BYTES.set(
-            sum(o.segment.bytes_written for o in self.owned.values() if o.segment)
+            sum(s.segment.bytes_written for s in self.owned.values() if s.segment)
         )
+        metrics.PARTITIONS_STOPPED.set(len(self.stopped_partitions()))
+
+    def _shutdown(self) -> None:
+        for state in list(self.owned.values()):
+            if state.pending is not None:
+                self._commit(state, state.pending, on_failure="abandon")
+            if state.segment is not None:
+                self._close(state, "shutdown", on_failure="abandon")
+        self.announcer.flush(self.settings.announce_timeout_seconds)
+        self._commit_announced(list(self.owned))
 
     # ------------------------------------------------------------------ rebalance
 
     def on_assign(self, partitions: Sequence[TopicPartition]) -> Mapping[TopicPartition, int]:
         seeks: dict[TopicPartition, int] = {}
         for tp in partitions:
-            lease = retry_call(
-                lambda tp=tp: self.index.acquire_partition(  # type: ignore[misc]
-                    tp.topic, tp.partition, self.settings.owner
-                ),
-                what=f"acquire {tp}",
-                retry_on=(IndexError_,),
-                attempts=self.settings.commit_attempts,
-            )
-            self.owned[tp] = _Owned(epoch=lease.epoch, next_offset=lease.next_offset)
-            seeks[tp] = lease.next_offset
-            log.info("owning %s at offset %d, epoch %d", tp, lease.next_offset, lease.epoch)
+            state = PartitionState(tp)
+            self.owned[tp] = state
+            if self._acquire(state):
+                seeks[tp] = state.next_offset
+            else:
+                # Retried from the loop (the partition can only be paused once assigned); its
+                # records are ignored until then.
+                self._schedule_retry(state)
         metrics.OWNED_PARTITIONS.set(len(self.owned))
         return seeks
 
     def on_revoke(self, partitions: Sequence[TopicPartition]) -> None:
-        for tp in partitions:
-            owned = self.owned.get(tp)
-            if owned is not None and owned.segment is not None:
-                self._close(tp, owned, "revoke")
+        revoked = [tp for tp in partitions if tp in self.owned]
+        for tp in revoked:
+            state = self.owned[tp]
+            if state.pending is not None:
+                self._commit(state, state.pending, on_failure="abandon")
+            if state.segment is not None:
+                self._close(state, "revoke", on_failure="abandon")
+        # Offsets can be committed only while the partitions are still ours: wait for the
+        # announcements now (bounded), or leave them to the next owner.
+        if any(tp in self.announcer.partitions() for tp in revoked):
+            self.announcer.flush(self.settings.announce_timeout_seconds)
+            self.announcer.poll()
+        self._commit_announced(revoked)
+        for tp in revoked:
+            self.announcer.drop(tp)
             self.owned.pop(tp, None)
         metrics.OWNED_PARTITIONS.set(len(self.owned))
 
     def on_lost(self, partitions: Sequence[TopicPartition]) -> None:
         # Someone else may own these already: commit nothing, publish nothing.
         for tp in partitions:
-            owned = self.owned.pop(tp, None)
-            if owned is not None and owned.segment is not None:
-                owned.segment.abort()
+            state = self.owned.pop(tp, None)
+            self.announcer.drop(tp)
+            if state is not None and state.segment is not None:
+                self._discard_segment(state, "lost")
         metrics.OWNED_PARTITIONS.set(len(self.owned))
+
+    def _acquire(self, state: PartitionState) -> bool:
+        tp = state.tp
+        try:
+            lease = self.index.acquire_partition(tp.topic, tp.partition, self.settings.owner)
+        except IndexError_ as e:
+            metrics.RETRIES.labels("acquire").inc()
+            log.warning("cannot take %s yet: %s", tp, e)
+            return False
+        state.epoch = lease.epoch
+        state.next_offset = lease.next_offset
+        state.failures = 0
+        state.reannounce_below = lease.next_offset
+        log.info("owning %s at offset %d, epoch %d", tp, lease.next_offset, lease.epoch)
+        return True
+
+    # ------------------------------------------------------------------ failures and retries
+
+    def _schedule_retry(self, state: PartitionState) -> None:
+        state.failures += 1
+        state.retry_at = time.monotonic() + state.backoff(
+            self.settings.retry_base_seconds, self.settings.retry_max_seconds
+        )
+
+    def _defer(self, state: PartitionState, what: str, error: BaseException) -> None:
+        """A transient failure: rewind the partition to its first unprocessed offset and pause
+        it for a backoff, or stop it for good once failures outlast `commit_attempts`."""
+        tp = state.tp
+        metrics.RETRIES.labels(what).inc()
+        self._rewound.add(tp)
+        if state.failures + 1 >= self.settings.commit_attempts:
+            self._stop_partition(state, f"{what} failed {state.failures + 1} times: {error}")
+            return
+        self._schedule_retry(state)
+        log.warning(
+            "%s of %s failed (%s); retrying in %.1fs from offset %d",
+            what,
+            tp,
+            error,
+            state.retry_at - time.monotonic(),
+            state.resume_offset,
+        )
+        self._pause(state, seek_to=state.resume_offset)
+
+    def _pause(self, state: PartitionState, seek_to: int | None) -> None:
+        try:
+            if seek_to is not None:
+                self.consumer.seek(state.tp, seek_to)
+            if not state.paused:
+                self.consumer.pause([state.tp])
+                state.paused = True
+        except BusError as e:
+            # Not assigned any more (a rebalance is under way): the next owner seeks itself.
+            log.warning("cannot pause %s: %s", state.tp, e)
+
+    def _stop_partition(self, state: PartitionState, reason: str) -> None:
+        if state.segment is not None:
+            self._discard_segment(state, "stopped")
+        state.pending = None  # its object, if complete, is garbage for gc
+        state.stopped = reason
+        self._pause(state, seek_to=None)
+        metrics.PARTITIONS_STOPPED.set(len(self.stopped_partitions()))
+        log.error(
+            "partition %s STOPPED at offset %d: %s. Nothing after that offset is skipped; "
+            "fix the cause and restart the appender.",
+            state.tp,
+            state.next_offset,
+            reason,
+        )
+
+    def _retry_due(self) -> None:
+        now = time.monotonic()
+        for state in list(self.owned.values()):
+            if state.stopped is not None or state.retry_at > now:
+                continue
+            if state.epoch is None:
+                if not self._acquire(state):
+                    self._defer(state, "acquire", IndexError_("index unavailable"))
+                    continue
+                self._pause(state, seek_to=state.next_offset)
+            if state.pending is not None:
+                if self._commit(state, state.pending) is None:
+                    continue
+                self._pause(state, seek_to=state.next_offset)  # past what the commit covered
+            if state.paused and state.pending is None:
+                try:
+                    self.consumer.resume([state.tp])
+                    state.paused = False
+                except BusError as e:
+                    log.warning("cannot resume %s: %s", state.tp, e)
+
+    def _discard_segment(self, state: PartitionState, reason: str) -> None:
+        seg = state.segment
+        state.segment = None
+        if seg is None:
+            return
+        metrics.SEGMENTS_ABANDONED.labels(reason).inc()
+        try:
+            seg.abort()
+        except StoreError as e:  # an upload left behind is garbage for gc
+            log.warning("could not abort the upload of %s: %s", seg.name, e)
 
     # ------------------------------------------------------------------ appending
 
     def _append_batch(self, messages: list[Message]) -> None:
-        decoded: list[tuple[Message, AppendRecord]] = []
+        self._rewound = set()
+        decoded: list[tuple[Message, AppendRecord | None]] = []
         for m in messages:
-            owned = self.owned.get(m.tp)
-            if owned is None or m.offset < owned.next_offset:
-                continue  # not ours (any more), or already committed before a seek took effect
+            state = self.owned.get(m.tp)
+            if state is None or not state.accepting or m.offset < state.resume_offset:
+                continue  # not ours (yet, any more), or already held before a seek took effect
             try:
                 decoded.append((m, decode_append(m.value)))
             except MalformedRecord as e:
                 # No sample id to report it under: count it, log it, move past it.
                 metrics.RECORDS.labels("malformed").inc()
                 log.error("skipping malformed APPEND record %s@%d: %s", m.tp, m.offset, e)
-                self._advance_without_record(m)
-        new_ids = {
-            r.meta.item_id
-            for _, r in decoded
-            if r.meta.status is SampleStatus.SUCCESS and r.meta.item_id
-        }
-        indexed = (
-            retry_call(
-                lambda: self.index.existing_items(new_ids),
-                what="dedup lookup",
-                retry_on=(IndexError_,),
-                attempts=self.settings.commit_attempts,
-            )
-            if new_ids
-            else set()
-        )
+                decoded.append((m, None))
+        indexed = self._indexed_items(decoded)
+        if indexed is None:
+            return
         for m, record in decoded:
-            self._append(m, record, indexed)
+            state = self.owned.get(m.tp)
+            if m.tp in self._rewound or state is None or not state.accepting:
+                continue
+            if record is None:
+                self._advance_without_record(state, m)
+            else:
+                self._append(state, m, record, indexed)
 
-    def _segment_for(self, m: Message) -> tuple[_Owned, OpenSegment]:
-        owned = self.owned[m.tp]
-        if owned.segment is None:
-            owned.segment = OpenSegment(self.store, m.tp, owned.epoch, m.offset)
-        return owned, owned.segment
+    def _indexed_items(self, decoded: list[tuple[Message, AppendRecord | None]]) -> set[str] | None:
+        """Which of the batch's items the index already stores (dedup), or None after a
+        failure, with every partition of the batch rewound."""
+        ids: set[str] = set()
+        for m, r in decoded:
+            if r is None or r.meta.status is not SampleStatus.SUCCESS or not r.meta.item_id:
+                continue
+            state = self.owned[m.tp]
+            if state.segment is None or not state.segment.holds_item(r.meta.item_id):
+                ids.add(r.meta.item_id)
+        if not ids:
+            return set()
+        try:
+            return self.index.existing_items(ids)
+        except IndexError_ as e:
+            for tp in {m.tp for m, _ in decoded}:
+                self._defer(self.owned[tp], "dedup lookup", e)
+            return None
 
-    def _advance_without_record(self, m: Message) -> None:
-        owned, segment = self._segment_for(m)
+    def _segment_for(self, state: PartitionState, m: Message) -> OpenSegment | None:
+        if state.segment is None:
+            assert state.epoch is not None
+            try:
+                state.segment = OpenSegment(self.store, m.tp, state.epoch, m.offset)
+            except StoreError as e:
+                self._defer(state, "store write", e)
+                return None
+        return state.segment
+
+    def _advance_without_record(self, state: PartitionState, m: Message) -> None:
+        segment = self._segment_for(state, m)
+        if segment is None:
+            return
         segment.last_offset = m.offset
         segment.records += 1
-        self._close_if_full(m.tp, owned)
+        self._close_if_full(state)
 
-    def _append(self, m: Message, record: AppendRecord, indexed: set[str]) -> None:
-        owned, segment = self._segment_for(m)
+    def _append(
+        self, state: PartitionState, m: Message, record: AppendRecord, indexed: set[str]
+    ) -> None:
+        segment = self._segment_for(state, m)
+        if segment is None:
+            return
         meta = record.meta
         payload = record.payload
         stored = False
         if meta.status is SampleStatus.SUCCESS and meta.item_id:
             stored = meta.item_id in indexed or segment.holds_item(meta.item_id)
-            if not stored and payload is None and meta.staged:
-                payload = self._fetch_staged(meta.staged)
-            metrics.RECORDS.labels("duplicate" if stored else "stored").inc()
-        else:
-            metrics.RECORDS.labels("failure").inc()
-        segment.add(m.offset, record, payload, stored)
-        self._close_if_full(m.tp, owned)
+            if not stored and payload is None:
+                try:
+                    payload = self._payload_of(record)
+                except StoreError as e:
+                    self._discard_segment(state, "store read")
+                    self._defer(state, "store read", e)
+                    return
+                if payload is None:
+                    record = _as_failure(record, _missing_payload_reason(record))
+        outcome = "failure"
+        if record.meta.status is SampleStatus.SUCCESS:
+            outcome = "duplicate" if stored else "stored"
+        try:
+            segment.add(m.offset, record, payload, stored)
+        except StoreError as e:
+            self._discard_segment(state, "store write")
+            self._defer(state, "store write", e)
+            return
+        metrics.RECORDS.labels(outcome).inc()
+        closed = self._close_if_full(state)
+        if closed is not None:
+            # Committed now: later records of this batch must see them as stored.
+            indexed.update(i.item_id for i in closed.commit.items)
 
-    def _fetch_staged(self, name: str) -> bytes:
-        return retry_call(
-            lambda: self.store.get(name),
-            what=f"read claim check {name}",
-            retry_on=(StoreError,),
-            attempts=self.settings.commit_attempts,
-        )
+    def _payload_of(self, record: AppendRecord) -> bytes | None:
+        """The claim-check payload of a success that travelled without its bytes; None if it
+        is gone (the record then becomes a failed sample, with the reason)."""
+        name = record.meta.staged
+        if not name:
+            return None
+        try:
+            return self.store.get(name)
+        except FileNotFoundError:
+            return None
 
     # ------------------------------------------------------------------ closing
 
-    def _close_if_full(self, tp: TopicPartition, owned: _Owned) -> None:
-        seg = owned.segment
+    def _close_if_full(self, state: PartitionState) -> ClosedSegment | None:
+        seg = state.segment
         if seg is None:
-            return
+            return None
         if seg.records >= self.settings.number_sample_per_shard:
-            self._close(tp, owned, "count")
-        elif seg.bytes_written >= self.settings.segment_max_bytes:
-            self._close(tp, owned, "size")
+            return self._close(state, "count")
+        if seg.bytes_written >= self.settings.segment_max_bytes:
+            return self._close(state, "size")
+        return None
 
     def _close_due(self, idle: bool) -> None:
         now = time.monotonic()
-        for tp, owned in list(self.owned.items()):
-            seg = owned.segment
+        for state in list(self.owned.values()):
+            seg = state.segment
             if seg is None:
                 continue
             if idle and self.close_when_idle.is_set():
-                self._close(tp, owned, "drain")
+                self._close(state, "drain")
             elif now - seg.last_append >= self.settings.segment_idle_seconds:
-                self._close(tp, owned, "idle")
+                self._close(state, "idle")
+            elif now - seg.opened >= self.settings.segment_max_age_seconds:
+                self._close(state, "age")
 
     def _close_all(self, reason: str) -> None:
-        for tp, owned in list(self.owned.items()):
-            if owned.segment is not None:
-                self._close(tp, owned, reason)
+        for state in list(self.owned.values()):
+            if state.segment is not None:
+                self._close(state, reason)
 
-    def _close(self, tp: TopicPartition, owned: _Owned, reason: str) -> None:
-        seg = owned.segment
+    def _close(
+        self, state: PartitionState, reason: str, on_failure: str = "defer"
+    ) -> ClosedSegment | None:
+        """Complete and commit the open segment. On failure, `defer` rewinds and retries;
+        `abandon` (revoke, shutdown) leaves the records to whoever reads the partition next."""
+        seg = state.segment
         assert seg is not None
-        owned.segment = None
+        state.segment = None
         started = time.monotonic()
         try:
             closed = seg.finish()
         except StoreError as e:
-            # The upload is single-use; its records are still in the log from next_offset on,
-            # so rewind and rebuild the segment rather than skip anything.
-            seg.abort()
-            owned.store_failures += 1
-            if owned.store_failures >= self.settings.commit_attempts:
-                raise
-            log.warning(
-                "completing %s failed (%s); re-reading from %d", seg.name, e, owned.next_offset
+            state.segment = seg
+            self._discard_segment(state, "store complete")
+            if on_failure == "abandon":
+                log.warning("abandoning %s (%s): %s", seg.name, reason, e)
+                return None
+            if isinstance(e, ObjectExistsError):
+                # An earlier attempt under this epoch landed unbeknownst to us: the name is
+                # taken, so take a new epoch (a new name) and write the records again.
+                state.epoch = None
+            self._defer(state, "store complete", e)
+            return None
+        crashpoints.reached("after_complete")
+        committed = self._commit(state, closed, on_failure=on_failure)
+        if committed is not None:
+            metrics.COMMIT_SECONDS.observe(time.monotonic() - started)
+            log.info(
+                "closed %s (%s): %d records, %d items, %d bytes",
+                seg.segment_id,
+                reason,
+                seg.records,
+                closed.commit.segment.item_count,
+                closed.commit.segment.bytes,
             )
-            self.consumer.seek(tp, owned.next_offset)
-            self._stop.wait(min(0.2 * 2**owned.store_failures, 10.0))
-            return
-        owned.store_failures = 0
+        return committed
+
+    def _commit(
+        self, state: PartitionState, closed: ClosedSegment, on_failure: str = "defer"
+    ) -> ClosedSegment | None:
+        """The segment's index transaction, then its announcement is queued."""
         commit = closed.commit
+        tp = state.tp
         try:
-            retry_call(
-                lambda: self.index.commit_segment(commit),
-                what=f"commit {seg.segment_id}",
-                retry_on=(IndexError_,),
-                never_retry=(FencedError,),
-                attempts=self.settings.commit_attempts,
-            )
-        except FencedError:
+            self.index.commit_segment(commit)
+        except FencedError as e:
             # A newer owner holds the partition: our object is garbage nobody will read.
             metrics.FENCED.inc()
-            log.error("segment %s fenced: partition %s has a newer owner", seg.segment_id, tp)
-            self.owned.pop(tp, None)
-            return
-        owned.next_offset = commit.next_offset
-        self._announce(closed)
-        self.consumer.commit({tp: commit.next_offset})
-        self._delete_staged(closed)
+            log.error("segment %s fenced, letting %s go: %s", commit.segment.segment_id, tp, e)
+            self._let_go(state)
+            return None
+        except IndexError_ as e:
+            if on_failure == "abandon":
+                state.pending = None
+                log.warning("abandoning %s: %s", commit.segment.segment_id, e)
+                return None
+            state.pending = closed
+            self._defer(state, "index commit", e)
+            return None
+        crashpoints.reached("after_index_commit")
+        state.pending = None
+        state.failures = 0
+        state.next_offset = commit.next_offset
         metrics.SEGMENTS_CLOSED.inc()
         metrics.SEGMENT_BYTES.observe(commit.segment.bytes)
-        metrics.COMMIT_SECONDS.observe(time.monotonic() - started)
-        log.info(
-            "closed %s (%s): %d records, %d items, %d bytes",
-            seg.segment_id,
-            reason,
-            seg.records,
-            commit.segment.item_count,
-            commit.segment.bytes,
+        self.announcer.add(
+            tp,
+            Announcement(closed_event(commit.segment), commit.next_offset, list(closed.staged)),
         )
+        return closed
 
-    def _announce(self, closed: ClosedSegment) -> None:
-        seg = closed.commit.segment
-        event = SegmentClosed(
-            segment_id=seg.segment_id,
-            uri=seg.uri,
-            topic=seg.topic,
-            partition=seg.partition,
-            first_offset=seg.first_offset,
-            last_offset=seg.last_offset,
-            epoch=seg.epoch,
-            item_count=seg.item_count,
-            sample_count=seg.sample_count,
-            bytes=seg.bytes,
-            sha256=seg.sha256,
-            created_at=seg.created_at,
-        )
-        self.producer.produce(
-            self.settings.closed_topic, event.encode(), key=seg.segment_id.encode()
-        )
-        self.producer.flush()
+    def _let_go(self, state: PartitionState) -> None:
+        if state.segment is not None:
+            self._discard_segment(state, "fenced")
+        state.pending = None
+        self.announcer.drop(state.tp)
+        self.owned.pop(state.tp, None)
+        with contextlib.suppress(BusError):
+            self.consumer.pause([state.tp])
+        metrics.OWNED_PARTITIONS.set(len(self.owned))
 
-    def _delete_staged(self, closed: ClosedSegment) -> None:
-        for name in closed.staged:
+    # ------------------------------------------------------------------ announcing
+
+    def _commit_announced(self, partitions: Iterable[TopicPartition]) -> None:
+        """Commit each partition's Kafka offset past its announced segments, then delete their
+        claim checks: the offset is the mark below which every segment was announced."""
+        for tp in partitions:
+            done = self.announcer.confirmed(tp)
+            if not done:
+                continue
+            crashpoints.reached("after_announce")
+            try:
+                self.consumer.commit({tp: done[-1].next_offset})
+            except BusError as e:
+                # Only a hint: the next owner re-announces from the older mark.
+                metrics.RETRIES.labels("kafka_commit").inc()
+                log.warning("Kafka commit of %s failed: %s", tp, e)
+            crashpoints.reached("after_kafka_commit")
+            for a in done:
+                self._delete_staged(a.staged)
+
+    def _reannounce_due(self) -> None:
+        due = [s for s in self.owned.values() if s.reannounce_below is not None and s.accepting]
+        if not due:
+            return
+        marks = self._announced_marks({s.tp.topic for s in due})
+        for state in due:
+            tp, below = state.tp, state.reannounce_below
+            assert below is not None
+            mark = None if marks is None else marks.get(tp)
+            if mark is None:
+                # No mark (never committed, expired, or Kafka cannot say): only the newest
+                # segment can be unannounced for sure; the materializer's reconciliation at
+                # start covers anything older.
+                mark = below - 1
+            try:
+                segments = self.index.partition_segments(tp.topic, tp.partition, mark)
+            except IndexError_ as e:
+                log.warning("cannot list the segments of %s to re-announce: %s", tp, e)
+                continue
+            state.reannounce_below = None
+            again = [
+                Announcement(closed_event(seg), seg.last_offset + 1)
+                for seg in segments
+                if seg.last_offset < below
+            ]
+            metrics.REANNOUNCED.inc(len(again))
+            # Ahead of anything this owner committed since: the offset mark only moves forward.
+            self.announcer.add_first(tp, again)
+
+    def _announced_marks(self, topics: set[str]) -> dict[TopicPartition, int | None] | None:
+        """The group's committed offset per partition, or None if Kafka cannot say."""
+        marks: dict[TopicPartition, int | None] = {}
+        try:
+            for topic in topics:
+                for lag in self.bus.lag(self.settings.group_id, topic):
+                    marks[TopicPartition(topic, lag.partition)] = lag.committed
+        except BusError as e:
+            log.warning("cannot read the committed offsets to re-announce from: %s", e)
+            return None
+        return marks
+
+    def _delete_staged(self, names: Iterable[str]) -> None:
+        for name in names:
             try:
                 self.store.delete(name)
             except StoreError as e:  # garbage at worst; gc removes it
                 log.warning("could not delete claim check %s: %s", name, e)
+
+
+def _missing_payload_reason(record: AppendRecord) -> str:
+    if record.meta.staged:
+        return f"appender: claim-check payload {record.meta.staged} is gone"
+    return "appender: success record without its image bytes"
+
+
+def _as_failure(record: AppendRecord, reason: str) -> AppendRecord:
+    """A success whose bytes cannot be had is recorded as a failed sample, with the reason,
+    rather than stopping the partition on one bad record."""
+    meta = record.meta.model_copy(
+        update={
+            "status": SampleStatus.FAILED_TO_DOWNLOAD,
+            "error_message": reason,
+            "item_id": None,
+        }
+    )
+    return AppendRecord(meta=meta, payload=None)

@@ -18,8 +18,26 @@ class AppenderSettings(ConnectionSettings):
     segment_idle_seconds: float = Field(
         30.0, ge=0, description="Close a segment that received nothing for this long."
     )
+    segment_max_age_seconds: float = Field(
+        3600.0,
+        gt=0,
+        description="Close a segment open this long even if records keep trickling in, so an "
+        "upload never lives longer than this (gc's grace period for uploads relies on it).",
+    )
     poll_max_records: int = Field(500, ge=1, description="Records taken per poll.")
     poll_timeout_seconds: float = Field(0.5, gt=0, description="Longest wait of one poll.")
     commit_attempts: int = Field(
-        8, ge=1, description="Tries of a transient store/index error before stopping loudly."
+        8,
+        ge=1,
+        description="Consecutive failures of a partition's store or index calls before the "
+        "partition stops (readiness fails) instead of retrying.",
+    )
+    retry_base_seconds: float = Field(
+        0.2, gt=0, description="First backoff after a transient failure; doubles each time."
+    )
+    retry_max_seconds: float = Field(10.0, gt=0, description="Longest backoff between retries.")
+    announce_timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        description="How long a revoke or shutdown waits for SEGMENT_CLOSED acknowledgements.",
     )

@@ -89,6 +89,18 @@ class SampleRow:
 
 
 @dataclass(frozen=True, slots=True)
+class IndexTotals:
+    """Sizes of the committed dataset, for dashboards: one aggregate instead of every row."""
+
+    segments: int
+    items: int  # sum of the segments' item_count
+    samples: int  # sum of the segments' sample_count (rows recorded, a resampled row counted again)
+    bytes: int
+    first_created_at: float | None
+    last_created_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
 class SegmentCommit:
     """One segment's transaction. `items` and `samples` have unique ids within the commit."""
 
@@ -145,6 +157,18 @@ class Index(ABC):
     def segments(self) -> list[SegmentRow]:
         """All committed segments ordered by (partition, first_offset)."""
 
+    def partition_segments(
+        self, topic: str, partition: int, min_last_offset: int = 0
+    ) -> list[SegmentRow]:
+        """Committed segments of one partition whose last_offset >= `min_last_offset`, ordered
+        by first_offset (the appender re-announces these on taking a partition). The default
+        walks `segments()`; the SQL adapters answer with one indexed query."""
+        return [
+            s
+            for s in self.segments()
+            if s.topic == topic and s.partition == partition and s.last_offset >= min_last_offset
+        ]
+
     @abstractmethod
     def items_for_segment(self, segment_id: str) -> list[ItemRow]:
         """Items stored in that segment, in data_offset order."""
@@ -160,6 +184,25 @@ class Index(ABC):
     @abstractmethod
     def error_counts(self) -> dict[str, int]:
         """Failed sample rows per error message."""
+
+    def totals(self) -> IndexTotals:
+        """Counts and sizes over every committed segment. The default walks `segments()`;
+        the SQL adapters answer with one aggregate query."""
+        rows = self.segments()
+        created = [s.created_at for s in rows]
+        return IndexTotals(
+            segments=len(rows),
+            items=sum(s.item_count for s in rows),
+            samples=sum(s.sample_count for s in rows),
+            bytes=sum(s.bytes for s in rows),
+            first_created_at=min(created) if created else None,
+            last_created_at=max(created) if created else None,
+        )
+
+    def recent_segments(self, limit: int, offset: int = 0) -> list[SegmentRow]:
+        """Committed segments, newest first (created_at, then segment_id), one page of them."""
+        rows = sorted(self.segments(), key=lambda s: (s.created_at, s.segment_id), reverse=True)
+        return rows[offset : offset + limit]
 
     @abstractmethod
     def close(self) -> None: ...

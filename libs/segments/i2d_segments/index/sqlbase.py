@@ -15,6 +15,7 @@ from i2d_segments.index.base import (
     FencedError,
     Index,
     IndexError_,
+    IndexTotals,
     ItemRow,
     PartitionRow,
     SampleRow,
@@ -186,6 +187,16 @@ class SqlIndex(Index):
         rows = self._fetch(f'{_SEGMENT} ORDER BY "partition", first_offset, topic, segment_id')
         return [to_segment(r) for r in rows]
 
+    def partition_segments(
+        self, topic: str, partition: int, min_last_offset: int = 0
+    ) -> list[SegmentRow]:
+        rows = self._fetch(
+            f'{_SEGMENT} WHERE topic = ? AND "partition" = ? AND last_offset >= ? '
+            "ORDER BY first_offset",
+            (clean_text(topic), partition, min_last_offset),
+        )
+        return [to_segment(r) for r in rows]
+
     def items_for_segment(self, segment_id: str) -> list[ItemRow]:
         rows = self._fetch(
             f"{_ITEM} WHERE segment_id = ? ORDER BY data_offset", (clean_text(segment_id),)
@@ -197,6 +208,28 @@ class SqlIndex(Index):
             f"{_SAMPLE} WHERE segment_id = ? ORDER BY sample_id", (clean_text(segment_id),)
         )
         return [to_sample(r) for r in rows]
+
+    def totals(self) -> IndexTotals:
+        rows = self._fetch(
+            "SELECT COUNT(*), COALESCE(SUM(item_count), 0), COALESCE(SUM(sample_count), 0), "
+            "COALESCE(SUM(bytes), 0), MIN(created_at), MAX(created_at) FROM segments"
+        )
+        n, items, samples, size, first, last = rows[0]
+        return IndexTotals(
+            segments=int(n),
+            items=int(items),
+            samples=int(samples),
+            bytes=int(size),
+            first_created_at=None if first is None else float(first),
+            last_created_at=None if last is None else float(last),
+        )
+
+    def recent_segments(self, limit: int, offset: int = 0) -> list[SegmentRow]:
+        rows = self._fetch(
+            f"{_SEGMENT} ORDER BY created_at DESC, segment_id DESC LIMIT ? OFFSET ?",
+            (max(0, int(limit)), max(0, int(offset))),
+        )
+        return [to_segment(r) for r in rows]
 
     def status_counts(self) -> dict[str, int]:
         rows = self._fetch("SELECT status, COUNT(*) FROM samples GROUP BY status")

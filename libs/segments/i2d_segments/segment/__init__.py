@@ -8,10 +8,12 @@ from i2d_segments.segment.format import (
     MemberLocation,
     SegmentFormatError,
     TruncatedSegmentError,
+    is_metadata_name,
     member_name,
     split_name,
     validate_ext,
     validate_key,
+    validate_metadata_name,
 )
 from i2d_segments.segment.reader import (
     Member,
@@ -33,6 +35,7 @@ __all__ = [
     "SegmentWriter",
     "TruncatedSegmentError",
     "VerifyResult",
+    "is_metadata_name",
     "iter_members",
     "iter_samples",
     "member_name",
@@ -41,5 +44,6 @@ __all__ = [
     "split_name",
     "validate_ext",
     "validate_key",
+    "validate_metadata_name",
     "verify_stream",
 ]

@@ -14,6 +14,9 @@ BLOCK_SIZE = 512
 
 # An extension is one or more dot-separated words (`jpg`, `seg.png`), as WebDataset reads them.
 _EXT_RE = re.compile(r"[A-Za-z0-9_\-]+(?:\.[A-Za-z0-9_\-]+)*")
+# A segment-level member: `__word__`, no dot and no slash. WebDataset's tar reader skips names
+# that start and end with `__` as metadata; without an extension it is in no sample either.
+_METADATA_RE = re.compile(r"__[A-Za-z0-9]+(?:_[A-Za-z0-9]+)*__")
 
 
 class SegmentFormatError(ValueError):
@@ -48,6 +51,16 @@ def validate_ext(ext: str) -> None:
     """Raise ValueError unless `ext` is a member extension such as `jpg` or `json`."""
     if not _EXT_RE.fullmatch(ext):
         raise ValueError(f"invalid member extension {ext!r}")
+
+
+def validate_metadata_name(name: str) -> None:
+    """Raise ValueError unless `name` is a metadata member name such as `__segment__`."""
+    if not _METADATA_RE.fullmatch(name):
+        raise ValueError(f"metadata member name {name!r} is not of the form __word__")
+
+
+def is_metadata_name(name: str) -> bool:
+    return _METADATA_RE.fullmatch(name) is not None
 
 
 def member_name(key: str, ext: str) -> str:

@@ -23,6 +23,7 @@ from i2d_segments.segment.format import (
     member_name,
     validate_ext,
     validate_key,
+    validate_metadata_name,
 )
 
 # Octal size and mtime fields hold 11 digits; beyond that tarfile adds PAX records.
@@ -93,7 +94,20 @@ class SegmentWriter:
         for ext, data in members:
             name = member_name(key, ext)
             planned.append((name, self._header(name, len(data)), data))
+        locations = self._write_members(planned)
+        self._sample_count += 1
+        return locations
 
+    def add_metadata(self, name: str, data: bytes) -> MemberLocation:
+        """Append a segment-level member that is not a sample, such as the manifest the appender
+        writes last. `name` must be `__<word>__`: WebDataset skips such members as metadata,
+        and having no extension they belong to no sample for `iter_samples` either."""
+        self._check_writable()
+        validate_metadata_name(name)
+        return self._write_members([(name, self._header(name, len(data)), data)])[0]
+
+    def _write_members(self, planned: list[tuple[str, bytes, bytes]]) -> list[MemberLocation]:
+        """Emit `(name, header, data)` members, returning where each one's data landed."""
         locations: list[MemberLocation] = []
         pending: list[bytes] = []
         try:
@@ -114,10 +128,9 @@ class SegmentWriter:
                     self._position += padding
             self._emit_joined(pending)
         except BaseException:
-            # Part of the sample may have reached the sink: the stream is no longer a tar.
+            # Part of a member may have reached the sink: the stream is no longer a tar.
             self._failed = True
             raise
-        self._sample_count += 1
         return locations
 
     def finish(self) -> SegmentDigest:

@@ -1,0 +1,110 @@
+"""The segment manifest: the last member of every segment the appender writes, `__segment__`.
+
+It makes "the segments alone hold everything needed to rebuild the index" true for every
+column, not only for stored images: the index rows of a segment include samples that have no
+member of their own (failures, and successes whose item was already stored elsewhere), and
+numbers no member carries (the offset range, the epoch, the fetch times). The manifest holds
+them as JSON lines, written at close, inside the object whose sha256 the index records:
+
+    {"kind": "segment", "v": 1, "segment_id": ..., "topic": ..., "partition": ..., ...}
+    {"kind": "item", "item_id": ..., "data_offset": ..., ...}       one per item written
+    {"kind": "sample", "sample_id": ..., "url": ..., ...}           one per input row
+
+WebDataset readers skip it (a `__name__` member is metadata to them) and `iter_samples` does
+too (it has no extension), so training code never sees it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, fields
+from typing import Any
+
+from i2d_segments.index.base import ItemRow, SampleRow
+from i2d_segments.segment.format import SegmentFormatError
+
+MANIFEST_NAME = "__segment__"
+MANIFEST_VERSION = 1
+
+_ITEM_FIELDS = tuple(f.name for f in fields(ItemRow) if f.name != "segment_id")
+_SAMPLE_FIELDS = tuple(f.name for f in fields(SampleRow) if f.name != "segment_id")
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentManifest:
+    segment_id: str
+    topic: str
+    partition: int
+    first_offset: int
+    last_offset: int
+    epoch: int
+    created_at: float
+    items: list[ItemRow]
+    samples: list[SampleRow]
+
+
+def _line(obj: dict[str, Any]) -> bytes:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n"
+
+
+def encode_manifest(manifest: SegmentManifest) -> bytes:
+    head = {
+        "kind": "segment",
+        "v": MANIFEST_VERSION,
+        "segment_id": manifest.segment_id,
+        "topic": manifest.topic,
+        "partition": manifest.partition,
+        "first_offset": manifest.first_offset,
+        "last_offset": manifest.last_offset,
+        "epoch": manifest.epoch,
+        "created_at": manifest.created_at,
+        "items": len(manifest.items),
+        "samples": len(manifest.samples),
+    }
+    out = [_line(head)]
+    for item in manifest.items:
+        out.append(_line({"kind": "item", **{k: getattr(item, k) for k in _ITEM_FIELDS}}))
+    for sample in manifest.samples:
+        out.append(_line({"kind": "sample", **{k: getattr(sample, k) for k in _SAMPLE_FIELDS}}))
+    return b"".join(out)
+
+
+def decode_manifest(data: bytes) -> SegmentManifest:
+    """Parse a manifest; SegmentFormatError if it is not one this version understands."""
+    try:
+        lines = [json.loads(line) for line in data.decode("utf-8").splitlines() if line]
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise SegmentFormatError(f"manifest is not JSON lines: {e}") from e
+    if not lines or not isinstance(lines[0], dict) or lines[0].get("kind") != "segment":
+        raise SegmentFormatError("manifest does not start with its segment line")
+    head = lines[0]
+    if head.get("v") != MANIFEST_VERSION:
+        raise SegmentFormatError(f"manifest version {head.get('v')!r} is not supported")
+    try:
+        segment_id = str(head["segment_id"])
+        items = [
+            ItemRow(segment_id=segment_id, **{k: obj[k] for k in _ITEM_FIELDS})
+            for obj in lines[1:]
+            if obj.get("kind") == "item"
+        ]
+        samples = [
+            SampleRow(segment_id=segment_id, **{k: obj[k] for k in _SAMPLE_FIELDS})
+            for obj in lines[1:]
+            if obj.get("kind") == "sample"
+        ]
+        manifest = SegmentManifest(
+            segment_id=segment_id,
+            topic=str(head["topic"]),
+            partition=int(head["partition"]),
+            first_offset=int(head["first_offset"]),
+            last_offset=int(head["last_offset"]),
+            epoch=int(head["epoch"]),
+            created_at=float(head["created_at"]),
+            items=items,
+            samples=samples,
+        )
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise SegmentFormatError(f"manifest row is incomplete: {e!r}") from e
+    if len(items) != head.get("items") or len(samples) != head.get("samples"):
+        raise SegmentFormatError("manifest row counts differ from its segment line")
+    return manifest
