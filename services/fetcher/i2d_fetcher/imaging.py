@@ -153,7 +153,6 @@ def process_image(data: bytes, opts: FetchOptions) -> ProcessedImage:
     with img:
         width, height = img.size
         check_filters(width, height, opts)
-        exif = extract_exif(img) if opts.extract_exif else None
         geo = plan(width, height, opts)
         scale = _reduce(img, geo, width, height)
         dw, dh = img.size
@@ -162,6 +161,8 @@ def process_image(data: bytes, opts: FetchOptions) -> ProcessedImage:
                 f"decompression bomb: {width}x{height} image would decode to {dw * dh} pixels,"
                 f" over the limit of {opts.max_decoded_pixels}"
             )
+        # Only now: reading EXIF may decode the whole image (PNG keeps it after the pixels).
+        exif = extract_exif(img) if opts.extract_exif else None
         try:
             img.load()
             pixels = _flatten(img)
