@@ -1,0 +1,238 @@
+"""DatasetReader: the dataset as training code sees it, sequential or random access.
+
+- Sequential: every item of every committed segment, in segment order (partition, first
+  offset), streaming each segment object once from the folder or S3. The segment list comes
+  from the index when there is one, else from `manifests/wids.json` (bucket access only).
+- Random access: by item_id (one index lookup, one ranged read), by sample_id or url (the
+  sample row, then the item). Ranged reads are checked against the stored bytes' sha256.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from i2d_segments.ids import sha256_hex
+from i2d_segments.index import Index, ItemRow, SampleRow
+from i2d_segments.naming import object_name_of
+from i2d_segments.reader.item import Item
+from i2d_segments.reader.manifest import WIDS_NAME, segment_ids_from_wids
+from i2d_segments.segment import SegmentSample, iter_samples
+from i2d_segments.store import SegmentStore
+
+METADATA_EXTS = frozenset({"json", "txt"})
+DEFAULT_INDEX_NAME = "index.sqlite"
+
+
+class CorruptItemError(ValueError):
+    """A ranged read did not return the bytes the index recorded (sha256 mismatch)."""
+
+
+class DatasetReader:
+    """Reads a dataset from its store, with its index when given (random access needs it)."""
+
+    def __init__(
+        self, store: SegmentStore, index: Index | None = None, *, close_both: bool = False
+    ) -> None:
+        self.store = store
+        self.index = index
+        self._close_both = close_both
+
+    @classmethod
+    def open(
+        cls,
+        location: str,
+        *,
+        index_url: str | None = None,
+        s3_endpoint_url: str | None = None,
+        s3_region: str | None = None,
+    ) -> DatasetReader:
+        """An output folder (`out`, `file:///abs/out`) or a bucket prefix (`s3://bucket/ds/`).
+
+        The index is `index_url` (`postgresql://...` or `sqlite:///...`) when given, else the
+        folder's `index.sqlite` when it exists, else none: sequential reads then follow the
+        manifests and random access is unavailable.
+        """
+        from i2d_segments.connect import open_index, open_store
+
+        store = open_store(location, s3_endpoint_url=s3_endpoint_url, s3_region=s3_region)
+        index: Index | None = None
+        if index_url is not None:
+            index = open_index(index_url)
+        elif not location.startswith("s3://"):
+            folder = Path(
+                location[len("file://") :] if location.startswith("file://") else location
+            )
+            if (folder / DEFAULT_INDEX_NAME).is_file():
+                index = open_index(str(folder / DEFAULT_INDEX_NAME))
+        return cls(store, index, close_both=True)
+
+    def close(self) -> None:
+        if self._close_both:
+            if self.index is not None:
+                self.index.close()
+            self.store.close()
+
+    def __enter__(self) -> DatasetReader:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- the segment list -----------------------------------------------------------------
+
+    def segment_ids(self) -> list[str]:
+        """Committed segments in segment order: from the index, else from the wids manifest."""
+        if self.index is not None:
+            return [s.segment_id for s in self.index.segments()]
+        try:
+            body = self.store.get(WIDS_NAME)
+        except FileNotFoundError:
+            raise FileNotFoundError(
+                f"no index and no {WIDS_NAME} in the store: nothing says which segments exist"
+            ) from None
+        return [segment_id for segment_id, _ in segment_ids_from_wids(body)]
+
+    def shard_urls(self) -> list[str]:
+        """The segments' URIs, for WebDataset or any tar reader."""
+        return [self.store.uri(object_name_of(s)) for s in self.segment_ids()]
+
+    # -- sequential -----------------------------------------------------------------------
+
+    def __iter__(self) -> Iterator[Item]:
+        return self.iter_items()
+
+    def iter_items(
+        self, segment_ids: Iterable[str] | None = None, *, load_images: bool = True
+    ) -> Iterator[Item]:
+        """Every item of the given segments (default: all), streaming each segment once.
+        `load_images=False` reads metadata only (image data is skipped, `image` is empty)."""
+        for segment_id in self.segment_ids() if segment_ids is None else segment_ids:
+            yield from self.iter_segment(segment_id, load_images=load_images)
+
+    def iter_segment(self, segment_id: str, *, load_images: bool = True) -> Iterator[Item]:
+        load = None if load_images else METADATA_EXTS
+        with self.store.open_stream(object_name_of(segment_id)) as stream:
+            for sample in iter_samples(stream, load=load):
+                item = _item_from_sample(segment_id, sample)
+                if item is not None:
+                    yield item
+
+    # -- random access --------------------------------------------------------------------
+
+    def _require_index(self) -> Index:
+        if self.index is None:
+            raise RuntimeError("random access needs the index (pass index_url)")
+        return self.index
+
+    def read_image(self, row: ItemRow, *, verify: bool = True) -> bytes:
+        """The stored image of an index row: one ranged read, checked against its sha256."""
+        data = self.store.read_range(
+            object_name_of(row.segment_id), row.data_offset, row.data_length
+        )
+        if verify and row.data_sha256 is not None and sha256_hex(data) != row.data_sha256:
+            raise CorruptItemError(
+                f"item {row.item_id}: bytes at {row.segment_id}@{row.data_offset} do not match "
+                "the recorded sha256"
+            )
+        return data
+
+    def get(self, item_id: str, *, verify: bool = True) -> Item | None:
+        """The item stored under `item_id`: one index lookup, one ranged read."""
+        row = self._require_index().item(item_id)
+        if row is None:
+            return None
+        return Item(
+            item_id=row.item_id,
+            segment_id=row.segment_id,
+            ext=row.ext,
+            image=self.read_image(row, verify=verify),
+            meta=_item_meta(row),
+            data_offset=row.data_offset,
+            data_length=row.data_length,
+        )
+
+    def get_sample(self, sample_id: str, *, verify: bool = True) -> Item | None:
+        """The image of one input row (None if unknown or failed), with that row's metadata."""
+        sample = self._require_index().sample(sample_id)
+        return None if sample is None else self._sample_item(sample, verify)
+
+    def get_url(self, url: str, *, verify: bool = True) -> list[Item]:
+        """The images stored for every input row with this url (usually one)."""
+        out = []
+        for sample in self._require_index().samples_by_url(url):
+            item = self._sample_item(sample, verify)
+            if item is not None:
+                out.append(item)
+        return out
+
+    def _sample_item(self, sample: SampleRow, verify: bool) -> Item | None:
+        if sample.item_id is None:
+            return None
+        row = self._require_index().item(sample.item_id)
+        if row is None:
+            return None
+        return Item(
+            item_id=row.item_id,
+            segment_id=row.segment_id,
+            ext=row.ext,
+            image=self.read_image(row, verify=verify),
+            meta=sample_meta(sample),
+            caption=sample.caption,
+            data_offset=row.data_offset,
+            data_length=row.data_length,
+        )
+
+
+def _item_from_sample(segment_id: str, sample: SegmentSample) -> Item | None:
+    """A tar sample as an Item; members without an image extension are not items."""
+    image_exts = [e for e in sample.locations if e not in METADATA_EXTS]
+    if len(image_exts) != 1:
+        return None
+    ext = image_exts[0]
+    location = sample.locations[ext]
+    meta_bytes = sample.data.get("json")
+    caption = sample.data.get("txt")
+    return Item(
+        item_id=sample.key,
+        segment_id=segment_id,
+        ext=ext,
+        image=sample.data.get(ext, b""),
+        meta=json.loads(meta_bytes) if meta_bytes else {},
+        caption=None if caption is None else caption.decode("utf-8"),
+        data_offset=location.data_offset,
+        data_length=location.data_length,
+    )
+
+
+def _item_meta(row: ItemRow) -> dict[str, Any]:
+    return {
+        "item_id": row.item_id,
+        "mime": row.mime,
+        "width": row.width,
+        "height": row.height,
+        "original_width": row.original_width,
+        "original_height": row.original_height,
+    }
+
+
+def sample_meta(sample: SampleRow) -> dict[str, Any]:
+    """img2dataset's metadata of one input row, from its index row (the parquet row's fields)."""
+    meta: dict[str, Any] = {
+        "url": sample.url,
+        "caption": sample.caption,
+        "status": sample.status,
+        "error_message": sample.error,
+    }
+    meta.update(sample.attrs)
+    meta["sample_id"] = sample.sample_id
+    meta["item_id"] = sample.item_id
+    return meta
