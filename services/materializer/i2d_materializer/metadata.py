@@ -2,7 +2,8 @@
 
 - metadata parquet: one row per input row (successes and failures) with img2dataset's column
   names; then `sample_id` and `item_id`, which join back to the index and the TAR keys;
-- stats JSON: img2dataset's `{shard}_stats.json` fields, plus segment bytes and item count.
+- stats JSON: img2dataset's `{shard}_stats.json` fields, plus segment bytes, item count and the
+  stored images' sizes (bytes, width, height: min, max, mean).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from i2d_segments.index import SampleRow, SegmentRow
+from i2d_segments.index import ItemRow, SampleRow, SegmentRow
 
 _STRING_COLUMNS = ("url", "caption", "key", "status", "error_message")
 _INT_COLUMNS = ("width", "height", "original_width", "original_height")
@@ -73,7 +74,26 @@ def parquet_bytes(table: pa.Table) -> bytes:
     return buf.getvalue()
 
 
-def stats(segment: SegmentRow, samples: Sequence[SampleRow]) -> dict[str, Any]:
+def _spread(values: Sequence[int]) -> dict[str, float | int | None]:
+    if not values:
+        return {"min": None, "max": None, "mean": None}
+    return {"min": min(values), "max": max(values), "mean": round(sum(values) / len(values), 3)}
+
+
+def sizes(items: Sequence[ItemRow]) -> dict[str, Any]:
+    """The stored images of a segment: total bytes, and the spread of bytes, width, height."""
+    lengths = [i.data_length for i in items]
+    return {
+        "image_bytes": sum(lengths),
+        "bytes": _spread(lengths),
+        "width": _spread([i.width for i in items if i.width is not None]),
+        "height": _spread([i.height for i in items if i.height is not None]),
+    }
+
+
+def stats(
+    segment: SegmentRow, samples: Sequence[SampleRow], items: Sequence[ItemRow] = ()
+) -> dict[str, Any]:
     by_status = Counter(s.status for s in samples)
     status_dict = Counter(s.error if s.error else s.status for s in samples)
     times = [s.updated_at for s in samples] or [segment.created_at]
@@ -90,4 +110,5 @@ def stats(segment: SegmentRow, samples: Sequence[SampleRow]) -> dict[str, Any]:
         "item_count": segment.item_count,
         "bytes": segment.bytes,
         "sha256": segment.sha256,
+        "sizes": sizes(items),
     }

@@ -12,3 +12,7 @@ LAG_SECONDS = Gauge(
     "img2dataset_materializer_lag_seconds",
     "Age of the last materialized segment when it was handled (commit to materialization).",
 )
+MANIFEST_SECONDS = Histogram(
+    "img2dataset_materializer_manifest_seconds",
+    "Time to rewrite the dataset manifests (shard lists, wids JSON, summary).",
+)

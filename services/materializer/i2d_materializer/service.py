@@ -1,8 +1,12 @@
-"""The materializer loop: SEGMENT_CLOSED -> metadata parquet and stats next to the segment.
+"""The materializer: SEGMENT_CLOSED -> metadata parquet and stats next to each segment, and the
+dataset manifests (`manifests/`) kept current.
 
-Idempotent: outputs are a pure function of the index rows of the segment, written with
-overwrite, so an event handled twice (at-least-once delivery) yields the same files. Offsets are
-committed after the outputs are written.
+It is a `SegmentConsumer` run by the same `ConsumerRunner` users' consumers run on. Idempotent:
+every output is a pure function of the index rows, written with overwrite, so an event handled
+twice (at-least-once delivery) yields the same files. Offsets are committed after the outputs
+are written. Manifests cover the whole dataset, so they are rewritten at most every
+`manifest_interval_seconds` while events flow, and always when the stream goes idle, after a
+catch-up and at shutdown.
 """
 
 from __future__ import annotations
@@ -13,14 +17,15 @@ import threading
 import time
 
 from i2d_materializer import metrics
+from i2d_materializer.consumer import ConsumerContext, ConsumerRunner, SegmentConsumer
+from i2d_materializer.manifests import write_manifests
 from i2d_materializer.metadata import metadata_table, parquet_bytes, stats
 from i2d_materializer.settings import MaterializerSettings
-from i2d_segments.bus import Bus, Message, TopicPartition
-from i2d_segments.index import Index, IndexError_
+from i2d_segments.bus import Bus
+from i2d_segments.index import Index, SegmentRow
 from i2d_segments.naming import sidecar_name
-from i2d_segments.records import MalformedRecord, SegmentClosed
-from i2d_segments.runtime import Health, retry_call
-from i2d_segments.store import SegmentStore, StoreError
+from i2d_segments.runtime import Health
+from i2d_segments.store import SegmentStore
 
 log = logging.getLogger(__name__)
 
@@ -28,10 +33,47 @@ METADATA_SUFFIX = ".parquet"
 STATS_SUFFIX = "_stats.json"
 
 
+class Materializer(SegmentConsumer):
+    def __init__(self, group_id: str = "materializer", manifest_interval: float = 10.0) -> None:
+        self.group_id = group_id
+        self.manifest_interval = manifest_interval
+        # Dirty from the start: a restart rewrites the manifests once even if nothing is new
+        # (the previous run may have died between a segment's sidecars and the manifests).
+        self._manifests_dirty = True
+        self._manifests_at = float("-inf")
+
+    def handle(self, segment: SegmentRow, ctx: ConsumerContext) -> None:
+        started = time.monotonic()
+        sid = segment.segment_id
+        samples = ctx.index.samples_for_segment(sid)
+        items = ctx.index.items_for_segment(sid)
+        ctx.store.put(sidecar_name(sid, METADATA_SUFFIX), parquet_bytes(metadata_table(samples)))
+        body = json.dumps(stats(segment, samples, items), indent=2, sort_keys=True).encode()
+        ctx.store.put(sidecar_name(sid, STATS_SUFFIX), body)
+        self._manifests_dirty = True
+        metrics.SEGMENTS.inc()
+        metrics.SECONDS.observe(time.monotonic() - started)
+        metrics.LAG_SECONDS.set(max(0.0, time.time() - segment.created_at))
+
+    def is_done(self, segment: SegmentRow, ctx: ConsumerContext) -> bool:
+        return ctx.store.exists(sidecar_name(segment.segment_id, STATS_SUFFIX))
+
+    def flush(self, ctx: ConsumerContext, *, final: bool) -> None:
+        if not self._manifests_dirty:
+            return
+        if not final and time.monotonic() - self._manifests_at < self.manifest_interval:
+            return
+        started = time.monotonic()
+        write_manifests(ctx.store, ctx.index)
+        self._manifests_dirty = False
+        self._manifests_at = time.monotonic()
+        metrics.MANIFEST_SECONDS.observe(self._manifests_at - started)
+
+
 class MaterializerService:
     def __init__(
         self,
-        bus: Bus,
+        bus: Bus | None,
         store: SegmentStore,
         index: Index,
         settings: MaterializerSettings,
@@ -41,76 +83,32 @@ class MaterializerService:
         self.store = store
         self.index = index
         self.health = health or Health()
-        self.consumer = bus.consumer(settings.group_id)
+        self.materializer = Materializer(settings.group_id, settings.manifest_interval_seconds)
+        self.runner = ConsumerRunner(
+            self.materializer,
+            bus,
+            store,
+            index,
+            topic=settings.closed_topic,
+            health=self.health,
+            poll_timeout=settings.poll_timeout_seconds,
+        )
 
     def run(self, stop: threading.Event) -> None:
-        if self.settings.reconcile_on_start:
-            self.reconcile()
-        self.consumer.subscribe([self.settings.closed_topic])
-        try:
-            while not stop.is_set():
-                self.step()
-        finally:
-            self.consumer.close()
+        self.runner.run(stop, catch_up=self.settings.reconcile_on_start)
 
-    def step(self) -> None:
-        messages = self.consumer.poll_batch(100, self.settings.poll_timeout_seconds)
-        self.health.beat()
-        if not messages:
-            return
-        offsets: dict[TopicPartition, int] = {}
-        for m in messages:
-            self._handle(m)
-            offsets[m.tp] = m.offset + 1
-        self.consumer.commit(offsets)
-
-    def _handle(self, m: Message) -> None:
-        try:
-            event = SegmentClosed.decode(m.value)
-        except MalformedRecord as e:
-            log.error("skipping malformed SEGMENT_CLOSED %s@%d: %s", m.tp, m.offset, e)
-            return
-        self.materialize(event.segment_id)
-        metrics.LAG_SECONDS.set(max(0.0, time.time() - event.created_at))
+    def step(self) -> int:
+        return self.runner.step()
 
     def materialize(self, segment_id: str) -> bool:
-        """Write the segment's metadata parquet and stats; False if the index has no such
-        segment (an event from a commit that never happened cannot exist, so this is a bug
-        or a foreign event; logged, not fatal)."""
-        started = time.monotonic()
-        segment = retry_call(
-            lambda: self.index.segment(segment_id), what="segment lookup", retry_on=(IndexError_,)
-        )
-        if segment is None:
-            log.error("SEGMENT_CLOSED for %s, which the index does not hold", segment_id)
-            return False
-        samples = retry_call(
-            lambda: self.index.samples_for_segment(segment_id),
-            what="samples lookup",
-            retry_on=(IndexError_,),
-        )
-        table = metadata_table(samples)
-        retry_call(
-            lambda: self.store.put(sidecar_name(segment_id, METADATA_SUFFIX), parquet_bytes(table)),
-            what="write metadata",
-            retry_on=(StoreError,),
-        )
-        body = json.dumps(stats(segment, samples), indent=2, sort_keys=True).encode()
-        retry_call(
-            lambda: self.store.put(sidecar_name(segment_id, STATS_SUFFIX), body),
-            what="write stats",
-            retry_on=(StoreError,),
-        )
-        metrics.SEGMENTS.inc()
-        metrics.SECONDS.observe(time.monotonic() - started)
-        return True
+        """Write the segment's metadata parquet and stats (manifests follow at the next flush);
+        False if the index has no such segment."""
+        return self.runner.handle_segment_id(segment_id)
 
     def reconcile(self) -> int:
-        """Materialize every committed segment whose stats are missing; returns how many."""
-        done = 0
-        for segment in self.index.segments():
-            if not self.store.exists(sidecar_name(segment.segment_id, STATS_SUFFIX)):
-                done += int(self.materialize(segment.segment_id))
-        if done:
-            log.info("reconciled %d segments without metadata", done)
-        return done
+        """Materialize every committed segment whose stats are missing, then rewrite the
+        manifests; returns how many segments were materialized."""
+        return self.runner.catch_up()
+
+    def write_manifests(self) -> None:
+        self.materializer.flush(self.runner.ctx, final=True)

@@ -15,3 +15,9 @@ class MaterializerSettings(ConnectionSettings):
         description="At startup, materialize committed segments that have no metadata yet "
         "(events lost before they were handled).",
     )
+    manifest_interval_seconds: float = Field(
+        10.0,
+        ge=0,
+        description="Rewrite the dataset manifests at most this often while events flow "
+        "(always when idle and at shutdown).",
+    )
