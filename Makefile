@@ -20,10 +20,13 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-# The test bench runs Debian's PostgreSQL; Kafka (Tansu) and S3 (moto) come from PyPI.
+# The test bench runs Debian's PostgreSQL (and Chromium for the dashboard's browser test);
+# Kafka (Tansu) and S3 (moto) come from PyPI.
 servers:
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null)
+	@test -x /usr/bin/chromium || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
 
 run: $(STAMP)
 	$(BIN)/python examples/demo.py --output_folder $(OUT)
@@ -33,7 +36,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 typecheck: $(STAMP)
-	$(BIN)/mypy libs/segments/i2d_segments services/fetcher/i2d_fetcher services/appender/i2d_appender services/materializer/i2d_materializer cli/i2d_cli tools/imageserver/i2d_imageserver
+	$(BIN)/mypy libs/segments/i2d_segments services/fetcher/i2d_fetcher services/appender/i2d_appender services/materializer/i2d_materializer services/status/i2d_status cli/i2d_cli tools/imageserver/i2d_imageserver
 
 unit: $(STAMP) servers
 	$(BIN)/pytest -q

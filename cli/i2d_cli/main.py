@@ -23,7 +23,13 @@ from pydantic import ValidationError
 from i2d_cli.inputs import InputError
 from i2d_segments import __version__
 
-COMMANDS = ("i2d_cli.download", "i2d_cli.enqueue", "i2d_cli.serve")
+COMMANDS = (
+    "i2d_cli.download",
+    "i2d_cli.enqueue",
+    "i2d_cli.serve",
+    "i2d_cli.materialize",
+    "i2d_cli.status",
+)
 
 
 def _commands() -> list[ModuleType]:

@@ -18,6 +18,8 @@ from i2d_materializer.settings import MaterializerSettings
 from i2d_segments.connect import index_from, open_kafka_bus, store_from
 from i2d_segments.runtime import Health, HealthServer, stop_event_on_signals
 from i2d_segments.settings import ConnectionSettings
+from i2d_status.server import serve_status
+from i2d_status.settings import StatusSettings
 
 log = logging.getLogger(__name__)
 
@@ -28,11 +30,16 @@ SETTINGS: dict[str, type[ConnectionSettings]] = {
     "fetcher": FetcherSettings,
     "appender": AppenderSettings,
     "materializer": MaterializerSettings,
+    "status": StatusSettings,
 }
 
 
 def serve(name: str, settings: ConnectionSettings) -> None:
     stop = stop_event_on_signals()
+    if isinstance(settings, StatusSettings):
+        # Read-only, one port for the dashboard, API, /metrics and health; no topic creation.
+        serve_status(settings, stop)
+        return
     health = Health()
     server = (
         HealthServer(health, settings.metrics_host, settings.metrics_port).start()
