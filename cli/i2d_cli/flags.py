@@ -37,8 +37,10 @@ def add_model_flags(
     for name, field in model.model_fields.items():
         if name in skipped or name in existing:
             continue
-        default = field.get_default(call_default_factory=False)
-        shown = "" if default is None or callable(default) else f" (default: {default!r})"
+        shown = " (required)"
+        if not field.is_required():
+            default = field.get_default(call_default_factory=False)
+            shown = "" if default is None or callable(default) else f" (default: {default!r})"
         target.add_argument(
             f"--{name}",
             dest=name,
