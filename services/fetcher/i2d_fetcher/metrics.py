@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge
+from prometheus_client import Counter, Gauge, Histogram
 
 ROWS = Counter(
     "img2dataset_fetcher_rows_total",
@@ -10,3 +10,9 @@ ROWS = Counter(
     ["status"],
 )
 IN_FLIGHT = Gauge("img2dataset_fetcher_in_flight", "Rows being downloaded or processed.")
+FETCH_SECONDS = Histogram(
+    "img2dataset_fetcher_fetch_seconds",
+    "Time to download one URL (successful or not), retries included.",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60),
+)
+BYTES = Counter("img2dataset_fetcher_bytes_total", "Image bytes downloaded (bodies received).")

@@ -10,11 +10,13 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
 
+from i2d_fetcher import metrics
 from i2d_fetcher.download import FetchFailed, download
 from i2d_fetcher.imaging import ImageRejected, ProcessedImage
 from i2d_fetcher.options import FetchOptions
@@ -30,6 +32,7 @@ async def fetch_row(
     session: aiohttp.ClientSession, row: UrlRow, opts: FetchOptions, run_cpu: RunCpu
 ) -> AppendRecord:
     """`run_cpu(data, opts)` runs `imaging.process_image` off the event loop."""
+    started = time.monotonic()
     try:
         downloaded = await download(session, row.url, opts, max_bytes=opts.max_body_bytes)
     except FetchFailed as e:
@@ -37,7 +40,10 @@ async def fetch_row(
     except Exception as e:  # a bug must cost one row, not the fetcher
         log.exception("unexpected download error for %s", row.url)
         return failure(row, SampleStatus.FAILED_TO_DOWNLOAD, _describe(e))
+    finally:
+        metrics.FETCH_SECONDS.observe(time.monotonic() - started)
     data = downloaded.data
+    metrics.BYTES.inc(len(data))
     try:
         image = await run_cpu(data, opts)
     except ImageRejected as e:
