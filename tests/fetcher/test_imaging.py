@@ -327,19 +327,45 @@ def test_pixel_limit_counts_the_reduced_decode() -> None:
 
 
 @pytest.mark.parametrize(
-    "data",
-    [
-        synth.NOT_AN_IMAGE,
-        b"",
-        b"\xff\xd8\xff\xe0 not really a jpeg",
-        jpeg(640, 480)[:3000],  # truncated
-    ],
-    ids=["html", "empty", "bad-header", "truncated"],
+    "data", [synth.NOT_AN_IMAGE, b"", b"GIF8"], ids=["html", "empty", "too-short"]
 )
-def test_non_images_are_decoding_errors(data: bytes) -> None:
+def test_bodies_without_image_magic_bytes_are_refused_before_decoding(
+    data: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    opened: list[bytes] = []
+    monkeypatch.setattr(Image, "open", lambda *a, **k: opened.append(b"") or None)
+    err = rejected(data, FetchOptions())
+    assert err.status is SampleStatus.FAILED_TO_RESIZE
+    assert err.message == "not an image: unrecognized format"
+    assert opened == []  # no decoder ever saw it
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"\xff\xd8\xff\xe0 not really a jpeg", jpeg(640, 480)[:3000]],
+    ids=["bad-header", "truncated"],
+)
+def test_broken_images_are_decoding_errors(data: bytes) -> None:
     err = rejected(data, FetchOptions())
     assert err.status is SampleStatus.FAILED_TO_RESIZE
     assert err.message == "Image decoding error"
+
+
+def test_allowed_image_formats_restricts_what_is_accepted() -> None:
+    gif = encode(Image.new("RGB", (64, 48), (10, 200, 30)), "GIF")
+    opts = FetchOptions(allowed_image_formats="jpg,png", resize_mode="no")
+    assert opts.allowed_image_formats == ("jpeg", "png")
+    assert rejected(gif, opts).message == "image format gif not allowed"
+    assert process_image(jpeg(64, 48), opts).width == 64
+    assert process_image(gif, FetchOptions(resize_mode="no")).width == 64  # default: allowed
+    with pytest.raises(ValidationError, match="unknown image format"):
+        FetchOptions(allowed_image_formats=["svg"])
+
+
+def test_a_body_is_opened_only_by_the_format_its_magic_names() -> None:
+    # PNG magic, then a JPEG: a plugin-guessing open would decode it; here PNG must parse it.
+    png_magic = b"\x89PNG\r\n\x1a\n" + jpeg(64, 48)
+    assert rejected(png_magic, FetchOptions()).message == "Image decoding error"
 
 
 @pytest.mark.parametrize("fmt", ["GIF", "BMP", "TIFF"])
@@ -352,7 +378,7 @@ def test_other_web_formats_are_accepted(fmt: str) -> None:
 
 def test_formats_pillow_would_hand_to_external_programs_are_refused() -> None:
     eps = encode(Image.new("RGB", (64, 48)), "EPS")  # loading EPS would run Ghostscript
-    assert rejected(eps, FetchOptions()).message == "Image decoding error"
+    assert rejected(eps, FetchOptions()).message == "not an image: unrecognized format"
 
 
 # --------------------------------------------------------------------------- filters
@@ -434,7 +460,7 @@ def test_results_and_rejections_cross_process_boundaries() -> None:
     with ProcessPoolExecutor(1, mp_context=ctx) as pool:
         remote = pool.submit(process_image, data, opts).result(timeout=60)
         with pytest.raises(ImageRejected) as info:
-            pool.submit(process_image, b"junk", opts).result(timeout=60)
+            pool.submit(process_image, data[:3000], opts).result(timeout=60)
     assert isinstance(remote, ProcessedImage)
     assert remote == process_image(data, opts)
     assert info.value.message == "Image decoding error"

@@ -121,7 +121,9 @@ def test_download_failures_become_failed_to_download(image_server: ImageServer) 
 @pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # see test_imaging
 def test_image_failures_become_failed_to_resize(image_server: ImageServer) -> None:
     html = UrlRow(url=image_server.url_for(fresh_seed(), 300, 200, fault="notimage"))
-    assert_failure(fetch_one(html), SampleStatus.FAILED_TO_RESIZE, "Image decoding error")
+    assert_failure(
+        fetch_one(html), SampleStatus.FAILED_TO_RESIZE, "not an image: unrecognized format"
+    )
     small = UrlRow(url=image_server.url_for(fresh_seed(), 300, 200))
     opts = FAST.model_copy(update={"min_image_size": 250})
     assert_failure(fetch_one(small, opts), SampleStatus.FAILED_TO_RESIZE, "image too small")
@@ -161,3 +163,75 @@ def test_with_a_process_pool_as_the_service_runs_it(image_server: ImageServer) -
     statuses = [r.meta.status for r in records]
     assert statuses == [SampleStatus.SUCCESS] * 6 + [SampleStatus.FAILED_TO_RESIZE]
     assert len({r.meta.item_id for r in records[:6]}) == 6
+
+
+def test_sha512_names_its_column(image_server: ImageServer) -> None:
+    seed = fresh_seed()
+    original = served(image_server, seed, 300, 200)
+    row = UrlRow(url=image_server.url_for(seed, 300, 200))
+    meta = fetch_one(row, FAST.model_copy(update={"compute_hash": "sha512"})).meta
+    assert meta.hashes == {"sha512": hashlib.sha512(original).hexdigest()}
+    assert meta.sample_json()["sha512"] == meta.hashes["sha512"]
+    assert "sha256" not in meta.sample_json()
+
+
+def test_verify_hash_drops_mismatches(image_server: ImageServer) -> None:
+    seed = fresh_seed()
+    original = served(image_server, seed, 300, 200)
+    url = image_server.url_for(seed, 300, 200)
+    opts = FAST.model_copy(update={"verify_hash": ("expected", "md5")})
+    good = fetch_one(UrlRow(url=url, extra={"expected": hashlib.md5(original).hexdigest()}), opts)
+    assert good.meta.status is SampleStatus.SUCCESS
+    assert good.meta.hashes == {"sha256": hashlib.sha256(original).hexdigest()}  # compute_hash
+    assert good.meta.extra == {"expected": hashlib.md5(original).hexdigest()}  # kept, as i2d
+    for expected in ("0" * 32, None):
+        bad = fetch_one(UrlRow(url=url, extra={"expected": expected}), opts)
+        assert_failure(bad, SampleStatus.FAILED_TO_DOWNLOAD, "hash mismatch")
+    upper = hashlib.sha256(original).hexdigest().upper()
+    opts256 = FAST.model_copy(update={"verify_hash": ("h", "sha256")})
+    assert fetch_one(UrlRow(url=url, extra={"h": upper}), opts256).meta.status is (
+        SampleStatus.SUCCESS
+    )
+
+
+def test_bbox_col_reaches_the_worker_and_blurs(image_server: ImageServer) -> None:
+    seed = fresh_seed()
+    url = image_server.url_for(seed, 640, 480)
+    opts = FAST.model_copy(update={"bbox_col": "faces"})
+    calls: list[tuple[object, ...]] = []
+
+    async def spy(data: bytes, o: FetchOptions, *boxes: object) -> ProcessedImage:
+        calls.append(boxes)
+        return process_image(data, o, *boxes)  # type: ignore[arg-type]
+
+    plain = fetch_one(UrlRow(url=url), opts, spy)
+    boxed = fetch_one(UrlRow(url=url, extra={"faces": [[0.25, 0.25, 0.75, 0.75]]}), opts, spy)
+    as_text = fetch_one(UrlRow(url=url, extra={"faces": "[[0.25, 0.25, 0.75, 0.75]]"}), opts, spy)
+    assert calls == [(), (((0.25, 0.25, 0.75, 0.75),),), (((0.25, 0.25, 0.75, 0.75),),)]
+    assert plain.payload is not None and boxed.payload is not None
+    assert boxed.payload != plain.payload
+    assert as_text.payload == boxed.payload
+    assert boxed.meta.extra == {"faces": [[0.25, 0.25, 0.75, 0.75]]}  # in the metadata too
+
+
+def test_unreadable_boxes_fail_the_row_without_downloading(image_server: ImageServer) -> None:
+    url = image_server.url_for(fresh_seed(), 300, 200)
+    opts = FAST.model_copy(update={"bbox_col": "faces"})
+    rec = fetch_one(UrlRow(url=url, extra={"faces": [[0.1, 0.2]]}), opts)
+    assert rec.meta.status is SampleStatus.FAILED_TO_RESIZE
+    assert rec.meta.error_message is not None
+    assert rec.meta.error_message.startswith("invalid bounding box")
+    assert image_server.hits(url) == 0
+
+
+def test_disable_all_reencoding_record(image_server: ImageServer) -> None:
+    seed = fresh_seed()
+    original = served(image_server, seed, 640, 480)
+    row = UrlRow(url=image_server.url_for(seed, 640, 480))
+    rec = fetch_one(row, FAST.model_copy(update={"disable_all_reencoding": True}))
+    m = rec.meta
+    assert m.status is SampleStatus.SUCCESS
+    assert rec.payload == original
+    assert m.item_id == hashlib.sha256(original).hexdigest()
+    assert (m.width, m.height, m.original_width, m.original_height) == (None,) * 4
+    assert decode_append(encode_append(rec)) == rec

@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import os
+from collections.abc import Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 
+from i2d_fetcher.blur import Box
 from i2d_fetcher.imaging import ProcessedImage, process_image
 from i2d_fetcher.options import FetchOptions
 
@@ -33,9 +35,11 @@ class CpuPool:
             ctx = multiprocessing.get_context("forkserver")
             self._executor = ProcessPoolExecutor(n, mp_context=ctx)
 
-    async def run(self, data: bytes, opts: FetchOptions) -> ProcessedImage:
+    async def run(
+        self, data: bytes, opts: FetchOptions, boxes: Sequence[Box] = ()
+    ) -> ProcessedImage:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, process_image, data, opts)
+        return await loop.run_in_executor(self._executor, process_image, data, opts, boxes)
 
     def close(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)

@@ -3,6 +3,9 @@
 `process_image` is a pure CPU function of picklable arguments so it can run in a process
 pool. What it does, in order, and why:
 
+0. Tell the format from the magic bytes: anything but an allowed image format fails here,
+   and the body is opened by that format's plugin only. `disable_all_reencoding` stops here
+   and keeps the bytes.
 1. Open lazily (header only) and apply the size filters on the original dimensions: a
    rejected image costs no decoding.
 2. Plan the geometry from the original size (img2dataset's rules per resize mode).
@@ -15,21 +18,24 @@ pool. What it does, in order, and why:
    sample, never a memory blow-up); the check uses the header's size, before any pixel
    buffer exists.
 5. Decode, composite alpha on white, resize (area to shrink, lanczos to enlarge by
-   default), crop or pad, encode.
+   default), blur the `bbox_col` boxes, crop or pad, encode. With `skip_reencode`, an image
+   that needs none of that and already is `encode_format` keeps its downloaded bytes.
 """
 
 from __future__ import annotations
 
 import io
-import json
-import math
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from PIL import ExifTags, Image, JpegImagePlugin, TiffImagePlugin
+from PIL import Image, JpegImagePlugin
 
+from i2d_fetcher import formats
+from i2d_fetcher.blur import Box, blur_boxes
+from i2d_fetcher.exif import extract_exif, header_exif
 from i2d_fetcher.options import FetchOptions
 from i2d_segments.records import SampleStatus
 
@@ -52,20 +58,17 @@ FORMATS = {
     "webp": ("WEBP", "image/webp"),
 }
 WHITE = 255
-# Formats found on the web. Pillow can open more, some through external programs (EPS runs
-# Ghostscript); a downloaded body never gets that far.
-Image.init()  # register every plugin now, so the filter below sees what this Pillow has
-WEB_FORMATS = tuple(
-    f
-    for f in ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "AVIF", "ICO")  # JPEG covers MPO
-    if f in Image.OPEN
-)
+# Pillow can open more formats than the web uses, some through external programs (EPS runs
+# Ghostscript): a body is only ever opened by the one plugin its magic bytes name.
+Image.init()  # register every plugin now, so opening by format name finds it
 
 # img2dataset's error strings (users count them in status_dict).
 DECODING_ERROR = "Image decoding error"
 TOO_SMALL = "image too small"
 AREA_TOO_LARGE = "image area too large"
 ASPECT_TOO_LARGE = "aspect ratio too large"
+# Ours: a body that is no image format at all (an HTML error page, an empty body).
+UNRECOGNIZED_FORMAT = "not an image: unrecognized format"
 
 
 class ImageRejected(Exception):
@@ -89,10 +92,10 @@ class ProcessedImage:
     data: bytes
     ext: str
     mime: str
-    width: int
-    height: int
-    original_width: int
-    original_height: int
+    width: int | None  # None only with disable_all_reencoding (nothing decoded)
+    height: int | None
+    original_width: int | None
+    original_height: int | None
     exif: str | None
 
 
@@ -102,12 +105,14 @@ class Geometry:
 
     `size` is the resize output (None: keep the pixels as decoded); `box` the region of the
     original that maps onto it (a centre crop), None for all of it; `canvas` the side of the
-    white square to pad onto (border mode)."""
+    white square to pad onto (border mode); `scaled` the whole image's size after the resize
+    step, before any crop (blurring happens there)."""
 
     size: tuple[int, int] | None
     box: tuple[float, float, float, float] | None
     canvas: int | None
     downscale: bool
+    scaled: tuple[int, int] | None = None
 
 
 def plan(width: int, height: int, opts: FetchOptions) -> Geometry:
@@ -128,8 +133,8 @@ def plan(width: int, height: int, opts: FetchOptions) -> Geometry:
     if mode == "center_crop":
         x0, y0 = (rw - s) // 2, (rh - s) // 2
         box = (x0 / scale, y0 / scale, (x0 + s) / scale, (y0 + s) / scale)
-        return Geometry((s, s), box, None, downscale)
-    return Geometry((rw, rh), None, s if mode == "border" else None, downscale)
+        return Geometry((s, s), box, None, downscale, (rw, rh))
+    return Geometry((rw, rh), None, s if mode == "border" else None, downscale, (rw, rh))
 
 
 def check_filters(width: int, height: int, opts: FetchOptions) -> None:
@@ -142,10 +147,26 @@ def check_filters(width: int, height: int, opts: FetchOptions) -> None:
         raise _rejected(ASPECT_TOO_LARGE)
 
 
-def process_image(data: bytes, opts: FetchOptions) -> ProcessedImage:
-    """Decode, filter, resize and encode; raises ImageRejected for a sample that fails."""
+def check_format(data: bytes, opts: FetchOptions) -> formats.ImageFormat:
+    """The body's format from its magic bytes; rejected unless it is an allowed one."""
+    name = formats.sniff(data[:32])
+    if name is None:
+        raise _rejected(UNRECOGNIZED_FORMAT)
+    if name not in opts.allowed_image_formats:
+        raise _rejected(f"image format {name} not allowed")
+    return formats.FORMATS[name]
+
+
+def process_image(data: bytes, opts: FetchOptions, boxes: Sequence[Box] = ()) -> ProcessedImage:
+    """Decode, filter, resize, blur `boxes` and encode; raises ImageRejected for a sample that
+    fails."""
+    fmt = check_format(data, opts)
+    if opts.disable_all_reencoding:  # img2dataset: raw bytes, no filters, no sizes
+        return ProcessedImage(
+            data, fmt.ext, fmt.mime, None, None, None, None, _raw_exif(data, fmt, opts)
+        )
     try:
-        img = Image.open(io.BytesIO(data), formats=WEB_FORMATS)
+        img = Image.open(io.BytesIO(data), formats=(fmt.pillow,))
     except Image.DecompressionBombError as e:
         raise _rejected(f"decompression bomb: {e}") from None
     except Exception:
@@ -154,7 +175,15 @@ def process_image(data: bytes, opts: FetchOptions) -> ProcessedImage:
         width, height = img.size
         check_filters(width, height, opts)
         geo = plan(width, height, opts)
-        scale = _reduce(img, geo, width, height)
+        # skip_reencode: the bytes are kept, but still decoded once so a broken image fails
+        # as it would otherwise (a JPEG cheaply: at 1/8 size, which still reads every scan).
+        keep = (
+            opts.skip_reencode
+            and geo.size is None
+            and not boxes
+            and formats.ENCODED_AS[opts.encode_format] == fmt.name
+        )
+        scale = _reduce(img, geo, width, height, verify_only=keep)
         dw, dh = img.size
         if dw * dh > opts.max_decoded_pixels:
             raise _rejected(
@@ -165,10 +194,12 @@ def process_image(data: bytes, opts: FetchOptions) -> ProcessedImage:
         exif = extract_exif(img) if opts.extract_exif else None
         try:
             img.load()
-            pixels = _flatten(img)
+            pixels = img if keep else _flatten(img)
         except Exception:
             raise _rejected(DECODING_ERROR) from None
-        out = _transform(pixels, geo, opts, scale, (width, height))
+        if keep:
+            return ProcessedImage(data, fmt.ext, fmt.mime, width, height, width, height, exif)
+        out = _transform(pixels, geo, opts, scale, (width, height), boxes)
         encoded = encode(out, opts)
     return ProcessedImage(
         data=encoded,
@@ -182,10 +213,27 @@ def process_image(data: bytes, opts: FetchOptions) -> ProcessedImage:
     )
 
 
-def _reduce(img: Image.Image, geo: Geometry, width: int, height: int) -> int:
-    """Ask a JPEG for a reduced-size decode when the target is much smaller; returns the
-    scale (1, 2, 4 or 8) the decoder will apply."""
+def _raw_exif(data: bytes, fmt: formats.ImageFormat, opts: FetchOptions) -> str | None:
+    """EXIF from the header alone; a body Pillow cannot even parse simply has none."""
+    if not opts.extract_exif:
+        return None
+    try:
+        with Image.open(io.BytesIO(data), formats=(fmt.pillow,)) as img:
+            return header_exif(img)
+    except Exception:
+        return None
+
+
+def _reduce(
+    img: Image.Image, geo: Geometry, width: int, height: int, verify_only: bool = False
+) -> int:
+    """Ask a JPEG for a reduced-size decode when the target is much smaller (or when the
+    pixels are only decoded to verify them); returns the scale (1, 2, 4 or 8) the decoder
+    will apply."""
     jpeg = isinstance(img, JpegImagePlugin.JpegImageFile)  # MPO (camera) files are JPEGs too
+    if jpeg and verify_only:
+        img.draft(None, (max(1, width // 8), max(1, height // 8)))
+        return 8
     if not jpeg or geo.size is None or not geo.downscale:
         return 1
     bw, bh = (
@@ -225,10 +273,28 @@ def _flatten(img: Image.Image) -> Image.Image:
 
 
 def _transform(
-    img: Image.Image, geo: Geometry, opts: FetchOptions, scale: int, original: tuple[int, int]
+    img: Image.Image,
+    geo: Geometry,
+    opts: FetchOptions,
+    scale: int,
+    original: tuple[int, int],
+    boxes: Sequence[Box] = (),
 ) -> Image.Image:
     if geo.size is None:
-        return img
+        return blur_boxes(img, boxes) if boxes else img
+    if boxes:
+        # img2dataset blurs the whole resized image, then crops or pads: resize it all first
+        # (the one-step crop-and-resize below would blur without the pixels around the crop).
+        assert geo.scaled is not None
+        name = opts.downscale_interpolation if geo.downscale else opts.upscale_interpolation
+        ratio = min(img.width / geo.scaled[0], img.height / geo.scaled[1])
+        if img.size != geo.scaled:
+            img = img.resize(geo.scaled, _filter(name, ratio))
+        img = blur_boxes(img, boxes)
+        if geo.box is not None:  # center_crop
+            x0, y0 = (geo.scaled[0] - geo.size[0]) // 2, (geo.scaled[1] - geo.size[1]) // 2
+            img = img.crop((x0, y0, x0 + geo.size[0], y0 + geo.size[1]))
+        return _pad(img, geo)
     # Coordinates of the original, mapped to the (possibly reduced) decoded image.
     box = geo.box or (0.0, 0.0, float(original[0]), float(original[1]))
     box = (box[0] / scale, box[1] / scale, box[2] / scale, box[3] / scale)
@@ -237,12 +303,17 @@ def _transform(
         name = opts.downscale_interpolation if geo.downscale else opts.upscale_interpolation
         ratio = min((box[2] - box[0]) / geo.size[0], (box[3] - box[1]) / geo.size[1])
         img = img.resize(geo.size, _filter(name, ratio), box=box)
-    if geo.canvas is not None and img.size != (geo.canvas, geo.canvas):
-        fill: Any = WHITE if img.mode == "L" else (WHITE, WHITE, WHITE)
-        canvas = Image.new(img.mode, (geo.canvas, geo.canvas), fill)
-        canvas.paste(img, ((geo.canvas - img.width) // 2, (geo.canvas - img.height) // 2))
-        img = canvas
-    return img
+    return _pad(img, geo)
+
+
+def _pad(img: Image.Image, geo: Geometry) -> Image.Image:
+    """border mode: centre on a white square."""
+    if geo.canvas is None or img.size == (geo.canvas, geo.canvas):
+        return img
+    fill: Any = WHITE if img.mode == "L" else (WHITE, WHITE, WHITE)
+    canvas = Image.new(img.mode, (geo.canvas, geo.canvas), fill)
+    canvas.paste(img, ((geo.canvas - img.width) // 2, (geo.canvas - img.height) // 2))
+    return canvas
 
 
 def _filter(name: str, ratio: float) -> Image.Resampling:
@@ -265,58 +336,3 @@ def encode(img: Image.Image, opts: FetchOptions) -> bytes:
     else:
         img.save(buf, fmt, quality=opts.encode_quality)
     return buf.getvalue()
-
-
-# --------------------------------------------------------------------------- EXIF
-
-_IFDS = (
-    (ExifTags.IFD.Exif, "EXIF", ExifTags.TAGS),
-    (ExifTags.IFD.GPSInfo, "GPS", ExifTags.GPSTAGS),
-    (ExifTags.IFD.Interop, "Interoperability", ExifTags.TAGS),
-)
-_POINTERS = {int(ifd) for ifd, _, _ in _IFDS}
-_SKIPPED = {0x927C, 0x9286}  # MakerNote and UserComment: vendor binary, often kilobytes
-_MAX_VALUE_CHARS = 1024
-
-
-def extract_exif(img: Image.Image) -> str | None:
-    """The EXIF tags as img2dataset's JSON string: {"Image Make": "...", "EXIF ...": ...}
-    (exifread's key style: IFD name, space, tag name). None when the block is unreadable."""
-    try:
-        exif = img.getexif()
-        tags: dict[str, str] = {}
-        _collect(tags, "Image", exif.items(), ExifTags.TAGS)
-        for ifd, prefix, names in _IFDS:
-            if int(ifd) in exif:
-                _collect(tags, prefix, exif.get_ifd(ifd).items(), names)
-        return json.dumps(tags)
-    except Exception:
-        return None
-
-
-def _collect(out: dict[str, str], prefix: str, items: Any, names: dict[int, str]) -> None:
-    for tag, value in items:
-        if tag in _POINTERS or tag in _SKIPPED:
-            continue
-        text = _exif_text(value)
-        if text is not None and text != "":
-            out[f"{prefix} {names.get(tag, f'Tag 0x{tag:04X}')}"] = text[:_MAX_VALUE_CHARS]
-
-
-def _exif_text(value: Any) -> str | None:
-    if isinstance(value, bytes):
-        text = value.rstrip(b"\x00").decode("ascii", errors="replace")
-        return text.strip() if text.isprintable() else None
-    if isinstance(value, TiffImagePlugin.IFDRational):
-        num, den = value.numerator, value.denominator
-        if den == 0:
-            return None
-        return str(num) if den == 1 else f"{num}/{den}"
-    if isinstance(value, tuple):
-        parts = [_exif_text(v) for v in value]
-        return "[" + ", ".join(p for p in parts if p is not None) + "]"
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return None
-    return str(value).rstrip("\x00").strip()

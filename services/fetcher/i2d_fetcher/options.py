@@ -8,11 +8,14 @@ processes that decode and resize.
 
 from __future__ import annotations
 
+import json
 import math
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
-from pydantic_settings import SettingsConfigDict
+from pydantic_settings import NoDecode, SettingsConfigDict
+
+from i2d_fetcher import formats
 
 ResizeMode = Literal["no", "border", "keep_ratio", "keep_ratio_largest", "center_crop"]
 EncodeFormat = Literal["jpg", "png", "webp"]
@@ -22,8 +25,23 @@ Interpolation = Literal["nearest", "linear", "cubic", "area", "lanczos"]
 DEFAULT_DISALLOWED_DIRECTIVES = ("noai", "noimageai", "noindex", "noimageindex")
 # img2dataset has no png default (it asks for 0-9); zlib's usual level is a sane one.
 DEFAULT_PNG_COMPRESSION = 6
+DEFAULT_ALLOWED_FORMATS = ("jpeg", "png", "webp", "gif", "bmp", "tiff", "avif", "ico")
 # Pillow's own decompression-bomb threshold (~0.27 GB of RGB): above it, decoding is refused.
 DEFAULT_MAX_DECODED_PIXELS = 89_478_485
+
+
+def _list_text(text: str) -> list[Any]:
+    """A list typed as text (an env var, or a flag): JSON (`["noai"]`) or comma-separated.
+    Env vars reach the validators raw (NoDecode), so both forms work there too."""
+    if text.strip().startswith("["):
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            pass
+        else:
+            if isinstance(value, list):
+                return value
+    return [v.strip() for v in text.split(",") if v.strip()]
 
 
 class FetchOptions(BaseModel):
@@ -50,10 +68,29 @@ class FetchOptions(BaseModel):
     encode_quality: int = Field(
         95, description="jpg/webp quality 0-100; for png the zlib compression level 0-9."
     )
+    skip_reencode: bool = Field(
+        False,
+        description="Keep the downloaded bytes when no resize happened (resize_mode no, or "
+        "resize_only_if_bigger on a small image) and they already are encode_format.",
+    )
+    disable_all_reencoding: bool = Field(
+        False,
+        description="Store the downloaded bytes as they are: no decode, no resize, no size "
+        "filters; width/height and original_width/height are None.",
+    )
+    bbox_col: str | None = Field(
+        None,
+        description="Input column of [x0, y0, x1, y1] boxes (relative) to blur, e.g. faces.",
+    )
     extract_exif: bool = Field(True, description="Keep the EXIF tags as a JSON string.")
     compute_hash: HashName | None = Field(
         "sha256",
         description="Hash of the downloaded bytes kept per sample (md5, sha256, sha512 or None).",
+    )
+    verify_hash: Annotated[tuple[str, HashName] | None, NoDecode] = Field(
+        None,
+        description="[column, hash type]: rows whose download does not hash to the column's "
+        "value fail with 'hash mismatch'.",
     )
 
     # ---------------------------------------------------------------- filters
@@ -65,6 +102,11 @@ class FetchOptions(BaseModel):
     )
     max_aspect_ratio: float = Field(
         math.inf, gt=0, description="Reject images whose long/short side ratio exceeds this."
+    )
+    allowed_image_formats: Annotated[tuple[str, ...], NoDecode] = Field(
+        DEFAULT_ALLOWED_FORMATS,
+        description="Image formats accepted, told by the body's first bytes (magic numbers) "
+        "before any decoding; other bodies fail.",
     )
 
     # ---------------------------------------------------------------- download
@@ -81,7 +123,7 @@ class FetchOptions(BaseModel):
     user_agent_token: str | None = Field(
         None, description="Added to the User-Agent; X-Robots-Tag values scoped to it apply."
     )
-    disallowed_header_directives: tuple[str, ...] = Field(
+    disallowed_header_directives: Annotated[tuple[str, ...], NoDecode] = Field(
         DEFAULT_DISALLOWED_DIRECTIVES,
         description="X-Robots-Tag directives that forbid using an image ([] to ignore them).",
     )
@@ -102,9 +144,30 @@ class FetchOptions(BaseModel):
         if value is None:
             return DEFAULT_DISALLOWED_DIRECTIVES
         if isinstance(value, str):
-            value = value.split(",")
+            value = _list_text(value)
         if isinstance(value, list | tuple | set | frozenset):
             return tuple(str(v).strip().lower() for v in value if str(v).strip())
+        return value
+
+    @field_validator("allowed_image_formats", mode="before")
+    @classmethod
+    def _formats(cls, value: Any) -> Any:
+        """ "jpg,png" or ["JPG", "png"] -> ("jpeg", "png"); unknown names are an error."""
+        if value is None:
+            return DEFAULT_ALLOWED_FORMATS
+        if isinstance(value, str):
+            value = _list_text(value)
+        if isinstance(value, list | tuple | set | frozenset):
+            names = [formats.normalize(str(v)) for v in value if str(v).strip()]
+            return tuple(dict.fromkeys(names))
+        return value
+
+    @field_validator("verify_hash", mode="before")
+    @classmethod
+    def _verify_hash(cls, value: Any) -> Any:
+        """img2dataset's `[column, hash type]`; "column,sha256" (an env var) works too."""
+        if isinstance(value, str):
+            value = _list_text(value) or None
         return value
 
     @field_validator("user_agent_token", mode="after")
