@@ -16,11 +16,12 @@ from typing import Any
 
 import pytest
 import yaml
-from prometheus_client import REGISTRY
+from prometheus_client import REGISTRY, CollectorRegistry
 
 from i2d_cli.enqueue import EnqueueSettings
 from i2d_cli.serve import SETTINGS
 from i2d_segments.settings import ENV_PREFIX, ServiceSettings
+from i2d_status.schema import Failure, Lag, Progress, Rates, SegmentCounts, StatusResponse
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
@@ -110,21 +111,60 @@ def _import_all(package: str) -> None:
             importlib.import_module(info.name)
 
 
+def _series_names(registry: CollectorRegistry) -> set[str]:
+    names: set[str] = set()
+    for family in registry.collect():
+        names.update(family.name + suffix for suffix in _SUFFIXES[family.type])
+    return names
+
+
+def _status_snapshot() -> StatusResponse:
+    """A status refresh with every figure present, so the status registry yields every family
+    it can (some only appear once there is lag to report or a segment closed)."""
+    return StatusResponse(
+        version="0",
+        mode="distributed",
+        generated_at=1.0,
+        refresh_seconds=2.0,
+        progress=Progress(
+            samples=2,
+            successes=1,
+            failures=1,
+            success_rate=0.5,
+            by_status={"success": 1, "failed_to_download": 1},
+            enqueued=2,
+            fetched=2,
+            fraction=1.0,
+        ),
+        rates=Rates(
+            window_seconds=60, images_per_second=0, samples_per_second=0, source="observed"
+        ),
+        failures=[Failure(reason="404", count=1)],
+        segments=SegmentCounts(closed=1, open=1, items=1, bytes=10, last_closed_at=1.0),
+        lag=[Lag(group="fetcher", topic="urls", partition=0, committed=1, end=2, lag=1)],
+        recent=[],
+        errors=[],
+    )
+
+
 @functools.cache
 def exported_metric_names() -> frozenset[str]:
     """Every series name the services can expose on /metrics: import every module of every
-    service package (metrics register at import), then read prometheus-client's registry,
-    including the process collector's process_* series."""
+    service package (metrics register at import), then read prometheus-client's default
+    registry (the workers' /metrics, with the process collector's process_* series) and the
+    status service's own registry over a full snapshot (consumer lag, index figures)."""
     for package in SERVICE_PACKAGES:
         _import_all(package)
-    names: set[str] = set()
-    for family in REGISTRY.collect():
-        names.update(family.name + suffix for suffix in _SUFFIXES[family.type])
-    return frozenset(names)
+    from i2d_status.metrics import status_registry
+
+    snapshot = _status_snapshot()
+    return frozenset(_series_names(REGISTRY) | _series_names(status_registry(lambda: snapshot)))
 
 
 _LABEL_GROUPS = re.compile(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)")
-_KEYWORDS = frozenset({"and", "or", "unless", "bool", "offset", "inf", "nan"})
+_KEYWORDS = frozenset(
+    {"and", "or", "unless", "bool", "offset", "inf", "nan", "atan2", "group_left", "group_right"}
+)
 
 
 def promql_metric_names(expr: str) -> set[str]:
