@@ -8,6 +8,7 @@ ScaledObject and the prometheus-operator ServiceMonitor are checked structurally
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -18,6 +19,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from i2d_appender.settings import AppenderSettings
 from i2d_cli.serve import SETTINGS
 from tests.deploy.helpers import (
     CHART,
@@ -277,25 +279,45 @@ def test_every_variable_is_a_setting_of_its_service(
         check_service_env(SETTINGS[component], names, literals, monkeypatch, f"{which} {component}")
 
 
-def test_external_kafka_s3_and_postgres_settings_reach_the_services() -> None:
-    docs = rendered("all-on")
+def test_external_kafka_s3_and_postgres_settings_reach_the_services(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The values land in the appender's settings as the service parses its environment."""
     values = load_values(ALL_ON)
-    model = SETTINGS["appender"]
-    _, literals = env_of(docs, "appender")
+    _, literals = env_of(rendered("all-on"), "appender")
+    for name in list(os.environ):
+        if name.upper().startswith("I2D_"):
+            monkeypatch.delenv(name)
     for name, value in literals.items():
-        if name.startswith("I2D_"):
-            assert isinstance(value, str)
-    assert literals["I2D_KAFKA_BOOTSTRAP_SERVERS"] == values["kafka"]["bootstrapServers"]
-    assert literals["I2D_STORE_URL"] == values["s3"]["storeUrl"]
-    assert literals["I2D_S3_ENDPOINT_URL"] == values["s3"]["endpointUrl"]
-    assert literals["I2D_APPEND_TOPIC"] == values["kafka"]["topics"]["append"]["name"]
-    pg = values["postgres"]
-    assert literals["I2D_INDEX_URL"] == (
+        monkeypatch.setenv(name, value)
+    assert SETTINGS["appender"] is AppenderSettings
+    settings = AppenderSettings()
+    kafka, s3, pg, topics = (
+        values["kafka"],
+        values["s3"],
+        values["postgres"],
+        values["kafka"]["topics"],
+    )
+    assert settings.kafka_bootstrap_servers == kafka["bootstrapServers"]
+    assert settings.kafka_max_message_bytes == kafka["maxMessageBytes"]
+    assert settings.create_topics is kafka["createTopics"]
+    assert (settings.urls_topic, settings.append_topic, settings.closed_topic) == (
+        topics["urls"]["name"],
+        topics["append"]["name"],
+        topics["segmentClosed"]["name"],
+    )
+    assert settings.append_partitions == topics["append"]["partitions"]
+    assert (settings.store_url, settings.s3_endpoint_url, settings.s3_region) == (
+        s3["storeUrl"],
+        s3["endpointUrl"],
+        s3["region"],
+    )
+    assert settings.index_url == (
         f"postgresql://{pg['user']}@{pg['host']}:{pg['port']}/{pg['database']}"
         f"?sslmode={pg['sslMode']}"
     )
-    assert literals["I2D_GROUP_ID"] == values["appender"]["groupId"]
-    assert "I2D_GROUP_ID" in model.model_fields or "group_id" in model.model_fields
+    assert settings.metrics_port == values["metrics"]["port"]
+    assert settings.group_id == values["appender"]["groupId"]
 
 
 def test_credentials_come_from_existing_secrets_only() -> None:
@@ -427,9 +449,18 @@ def test_without_keda_an_hpa_and_no_scaled_object() -> None:
 
 
 def test_without_autoscaling_neither_and_fixed_replicas() -> None:
-    docs = rendered("defaults")
-    assert not by_kind(docs, "ScaledObject") and not by_kind(docs, "HorizontalPodAutoscaler")
-    assert deployment(docs, "fetcher")["spec"]["replicas"] == 2
+    """KEDA only acts when autoscaling is on: `keda.enabled` alone renders neither."""
+    keda_alone = {"fetcher": {"autoscaling": {"enabled": False, "keda": {"enabled": True}}}}
+    cases = [
+        (rendered("defaults"), 2),
+        (
+            render(deep_merge(load_values(ALL_ON), keda_alone)),
+            load_values(ALL_ON)["fetcher"]["replicaCount"],
+        ),
+    ]
+    for docs, replicas in cases:
+        assert not by_kind(docs, "ScaledObject") and not by_kind(docs, "HorizontalPodAutoscaler")
+        assert deployment(docs, "fetcher")["spec"]["replicas"] == replicas
 
 
 def test_hpa_cannot_scale_to_zero() -> None:
