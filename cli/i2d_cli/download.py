@@ -30,6 +30,10 @@ def run(ns: argparse.Namespace) -> int:
 
     opts = DownloadOptions(**model_kwargs(ns, DownloadOptions))
     fetcher_kwargs = model_kwargs(ns, FetcherSettings)
+    # --url_col/--caption_col name the input file's columns (DownloadOptions); rows reach the
+    # in-process fetcher re-encoded with the topic's own field names, so its defaults apply.
+    for name in ("url_col", "caption_col"):
+        fetcher_kwargs.pop(name, None)
     fetcher = FetcherSettings(**fetcher_kwargs, metrics_port=0, create_topics=False)
     # Ctrl-C and SIGTERM end the run cleanly: in-flight work is committed, a rerun resumes.
     # (SIGINT is set explicitly: a shell starts background jobs with it ignored.)

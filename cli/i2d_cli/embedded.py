@@ -22,7 +22,7 @@ from typing import IO
 
 from i2d_appender.service import AppenderService
 from i2d_appender.settings import AppenderSettings
-from i2d_cli.inputs import RowReader, count_rows
+from i2d_cli.inputs import RowReader, carried_columns, count_rows
 from i2d_cli.options import DownloadOptions
 from i2d_cli.progress import Progress
 from i2d_fetcher.service import FetcherService
@@ -227,7 +227,7 @@ class EmbeddedDownload:
             self.opts.input_format,
             self.opts.url_col,
             self.opts.caption_col,
-            self.opts.save_additional_columns,
+            carried_columns(self.opts.save_additional_columns, self.fetcher_settings),
         )
         skip_known = self.opts.incremental_mode == "incremental"
         produced = 0

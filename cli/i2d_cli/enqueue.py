@@ -13,7 +13,8 @@ import time
 from pydantic import Field
 
 from i2d_cli.flags import add_model_flags, model_kwargs
-from i2d_cli.inputs import RowReader
+from i2d_cli.inputs import RowReader, carried_columns
+from i2d_fetcher.options import FetchOptions
 from i2d_segments.connect import open_kafka_bus
 from i2d_segments.records import encode_url_row
 from i2d_segments.settings import ConnectionSettings
@@ -30,6 +31,11 @@ class EnqueueSettings(ConnectionSettings):
     save_additional_columns: list[str] | None = Field(
         None, description="More input columns carried with each row."
     )
+    # The fetchers' options that read input columns: the columns must travel with the rows.
+    bbox_col: str | None = Field(None, description="Column of boxes to blur (bbox_col).")
+    verify_hash: list[str] | None = Field(
+        None, description="[column, hash type]: the column is carried (verify_hash)."
+    )
 
 
 def enqueue(settings: EnqueueSettings) -> int:
@@ -38,11 +44,15 @@ def enqueue(settings: EnqueueSettings) -> int:
         if settings.create_topics:
             bus.create_topics(settings.topic_partitions())
         producer = bus.producer()
+        carried = FetchOptions(
+            bbox_col=settings.bbox_col,
+            verify_hash=tuple(settings.verify_hash) if settings.verify_hash else None,
+        )
         reader = RowReader(
             settings.input_format,
             settings.url_col,
             settings.caption_col,
-            settings.save_additional_columns,
+            carried_columns(settings.save_additional_columns, carried),
         )
         started = time.monotonic()
         count = 0

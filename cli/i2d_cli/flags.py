@@ -1,8 +1,9 @@
 """One flag per settings field: `--field_name value` or `--field_name=value`, as img2dataset.
 
 Values are parsed like python-fire does for img2dataset users: Python literals where they
-parse (`'[]'`, `"['noai']"`, `None`, `True`, `1e9`), plain strings otherwise; pydantic then
-validates them against the field's type. A bare `--flag` means True.
+parse (`'[]'`, `"['noai']"`, `None`, `True`, `1e9`), with bare words inside them taken as
+strings as fire does (`[noai,noindex]`, `[hash_col,sha256]`), plain strings otherwise;
+pydantic then validates them against the field's type. A bare `--flag` means True.
 """
 
 from __future__ import annotations
@@ -21,7 +22,24 @@ def parse_value(text: str) -> Any:
     try:
         return ast.literal_eval(text)
     except (ValueError, SyntaxError):
+        pass
+    try:
+        tree = ast.parse(text.strip(), mode="eval")
+    except SyntaxError:
         return text
+    if not isinstance(tree.body, ast.List | ast.Tuple | ast.Dict | ast.Set):
+        return text  # `a.b`, `x-y`: a plain string, not an expression
+    try:
+        return ast.literal_eval(_BareWords().visit(tree))
+    except ValueError:
+        return text
+
+
+class _BareWords(ast.NodeTransformer):
+    """python-fire's leniency: a bare name inside a literal is the string it spells."""
+
+    def visit_Name(self, node: ast.Name) -> ast.AST:
+        return ast.copy_location(ast.Constant(node.id), node)
 
 
 def add_model_flags(

@@ -15,6 +15,7 @@ from typing import IO, Any
 
 import pyarrow.parquet as pq
 
+from i2d_fetcher.options import FetchOptions
 from i2d_segments.records import UrlRow
 
 INPUT_FORMATS = (
@@ -147,6 +148,18 @@ class RowReader:
             key=None if key is None else str(key),
             extra=extra,
         )
+
+
+def carried_columns(save_additional_columns: Sequence[str] | None, opts: FetchOptions) -> list[str]:
+    """The input columns each row carries to the fetcher: the user's additional columns, and
+    those the fetch options read (bbox_col, verify_hash's column), which img2dataset also
+    keeps in the metadata."""
+    cols = list(save_additional_columns or [])
+    if opts.bbox_col:
+        cols.append(opts.bbox_col)
+    if opts.verify_hash is not None:
+        cols.append(opts.verify_hash[0])
+    return list(dict.fromkeys(cols))
 
 
 def count_rows(url_list: str | Path, input_format: str) -> int | None:

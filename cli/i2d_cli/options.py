@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class DownloadOptions(BaseModel):
@@ -33,3 +33,11 @@ class DownloadOptions(BaseModel):
         512 * 1024 * 1024, ge=1024, description="Close a segment once it holds this many bytes."
     )
     progress: bool = Field(True, description="Show a progress bar with rate and ETA.")
+
+    @field_validator("save_additional_columns", mode="before")
+    @classmethod
+    def _columns(cls, value: Any) -> Any:
+        """`--save_additional_columns license,width` works as well as `[license,width]`."""
+        if isinstance(value, str):
+            return [c.strip() for c in value.split(",") if c.strip()] or None
+        return value

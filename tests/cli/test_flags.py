@@ -42,3 +42,63 @@ def test_download_flags_reach_the_settings() -> None:
     assert opts.caption_col is None
     assert fetcher.image_size == 128 and fetcher.thread_count == 8
     assert fetcher.fetch_options().image_size == 128
+
+
+def test_bare_words_in_literals_are_strings_as_in_python_fire() -> None:
+    assert parse_value("[noai,noindex]") == ["noai", "noindex"]
+    assert parse_value("[hash_col, sha256]") == ["hash_col", "sha256"]
+    assert parse_value("[license]") == ["license"]
+    assert parse_value("http://127.0.0.1/a.jpg") == "http://127.0.0.1/a.jpg"
+    assert parse_value("a.b") == "a.b"
+
+
+def test_img2dataset_option_flags_reach_the_fetch_options() -> None:
+    args = normalize_argv(
+        [
+            "--url_list=u.parquet",
+            "--verify_hash",
+            '["sha256","sha256"]',
+            "--disallowed_header_directives",
+            "[]",
+            "--compute_hash=None",
+            "--bbox_col=faces",
+            "--skip_reencode",
+            "--disable_all_reencoding=False",
+            "--allowed_image_formats=[jpg,png]",
+            "--save_additional_columns=[license,width]",
+        ]
+    )
+    ns = build_parser().parse_args(args)
+    opts = DownloadOptions(**model_kwargs(ns, DownloadOptions))
+    fetch = FetcherSettings(**model_kwargs(ns, FetcherSettings)).fetch_options()
+    assert fetch.verify_hash == ("sha256", "sha256")
+    assert fetch.disallowed_header_directives == ()
+    assert fetch.compute_hash is None
+    assert fetch.bbox_col == "faces"
+    assert (fetch.skip_reencode, fetch.disable_all_reencoding) == (True, False)
+    assert fetch.allowed_image_formats == ("jpeg", "png")
+    assert opts.save_additional_columns == ["license", "width"]
+    assert DownloadOptions(
+        url_list="u", save_additional_columns="a, b"
+    ).save_additional_columns == [
+        "a",
+        "b",
+    ]
+
+
+def test_every_fetch_option_is_a_download_flag() -> None:
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    download = sub.choices["download"]  # type: ignore[attr-defined]
+    flags = {a.dest for a in download._actions}
+    img2dataset_names = {
+        "url_list", "output_folder", "input_format", "url_col", "caption_col", "bbox_col",
+        "save_additional_columns", "image_size", "resize_mode", "resize_only_if_bigger",
+        "upscale_interpolation", "downscale_interpolation", "encode_format", "encode_quality",
+        "skip_reencode", "disable_all_reencoding", "min_image_size", "max_image_area",
+        "max_aspect_ratio", "timeout", "retries", "user_agent_token",
+        "disallowed_header_directives", "ignore_ssl_certificate", "compute_hash", "verify_hash",
+        "extract_exif", "thread_count", "processes_count", "number_sample_per_shard",
+        "incremental_mode",
+    }  # fmt: skip
+    assert img2dataset_names <= flags

@@ -11,7 +11,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from i2d_cli.inputs import InputError, RowReader, count_rows
+from i2d_cli.inputs import InputError, RowReader, carried_columns, count_rows
+from i2d_fetcher.options import FetchOptions
 
 ROWS = [
     {"url": "http://127.0.0.1/a.jpg", "text": "a cat", "license": "cc-by"},
@@ -70,3 +71,16 @@ def test_missing_column_is_a_clear_error(tmp_path: Path) -> None:
         list(RowReader("txt").rows(tmp_path / "nope.txt"))
     with pytest.raises(InputError, match="unknown input_format"):
         RowReader("xml")
+
+
+def test_columns_the_fetch_options_read_travel_with_the_rows(tmp_path: Path) -> None:
+    path = tmp_path / "list.parquet"
+    rows = [{"url": "http://127.0.0.1/a.jpg", "faces": [[0.1, 0.1, 0.2, 0.2]], "h": "ab"}]
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    opts = FetchOptions(bbox_col="faces", verify_hash=("h", "sha256"))
+    cols = carried_columns(["h"], opts)
+    assert cols == ["h", "faces"]
+    [row] = RowReader("parquet", save_additional_columns=cols).rows(path)
+    assert row.extra == {"h": "ab", "faces": [[0.1, 0.1, 0.2, 0.2]]}
+    with pytest.raises(InputError, match="missing column"):
+        list(RowReader("parquet", save_additional_columns=["nope"]).rows(path))
