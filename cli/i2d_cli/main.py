@@ -29,6 +29,9 @@ COMMANDS = (
     "i2d_cli.serve",
     "i2d_cli.materialize",
     "i2d_cli.status",
+    "i2d_cli.reindex",
+    "i2d_cli.verify",
+    "i2d_cli.gc",
 )
 
 
