@@ -426,11 +426,20 @@ def test_encode_formats(fmt: str, pil: str, mime: str) -> None:
     assert (img.format, img.size) == (pil, (256, 256))
 
 
-def test_encode_quality_is_applied() -> None:
+@pytest.mark.parametrize("fmt", ["jpg", "webp"])
+def test_encode_quality_is_applied(fmt: str) -> None:
     data = jpeg(800, 600)
-    high = process_image(data, FetchOptions(encode_quality=95)).data
-    low = process_image(data, FetchOptions(encode_quality=40)).data
+    high = process_image(data, FetchOptions(encode_format=fmt, encode_quality=95)).data
+    low = process_image(data, FetchOptions(encode_format=fmt, encode_quality=40)).data
     assert len(low) < len(high) * 0.7
+
+
+def test_png_compression_level_is_applied() -> None:
+    data = jpeg(800, 600)
+    fast = process_image(data, FetchOptions(encode_format="png", encode_quality=0)).data
+    small = process_image(data, FetchOptions(encode_format="png", encode_quality=9)).data
+    assert len(small) < len(fast) * 0.9
+    assert np.array_equal(np.asarray(decode(fast)), np.asarray(decode(small)))  # lossless
 
 
 def test_exif_is_kept_as_a_json_string() -> None:

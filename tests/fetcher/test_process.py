@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
+import json
 import multiprocessing
 import urllib.request
 from concurrent.futures import ProcessPoolExecutor
@@ -18,7 +19,14 @@ from i2d_fetcher.imaging import ProcessedImage, process_image
 from i2d_fetcher.options import FetchOptions
 from i2d_fetcher.process import fetch_row
 from i2d_imageserver import ImageServer
-from i2d_segments.records import AppendRecord, SampleStatus, UrlRow, decode_append, encode_append
+from i2d_segments.records import (
+    AppendRecord,
+    SampleStatus,
+    UrlRow,
+    decode_append,
+    encode_append,
+    parse_url_value,
+)
 from tests.fetcher.helpers import fresh_seed, with_session
 
 FAST = FetchOptions(timeout=5, retry_backoff=0.01)
@@ -205,7 +213,10 @@ def test_bbox_col_reaches_the_worker_and_blurs(image_server: ImageServer) -> Non
         return process_image(data, o, *boxes)  # type: ignore[arg-type]
 
     plain = fetch_one(UrlRow(url=url), opts, spy)
-    boxed = fetch_one(UrlRow(url=url, extra={"faces": [[0.25, 0.25, 0.75, 0.75]]}), opts, spy)
+    # as a JSON record on the urls topic carries it: any field not url/caption/key is a column
+    topic_row = parse_url_value(json.dumps({"url": url, "faces": [[0.25, 0.25, 0.75, 0.75]]}))
+    assert topic_row is not None
+    boxed = fetch_one(topic_row, opts, spy)
     as_text = fetch_one(UrlRow(url=url, extra={"faces": "[[0.25, 0.25, 0.75, 0.75]]"}), opts, spy)
     assert calls == [(), (((0.25, 0.25, 0.75, 0.75),),), (((0.25, 0.25, 0.75, 0.75),),)]
     assert plain.payload is not None and boxed.payload is not None
