@@ -62,6 +62,9 @@ def run(output_folder: str, count: int) -> int:
                     # a fresh example each time: the demo server's port, so its urls, change
                     "--incremental_mode",
                     "overwrite",
+                    # the demo server is on the loopback, which downloads refuse by default
+                    "--allowed_networks",
+                    "127.0.0.1/32",
                 ]
             )
         finally:

@@ -52,6 +52,7 @@ def service_env(kafka: str, s3: S3Server, bucket: str, dsn: str) -> dict[str, st
         "I2D_THREAD_COUNT": "32",
         "I2D_RETRIES": "0",
         "I2D_TIMEOUT": "5",
+        "I2D_ALLOWED_NETWORKS": "127.0.0.1/32",  # the local image server
     }
 
 

@@ -57,6 +57,7 @@ def test_flat_form_download_writes_a_webdataset(images: ImageServer, tmp_path: P
             "--number_sample_per_shard=40",
             "--processes_count=1",
             "--progress=False",
+            "--allowed_networks=127.0.0.1/32",  # the local image server
         ]
     )
     assert rc == 0
@@ -129,6 +130,7 @@ def download_cmd(url_list: Path, out: Path) -> list[str]:
         "--thread_count=4",
         "--processes_count=1",
         "--progress=False",
+        "--allowed_networks=127.0.0.1/32",  # the local image server
     ]
 
 

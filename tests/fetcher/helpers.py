@@ -1,4 +1,5 @@
-"""Helpers of the fetcher tests: unique seeds and a fresh event loop per call."""
+"""Helpers of the fetcher tests: unique seeds, options that allow the local image server, and
+a fresh event loop per call with the fetcher's own HTTP client on a name table, never DNS."""
 
 from __future__ import annotations
 
@@ -7,14 +8,22 @@ import itertools
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
-import aiohttp
-
-from i2d_fetcher.download import make_session
+from i2d_fetcher.download import HttpClient, open_client
 from i2d_fetcher.options import FetchOptions
+from i2d_fetcher.resolver import Lookup, StaticLookup
 
 T = TypeVar("T")
 
 _seeds = itertools.count(10_000)
+
+# The local image server listens on 127.0.0.1: the one non-public address the tests allow.
+# Attacks aim at other loopback addresses (127.0.0.2...), refused and still never off the host.
+IMAGE_SERVER_NETWORKS = ("127.0.0.1/32",)
+
+
+def local_options(**fields: Any) -> FetchOptions:
+    """Download options that may reach the local image server (and nothing else private)."""
+    return FetchOptions(allowed_networks=IMAGE_SERVER_NETWORKS, **fields)
 
 
 def fresh_seed() -> int:
@@ -26,11 +35,16 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(coro)
 
 
-def with_session(opts: FetchOptions, body: Callable[[aiohttp.ClientSession], Awaitable[T]]) -> T:
-    """Run `body(session)` in a fresh event loop with the fetcher's own session."""
+def with_session(
+    opts: FetchOptions,
+    body: Callable[[HttpClient], Awaitable[T]],
+    lookup: Lookup | None = None,
+) -> T:
+    """Run `body(client)` in a fresh event loop with the fetcher's own client. Names resolve
+    through `lookup`, by default an empty table: a test never queries real DNS."""
 
     async def main() -> T:
-        async with make_session(opts, 8) as session:
-            return await body(session)
+        async with open_client(opts, 8, lookup or StaticLookup({})) as client:
+            return await body(client)
 
     return run(main())

@@ -14,15 +14,16 @@ from i2d_fetcher.download import (
     FetchFailed,
     backoff_delay,
     download,
-    make_session,
+    open_client,
 )
 from i2d_fetcher.options import FetchOptions
+from i2d_fetcher.resolver import StaticLookup
 from i2d_fetcher.robots import DISALLOWED_MESSAGE, is_disallowed
 from i2d_imageserver import ImageServer
-from tests.fetcher.helpers import fresh_seed, run, with_session
+from tests.fetcher.helpers import fresh_seed, local_options, run, with_session
 from tests.servers.proc import free_port
 
-FAST = FetchOptions(timeout=5, retry_backoff=0.01)
+FAST = local_options(timeout=5, retry_backoff=0.01)
 MB = 1 << 20
 
 
@@ -74,13 +75,13 @@ def test_user_agent_is_honest_and_carries_the_token(image_server: ImageServer) -
     assert "Mozilla" not in image_server.last_headers["User-Agent"]
 
 
-def test_session_is_pooled_cached_and_ignores_the_environment() -> None:
+def test_session_is_pooled_and_ignores_the_environment() -> None:
     async def check() -> None:
-        async with make_session(FetchOptions(), 37) as session:
+        async with open_client(FetchOptions(), 37, StaticLookup({})) as client:
+            session = client.session
             connector = session.connector
             assert isinstance(connector, aiohttp.TCPConnector)
             assert connector.limit == 37
-            assert connector.use_dns_cache
             assert session.trust_env is False
             assert isinstance(session.cookie_jar, aiohttp.DummyCookieJar)
             assert session.timeout.total == 10
@@ -138,10 +139,18 @@ def test_connection_refused_is_transient() -> None:
     assert (err.message, err.transient) == ("cannot connect: Connection refused", True)
 
 
-@pytest.mark.parametrize("url", ["not a url", "ftp://127.0.0.1/x.jpg", "http://"])
+@pytest.mark.parametrize("url", ["not a url", "http://", "//127.0.0.1/x.jpg"])
 def test_invalid_urls_fail_without_retry(url: str) -> None:
     err = failure(url, FAST.model_copy(update={"retries": 2}))
     assert (err.message, err.transient) == ("invalid url", False)
+
+
+@pytest.mark.parametrize(
+    "url", ["ftp://127.0.0.1/x.jpg", "file:///etc/passwd", "gopher://127.0.0.1:70/_x"]
+)
+def test_only_http_and_https_are_fetched(url: str) -> None:
+    err = failure(url, FAST.model_copy(update={"retries": 2}))
+    assert (err.message, err.transient) == ("unsupported url scheme", False)
 
 
 def test_backoff_grows_exponentially_with_jitter() -> None:

@@ -27,9 +27,9 @@ from i2d_segments.records import (
     encode_append,
     parse_url_value,
 )
-from tests.fetcher.helpers import fresh_seed, with_session
+from tests.fetcher.helpers import fresh_seed, local_options, with_session
 
-FAST = FetchOptions(timeout=5, retry_backoff=0.01)
+FAST = local_options(timeout=5, retry_backoff=0.01)
 
 
 async def in_process(data: bytes, opts: FetchOptions) -> ProcessedImage:

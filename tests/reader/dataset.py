@@ -65,6 +65,8 @@ def build_dataset(images: ImageServer, folder: Path, count: int = 90) -> Dataset
             "16",
             "--progress",
             "False",
+            "--allowed_networks",
+            "127.0.0.1/32",  # the local image server
         ]
     )
     assert rc == 0

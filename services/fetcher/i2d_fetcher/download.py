@@ -1,14 +1,21 @@
-"""Download one URL with aiohttp: bounded in time and size, polite, retried only when a retry
-can help.
+"""Download one URL with aiohttp: bounded in time and size, polite, safe from hostile URLs,
+retried only when a retry can help.
 
-- Timeout: `timeout` seconds for a whole attempt (connect, headers and body), not per socket
-  read as in img2dataset, where a server dripping bytes can hold a worker forever.
+- Addresses: only public ones, unless in `allowed_networks` (netguard.py), checked on the URL,
+  on every resolved address the connector gets (resolver.py) and on the socket; redirects are
+  followed here, not by aiohttp, so each hop is checked again (http/https only, at most
+  `max_redirects`).
+- Timeout: `timeout` seconds for a whole attempt (DNS, connect, headers and body, over every
+  redirect hop), not per socket read as in img2dataset, where a server dripping bytes can hold
+  a worker forever; within it `connect_timeout` to connect and `read_timeout` between reads.
+- Per host (hosts.py): a concurrency cap, a rate limit, Retry-After pauses for the whole host
+  and a circuit breaker. Time waiting for the host is not counted against the timeout.
 - Size: bodies are counted as decoded (after Content-Encoding), reading stops past
   `max_bytes`, and a declared Content-Length over the cap fails before any body is read.
 - X-Robots-Tag is checked as soon as the headers arrive; a disallowed body is never read.
 - Retries: only for transient failures (timeouts, connection errors, truncated bodies, 408,
   429, 5xx), with exponential backoff and jitter, honouring a short Retry-After. Never for a
-  404 or other definite answers.
+  404 or other definite answers. The backoff sleeps without holding the host's slot.
 - User-Agent: honest and current, `img2dataset-segments/<version> (+project url)`, plus the
   user's token.
 """
@@ -16,35 +23,56 @@ can help.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import itertools
 import os
 import random
 import socket
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from types import TracebackType
 
 import aiohttp
 from aiohttp import http_exceptions
 from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
 
+from i2d_fetcher.hosts import CIRCUIT_OPEN_MESSAGE, CircuitOpen, HostLimiter
+from i2d_fetcher.netguard import BLOCKED_PREFIX, AddressPolicy, BlockedAddress, literal_address
 from i2d_fetcher.options import FetchOptions
+from i2d_fetcher.resolver import AiodnsLookup, CachingResolver, Lookup
 from i2d_fetcher.robots import DISALLOWED_MESSAGE, is_disallowed
 from i2d_segments import __version__
 
 PROJECT_URL = "https://github.com/rom1504/img2dataset"
 ACCEPT = "image/avif,image/webp,image/png,image/jpeg,image/*;q=0.8,*/*;q=0.5"
 TRANSIENT_STATUSES = frozenset({408, 429})
+PAUSING_STATUSES = frozenset({429, 503})  # their Retry-After pauses the whole host
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+SCHEMES = frozenset({"http", "https"})
 MAX_RETRY_AFTER = 30.0  # seconds; a server asking for longer gets a failure, not a stalled slot
-DNS_CACHE_SECONDS = 300
 
 
 class FetchFailed(Exception):
-    """The download failed with `message`; `transient` failures may succeed if tried again."""
+    """The download failed with `message`; `transient` failures may succeed if tried again;
+    `host_failure`s (no answer: refused, reset, timed out) count towards the host's breaker."""
 
-    def __init__(self, message: str, transient: bool, retry_after: float | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        transient: bool,
+        retry_after: float | None = None,
+        *,
+        host_failure: bool = False,
+        status: int | None = None,
+    ) -> None:
         super().__init__(message, transient, retry_after)
         self.message = message
         self.transient = transient
         self.retry_after = retry_after
+        self.host_failure = host_failure
+        self.status = status
 
     def __str__(self) -> str:
         return self.message
@@ -67,24 +95,91 @@ def user_agent(opts: FetchOptions) -> str:
     return ua
 
 
-def client_timeout(opts: FetchOptions) -> aiohttp.ClientTimeout:
+def client_timeout(opts: FetchOptions, total: float | None = None) -> aiohttp.ClientTimeout:
     return aiohttp.ClientTimeout(
-        total=opts.timeout, sock_connect=opts.timeout, sock_read=opts.timeout
+        total=opts.timeout if total is None else total,
+        sock_connect=opts.connect_timeout,
+        sock_read=opts.read_timeout,
     )
 
 
-def make_session(opts: FetchOptions, concurrency: int) -> aiohttp.ClientSession:
-    """One session per fetcher: a pooled connector sized to the concurrency, a DNS cache (DNS
-    is the first bottleneck at scale), no proxies or netrc from the environment, no cookie
-    jar (millions of hosts, nothing to remember). Call it inside the running event loop."""
+class HttpClient:
+    """The fetcher's HTTP side: one aiohttp session whose connector can only reach addresses
+    the policy allows, the caching resolver behind it, and the per-host limiter."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        resolver: CachingResolver,
+        policy: AddressPolicy,
+        hosts: HostLimiter,
+        proxy: str | None,
+    ) -> None:
+        self.session = session
+        self.resolver = resolver
+        self.policy = policy
+        self.hosts = hosts
+        self.proxy = proxy
+
+    async def check(self, url: URL) -> None:
+        """FetchFailed if `url`'s host is, or resolves only to, a refused address. The
+        connector enforces the same on what it connects to; this gives the clear reason
+        before a host slot is taken."""
+        host = url.raw_host or ""
+        literal = literal_address(host)
+        if literal is not None:
+            reason = self.policy.blocked(literal)
+            if reason is not None:
+                raise FetchFailed(BLOCKED_PREFIX + reason, transient=False)
+            return
+        if self.proxy is not None:
+            return  # the proxy resolves names, and its egress rules apply
+        try:
+            await self.resolver.resolve(host, url.port or 0, family=socket.AF_UNSPEC)
+        except BlockedAddress as e:
+            raise FetchFailed(str(e), transient=False) from None
+        except OSError as e:
+            raise FetchFailed(f"DNS resolution failed: {_reason(e)}", transient=False) from None
+
+    async def close(self) -> None:
+        await self.session.close()
+        await self.resolver.close()  # a resolver passed in is not closed by the connector
+
+    async def __aenter__(self) -> HttpClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+
+def open_client(opts: FetchOptions, concurrency: int, lookup: Lookup | None = None) -> HttpClient:
+    """One client per fetcher: a pooled connector sized to the concurrency, the caching
+    resolver (DNS is the first bottleneck at scale; `lookup` replaces real DNS in tests), no
+    proxies or netrc from the environment, no cookie jar (millions of hosts, nothing to
+    remember), redirects left to `download`. Call it inside the running event loop."""
+    policy = AddressPolicy(opts.allowed_networks)
+    direct = opts.proxy is None
+    # Through a proxy the connector only ever reaches the proxy, which the operator chose.
+    resolver = CachingResolver(
+        lookup if lookup is not None else AiodnsLookup(),
+        policy if direct else None,
+        max_ttl=opts.dns_cache_ttl,
+        negative_ttl=opts.dns_negative_ttl,
+    )
     connector = aiohttp.TCPConnector(
         limit=max(1, concurrency),
-        limit_per_host=0,
-        use_dns_cache=True,
-        ttl_dns_cache=DNS_CACHE_SECONDS,
+        limit_per_host=0,  # the host limiter caps per target host, through a proxy too
+        use_dns_cache=False,  # the resolver caches, with TTLs and negative answers
+        resolver=resolver,
+        socket_factory=policy.socket_factory if direct else None,
         ssl=not opts.ignore_ssl_certificate,  # False: accept any certificate
     )
-    return aiohttp.ClientSession(
+    session = aiohttp.ClientSession(
         connector=connector,
         timeout=client_timeout(opts),
         headers={"User-Agent": user_agent(opts), "Accept": ACCEPT},
@@ -93,10 +188,17 @@ def make_session(opts: FetchOptions, concurrency: int) -> aiohttp.ClientSession:
         auto_decompress=True,
         raise_for_status=False,
     )
+    hosts = HostLimiter(
+        opts.max_connections_per_host,
+        opts.host_rate_limit,
+        opts.host_failure_threshold,
+        opts.host_cooldown,
+    )
+    return HttpClient(session, resolver, policy, hosts, opts.proxy)
 
 
 async def download(
-    session: aiohttp.ClientSession, url: str, opts: FetchOptions, *, max_bytes: int
+    client: HttpClient, url: str, opts: FetchOptions, *, max_bytes: int
 ) -> Downloaded:
     """The body of `url`, or FetchFailed; transient failures are tried `opts.retries` more
     times."""
@@ -104,12 +206,13 @@ async def download(
     while True:
         attempt += 1
         try:
-            return await _attempt(session, url, opts, max_bytes, attempt)
+            return await _attempt(client, url, opts, max_bytes, attempt)
         except FetchFailed as e:
             if not e.transient or attempt > opts.retries:
                 raise
             if e.retry_after is not None and e.retry_after > MAX_RETRY_AFTER:
                 raise
+            # No host slot is held here: other rows of the host go on meanwhile.
             await asyncio.sleep(backoff_delay(opts.retry_backoff, attempt, e.retry_after))
 
 
@@ -124,15 +227,82 @@ def backoff_delay(base: float, attempt: int, retry_after: float | None = None) -
 
 
 async def _attempt(
-    session: aiohttp.ClientSession, url: str, opts: FetchOptions, max_bytes: int, attempt: int
+    client: HttpClient, url: str, opts: FetchOptions, max_bytes: int, attempt: int
 ) -> Downloaded:
+    budget = opts.timeout  # spent by DNS and requests, not by waiting for a host slot
+    target = parse_url(url)
+    for hop in itertools.count():
+        started = time.monotonic()
+        try:
+            async with asyncio.timeout(budget):
+                await client.check(target)
+        except TimeoutError:
+            raise _timed_out(opts) from None
+        budget -= time.monotonic() - started
+        if budget <= 0:
+            raise _timed_out(opts)
+        key = f"{target.raw_host}:{target.port}"
+        try:
+            async with client.hosts.slot(key) as slot:
+                started = time.monotonic()
+                try:
+                    result = await _request(client, target, opts, max_bytes, budget)
+                except FetchFailed as e:
+                    slot.failed() if e.host_failure else slot.answered()
+                    if e.retry_after and e.status in PAUSING_STATUSES:
+                        client.hosts.pause(key, min(e.retry_after, MAX_RETRY_AFTER))
+                    raise
+                slot.answered()
+                budget -= time.monotonic() - started
+        except CircuitOpen:
+            raise FetchFailed(CIRCUIT_OPEN_MESSAGE, transient=False) from None
+        if isinstance(result, Downloaded):
+            return dataclasses.replace(result, attempts=attempt)
+        if hop >= opts.max_redirects:
+            raise FetchFailed("too many redirects", transient=False)
+        if budget <= 0:
+            raise _timed_out(opts)
+        target = parse_url(result)
+    raise AssertionError("unreachable")
+
+
+def parse_url(url: str | URL) -> URL:
+    """An absolute http(s) URL, or FetchFailed."""
     try:
-        async with session.get(url, timeout=client_timeout(opts)) as resp:
+        parsed = url if isinstance(url, URL) else URL(url)
+        scheme, host = parsed.scheme.lower(), parsed.raw_host
+    except (ValueError, TypeError):  # yarl raises ValueError for some malformed urls
+        raise FetchFailed("invalid url", transient=False) from None
+    if scheme and scheme not in SCHEMES:
+        raise FetchFailed("unsupported url scheme", transient=False)
+    if not scheme or not host:
+        raise FetchFailed("invalid url", transient=False)
+    return parsed
+
+
+async def _request(
+    client: HttpClient, url: URL, opts: FetchOptions, max_bytes: int, budget: float
+) -> Downloaded | URL:
+    """One hop: the body, or where a redirect points."""
+    try:
+        async with client.session.get(
+            url,
+            allow_redirects=False,  # followed by _attempt, each hop checked
+            timeout=client_timeout(opts, total=budget),
+            proxy=client.proxy,
+        ) as resp:
+            location = resp.headers.get("Location")
+            if resp.status in REDIRECT_STATUSES and location:
+                try:
+                    return resp.url.join(URL(location))
+                except ValueError:
+                    raise FetchFailed("invalid redirect location", transient=False) from None
             if not 200 <= resp.status < 300:
                 raise FetchFailed(
                     f"HTTP Error {resp.status}: {resp.reason}",
                     transient=resp.status in TRANSIENT_STATUSES or resp.status >= 500,
                     retry_after=_retry_after(resp.headers),
+                    status=resp.status,
                 )
             if is_disallowed(
                 resp.headers.getall("X-Robots-Tag", ()),
@@ -147,6 +317,7 @@ async def _attempt(
                 resp.close()
                 raise FetchFailed(_too_large(max_bytes), transient=False)
             data = bytearray()
+            # Decoded chunks (after Content-Encoding): a gzip bomb is stopped at the cap.
             async for chunk in resp.content.iter_any():
                 data += chunk
                 if len(data) > max_bytes:
@@ -158,7 +329,7 @@ async def _attempt(
                 headers=_copy(resp.headers),
                 final_url=str(resp.url),
                 status=resp.status,
-                attempts=attempt,
+                attempts=1,
             )
     except FetchFailed:
         raise
@@ -166,11 +337,25 @@ async def _attempt(
         raise classify(e, opts) from None
 
 
+def _timed_out(opts: FetchOptions) -> FetchFailed:
+    return FetchFailed(f"timed out after {opts.timeout:g}s", transient=True, host_failure=True)
+
+
 def classify(e: Exception, opts: FetchOptions) -> FetchFailed:
     """A client exception as a failure with a stable message (no host, port or byte counts:
-    users count failures by message) and whether trying again may help."""
-    if isinstance(e, TimeoutError):  # aiohttp's ServerTimeoutError is one too
-        return FetchFailed(f"timed out after {opts.timeout:g}s", transient=True)
+    users count failures by message), whether trying again may help, and whether it tells
+    that the host is not answering."""
+    os_error = getattr(e, "os_error", None)
+    if isinstance(os_error, BlockedAddress):  # refused by the resolver or the socket factory
+        return FetchFailed(str(os_error), transient=False)
+    if isinstance(e, aiohttp.SocketTimeoutError):  # sock_read
+        message = f"read timed out: no data for {opts.read_timeout:g}s"
+        return FetchFailed(message, transient=True, host_failure=True)
+    if isinstance(e, aiohttp.ConnectionTimeoutError):  # sock_connect
+        message = f"connect timed out after {opts.connect_timeout:g}s"
+        return FetchFailed(message, transient=True, host_failure=True)
+    if isinstance(e, TimeoutError):  # the attempt's total
+        return _timed_out(opts)
     if isinstance(e, aiohttp.ClientPayloadError):
         cause = e.__cause__ or e.__context__
         if isinstance(cause, http_exceptions.ContentLengthError):
@@ -185,16 +370,16 @@ def classify(e: Exception, opts: FetchOptions) -> FetchFailed:
     if isinstance(e, aiohttp.ClientConnectorCertificateError | aiohttp.ClientSSLError):
         return FetchFailed("TLS error: invalid certificate or handshake", transient=False)
     if isinstance(e, aiohttp.ClientConnectorError):
-        return FetchFailed(f"cannot connect: {_reason(e.os_error)}", transient=True)
-    if isinstance(e, aiohttp.TooManyRedirects):
-        return FetchFailed("too many redirects", transient=False)
+        message = f"cannot connect: {_reason(e.os_error)}"
+        return FetchFailed(message, transient=True, host_failure=True)
     if isinstance(e, aiohttp.InvalidURL | aiohttp.NonHttpUrlClientError | ValueError):
         # yarl raises ValueError for some malformed urls
         return FetchFailed("invalid url", transient=False)
     if isinstance(e, aiohttp.ServerDisconnectedError):
-        return FetchFailed("connection error: server disconnected", transient=True)
+        message = "connection error: server disconnected"
+        return FetchFailed(message, transient=True, host_failure=True)
     if isinstance(e, aiohttp.ClientConnectionError | OSError):
-        return FetchFailed(f"connection error: {_reason(e)}", transient=True)
+        return FetchFailed(f"connection error: {_reason(e)}", transient=True, host_failure=True)
     if isinstance(e, aiohttp.ClientResponseError):  # a malformed response
         return FetchFailed(f"bad response: {e.message}", transient=False)
     return FetchFailed(f"{type(e).__name__}: {e}", transient=False)
@@ -208,7 +393,7 @@ def _reason(e: BaseException) -> str:
             return os.strerror(errno)
         except ValueError:
             pass
-    if isinstance(e, socket.gaierror) and e.strerror:
+    if isinstance(e, OSError) and e.strerror:  # a gaierror, or the resolver's own text
         return e.strerror
     return type(e).__name__
 

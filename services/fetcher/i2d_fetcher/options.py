@@ -16,6 +16,7 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
 from i2d_fetcher import formats
+from i2d_fetcher.netguard import parse_networks
 
 ResizeMode = Literal["no", "border", "keep_ratio", "keep_ratio_largest", "center_crop"]
 EncodeFormat = Literal["jpg", "png", "webp"]
@@ -136,6 +137,58 @@ class FetchOptions(BaseModel):
         ge=1,
         description="Decompression-bomb guard: images that would decode to more pixels fail.",
     )
+
+    # ---------------------------------------------------------------- network safety, politeness
+    # URLs come from the open internet: loopback, private, link-local (cloud metadata), CGNAT,
+    # ULA, multicast and other non-public addresses are refused unless allowed here.
+    allowed_networks: Annotated[tuple[str, ...], NoDecode] = Field(
+        (),
+        description="CIDRs the fetcher may reach although not public (e.g. 10.0.0.0/8, "
+        "127.0.0.1/32): the only way past the address guard.",
+    )
+    max_redirects: int = Field(
+        10, ge=0, description="Redirects followed (each hop re-checked); more fail."
+    )
+    connect_timeout: float = Field(5, gt=0, description="Seconds allowed to connect.")
+    read_timeout: float = Field(
+        5, gt=0, description="Seconds allowed between two reads (a silent server fails)."
+    )
+    proxy: str | None = Field(
+        None,
+        description="HTTP proxy for every download (proxy variables of the environment are "
+        "ignored). The proxy resolves names; IP-literal urls are still checked.",
+    )
+    max_connections_per_host: int = Field(
+        16, ge=1, description="Concurrent requests to one host at most."
+    )
+    host_rate_limit: float = Field(
+        0, ge=0, description="Requests per second started to one host at most (0: no limit)."
+    )
+    host_failure_threshold: int = Field(
+        5,
+        ge=1,
+        description="Consecutive connection failures or timeouts after which a host's rows "
+        "fail fast for host_cooldown seconds (circuit breaker).",
+    )
+    host_cooldown: float = Field(
+        60, gt=0, description="Seconds a failing host is left alone before one probe."
+    )
+    dns_cache_ttl: float = Field(
+        300, ge=0, description="Longest time a DNS answer is cached (shorter if its TTL is)."
+    )
+    dns_negative_ttl: float = Field(30, ge=0, description="Time a failed DNS lookup is cached.")
+
+    @field_validator("allowed_networks", mode="before")
+    @classmethod
+    def _networks(cls, value: Any) -> Any:
+        """ "10.0.0.0/8,127.0.0.1" or a list; each must be a valid CIDR or address."""
+        if value is None:
+            return ()
+        if isinstance(value, str):
+            value = _list_text(value)
+        if isinstance(value, list | tuple | set | frozenset):
+            return tuple(str(n) for n in parse_networks(str(v) for v in value))
+        return value
 
     @field_validator("disallowed_header_directives", mode="before")
     @classmethod

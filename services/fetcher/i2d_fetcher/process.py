@@ -14,11 +14,9 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import aiohttp
-
 from i2d_fetcher import metrics
 from i2d_fetcher.blur import InvalidBoxes, parse_boxes
-from i2d_fetcher.download import FetchFailed, download
+from i2d_fetcher.download import FetchFailed, HttpClient, download
 from i2d_fetcher.imaging import ImageRejected, ProcessedImage
 from i2d_fetcher.options import FetchOptions
 from i2d_segments.records import AppendMeta, AppendRecord, SampleStatus, UrlRow
@@ -33,7 +31,7 @@ HASH_OFF_LOOP_BYTES = 1 << 20  # hashing a larger body would stall the event loo
 
 
 async def fetch_row(
-    session: aiohttp.ClientSession, row: UrlRow, opts: FetchOptions, run_cpu: RunCpu
+    client: HttpClient, row: UrlRow, opts: FetchOptions, run_cpu: RunCpu
 ) -> AppendRecord:
     """`run_cpu(data, opts[, boxes])` runs `imaging.process_image` off the event loop."""
     try:
@@ -43,7 +41,7 @@ async def fetch_row(
         return failure(row, SampleStatus.FAILED_TO_RESIZE, str(e))
     started = time.monotonic()
     try:
-        downloaded = await download(session, row.url, opts, max_bytes=opts.max_body_bytes)
+        downloaded = await download(client, row.url, opts, max_bytes=opts.max_body_bytes)
     except FetchFailed as e:
         return failure(row, SampleStatus.FAILED_TO_DOWNLOAD, e.message)
     except Exception as e:  # a bug must cost one row, not the fetcher

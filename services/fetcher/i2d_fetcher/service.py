@@ -11,16 +11,16 @@ consumer is not thread-safe and rebalance callbacks run inside its poll).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
-from typing import Any
 
 from i2d_fetcher import metrics
 from i2d_fetcher.cpu import CpuPool
-from i2d_fetcher.download import make_session
+from i2d_fetcher.download import HttpClient, open_client
 from i2d_fetcher.offsets import OffsetTracker
 from i2d_fetcher.process import fetch_row
 from i2d_fetcher.settings import FetcherSettings
@@ -103,14 +103,27 @@ class FetcherService(RebalanceListener):
         )
         limit = self.settings.thread_count
         tasks: set[asyncio.Task[None]] = set()
+        # Poll again once `refill` rows are done, not after each one: a consumer-thread round
+        # trip (and a wait over every pending task) per batch of rows instead of per row.
+        refill = max(1, limit // 8)
+        room_opened = asyncio.Event()
+
+        def finished(task: asyncio.Task[None]) -> None:
+            tasks.discard(task)
+            if limit - len(tasks) >= refill:
+                room_opened.set()
+
         last_commit = time.monotonic()
         try:
-            async with make_session(self.options, limit) as session:
+            async with open_client(self.options, limit) as client:
                 while not stop.is_set():
                     self.health.beat()
                     room = limit - len(tasks)
-                    if room <= 0:
-                        await asyncio.wait(tasks, timeout=0.2, return_when=asyncio.FIRST_COMPLETED)
+                    if room < refill:
+                        room_opened.clear()
+                        with contextlib.suppress(TimeoutError):
+                            async with asyncio.timeout(0.2):
+                                await room_opened.wait()
                     else:
                         messages = await loop.run_in_executor(
                             self._consumer_thread,
@@ -120,9 +133,9 @@ class FetcherService(RebalanceListener):
                         )
                         for m in messages:
                             self.offsets.start(m.tp, m.offset)
-                            task = asyncio.create_task(self._handle(session, cpu, m))
+                            task = asyncio.create_task(self._handle(client, cpu, m))
                             tasks.add(task)
-                            task.add_done_callback(tasks.discard)
+                            task.add_done_callback(finished)
                         if not messages and tasks:
                             await asyncio.sleep(0)
                     self.producer.poll(0)
@@ -147,7 +160,7 @@ class FetcherService(RebalanceListener):
         if offsets:
             await loop.run_in_executor(self._consumer_thread, self.consumer.commit, offsets)
 
-    async def _handle(self, session: Any, cpu: CpuPool, m: Message) -> None:
+    async def _handle(self, client: HttpClient, cpu: CpuPool, m: Message) -> None:
         try:
             row = parse_url_value(m.value, self.settings.url_col, self.settings.caption_col)
         except (MalformedRecord, UnicodeDecodeError) as e:
@@ -159,7 +172,7 @@ class FetcherService(RebalanceListener):
             self.offsets.done(m.tp, m.offset)
             return
         if row is not None:
-            record = await fetch_row(session, row, self.options, cpu.run)
+            record = await fetch_row(client, row, self.options, cpu.run)
         assert record is not None
         self._produce(m, self._claim_check(record))
 

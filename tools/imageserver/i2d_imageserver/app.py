@@ -174,8 +174,13 @@ async def f_error(request: web.Request, name: ImageName) -> web.StreamResponse:
     raise web.HTTPInternalServerError(text="server error\n")
 
 
+def _retry_after(request: web.Request) -> CIMultiDict[str]:
+    value = request.query.get("retry_after")
+    return CIMultiDict({"Retry-After": value} if value is not None else {})
+
+
 async def f_unavailable(request: web.Request, name: ImageName) -> web.StreamResponse:
-    raise web.HTTPServiceUnavailable(text="try again later\n")
+    raise web.HTTPServiceUnavailable(text="try again later\n", headers=_retry_after(request))
 
 
 async def f_flaky(request: web.Request, name: ImageName) -> web.StreamResponse:
@@ -183,7 +188,7 @@ async def f_flaky(request: web.Request, name: ImageName) -> web.StreamResponse:
     with stats.lock:
         first = stats.by_path[request.path] <= 1
     if first:
-        raise web.HTTPServiceUnavailable(text="try again later\n")
+        raise web.HTTPServiceUnavailable(text="try again later\n", headers=_retry_after(request))
     return await send(request, await photo_bytes(request, name), EXTENSIONS[name.ext])
 
 
@@ -253,7 +258,7 @@ async def f_gzipbomb(request: web.Request, name: ImageName) -> web.StreamRespons
 
 
 async def f_redirect(request: web.Request, name: ImageName) -> web.StreamResponse:
-    raise web.HTTPFound(location=f"/img/{name.file_name}")
+    raise web.HTTPFound(location=request.query.get("to", f"/img/{name.file_name}"))
 
 
 FAULT_HANDLERS: dict[str, Handler] = {

@@ -21,8 +21,10 @@ from i2d_imageserver import synth
 FAULTS: dict[str, str] = {
     "missing": "404 Not Found",
     "error": "500 Internal Server Error",
-    "unavailable": "503 Service Unavailable, always (a transient failure that never heals)",
-    "flaky": "503 on the first request of a path, the image afterwards (retries succeed)",
+    "unavailable": "503 Service Unavailable, always (a transient failure that never heals); "
+    "?retry_after=S adds a Retry-After header",
+    "flaky": "503 on the first request of a path, the image afterwards (retries succeed); "
+    "?retry_after=S adds a Retry-After header",
     "slow": "the image after a delay before the headers (?delay=seconds, default 2)",
     "drip": "headers at once, then the body in small chunks (?interval=, ?chunks=)",
     "truncated": "Content-Length larger than the bytes sent, then the connection closes",
@@ -34,7 +36,7 @@ FAULTS: dict[str, str] = {
     "exif": "a JPEG carrying EXIF tags (Make, Model, DateTimeOriginal, Orientation)",
     "bomb": "a PNG decompression bomb: tiny body, huge pixel count (default 20000x20000)",
     "gzipbomb": "Content-Encoding: gzip of ?mb= (default 64) megabytes of zeros",
-    "redirect": "302 to the same image under /img/",
+    "redirect": "302 to the same image under /img/, or to ?to=URL (any url: redirect tests)",
 }
 
 EXTENSIONS: dict[str, str] = {"jpg": "image/jpeg", "png": "image/png", "webp": "image/webp"}
