@@ -218,3 +218,34 @@ def test_ctrl_c_commits_work_in_flight_and_resumes(images: ImageServer, tmp_path
     assert f"{len(samples)} rows skipped" in resumed.stdout
     final, _ = outcome(out)
     assert len(final) == len(urls)
+
+
+def test_lone_surrogates_in_a_jsonl_row_are_replaced_not_fatal(
+    images: ImageServer, tmp_path: Path
+) -> None:
+    """JSON can escape a lone surrogate, which no UTF-8 tar member or index row can hold: the
+    row is stored with each one replaced by '?' instead of failing the whole segment."""
+    (url,) = make_url_list(images.base_url, 1, seed=11)
+    # json.dumps would escape a real surrogate the same way; written out for readability
+    line = '{"url": "' + url + '", "caption": "a \\ud800 cat", "tag": "x\\udc00"}'
+    (tmp_path / "urls.jsonl").write_text(line + "\n")
+    out = tmp_path / "out"
+    rc = main(
+        [
+            "download",
+            f"--url_list={tmp_path / 'urls.jsonl'}",
+            "--input_format=jsonl",
+            "--caption_col=caption",
+            "--save_additional_columns=['tag']",
+            f"--output_folder={out}",
+            "--processes_count=1",
+            "--progress=False",
+            "--allowed_networks=127.0.0.1/32",  # the local image server
+        ]
+    )
+    assert rc == 0
+    (tar_path,) = (out / "segments").rglob("*.tar")
+    (sample,) = list(wds.WebDataset(str(tar_path), shardshuffle=False))
+    assert sample["txt"].decode() == "a ? cat"
+    meta = json.loads(sample["json"])
+    assert meta["caption"] == "a ? cat" and meta["tag"] == "x?"

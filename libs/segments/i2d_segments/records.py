@@ -15,7 +15,7 @@ import time
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from i2d_segments.ids import sample_id_for
 
@@ -40,9 +40,31 @@ class UrlRow(BaseModel):
     key: str | None = None
     extra: dict[str, Any] = Field(default_factory=dict)
 
+    @field_validator("url", "caption", "key", "extra", mode="after")
+    @classmethod
+    def _valid_unicode(cls, value: Any) -> Any:
+        """JSON may carry lone surrogates (`"\\ud800"`), which no UTF-8 member, manifest or
+        index row can hold: replace them here, at the boundary, so every later stage can
+        encode strictly."""
+        return _replace_surrogates(value)
+
     @property
     def sample_id(self) -> str:
         return sample_id_for(self.url, self.key)
+
+
+def _replace_surrogates(value: Any) -> Any:
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return value.encode("utf-8", "replace").decode("utf-8")
+        return value
+    if isinstance(value, dict):
+        return {_replace_surrogates(k): _replace_surrogates(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_replace_surrogates(v) for v in value]
+    return value
 
 
 def parse_url_value(
