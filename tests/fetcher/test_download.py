@@ -3,11 +3,18 @@ help (server counters tell), an honest User-Agent; against the local image serve
 
 from __future__ import annotations
 
+import datetime
 import gzip
+import ipaddress
+import socket
+import ssl
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from i2d_fetcher.download import (
     Downloaded,
@@ -260,3 +267,128 @@ def test_is_disallowed_uses_the_configured_directives() -> None:
     assert not is_disallowed(["noindex"], ["noai"])
     assert not is_disallowed(["noai"], [])
     assert is_disallowed(["mybot: noai"], ["noai"], "MyBot")
+
+
+# --------------------------------------------------------------------------- connect and read
+
+
+@pytest.fixture
+def unanswered_port() -> Iterator[int]:
+    """A loopback port whose accept queue is full: a new connection's SYN is dropped and the
+    connect hangs, as with a firewalled host."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = int(listener.getsockname()[1])
+    filler = socket.create_connection(("127.0.0.1", port))  # takes the one queue place
+    try:
+        yield port
+    finally:
+        filler.close()
+        listener.close()
+
+
+def test_a_connect_that_hangs_is_cut_by_connect_timeout(unanswered_port: int) -> None:
+    opts = FAST.model_copy(update={"connect_timeout": 0.3, "timeout": 5})
+    err = failure(f"http://127.0.0.1:{unanswered_port}/img/1.jpg", opts)
+    assert (err.message, err.transient) == ("connect timed out after 0.3s", True)
+
+
+def test_a_silent_server_is_cut_by_read_timeout(image_server: ImageServer) -> None:
+    # Headers at once, then one chunk per second: under the total, over the read timeout.
+    url = image_server.url_for(fresh_seed(), 300, 200, fault="drip", interval=1.0, chunks=10)
+    err = failure(url, FAST.model_copy(update={"read_timeout": 0.3, "timeout": 5}))
+    assert (err.message, err.transient) == ("read timed out: no data for 0.3s", True)
+
+
+# --------------------------------------------------------------------------- proxies and TLS
+
+
+def test_proxies_from_the_environment_are_ignored(
+    image_server: ImageServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    nowhere = f"http://127.0.0.1:{free_port()}"  # a proxy there would refuse every request
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "all_proxy"):
+        monkeypatch.setenv(name, nowhere)
+    assert fetch(image_server.url_for(fresh_seed(), 200, 200)).status == 200
+
+
+def test_the_proxy_option_sends_every_request_through_the_proxy(
+    image_server: ImageServer,
+) -> None:
+    # The image server answers absolute-form requests too: it stands in for the proxy. The
+    # name is resolved by the proxy, never here (the client's name table is empty).
+    opts = FAST.model_copy(update={"proxy": image_server.base_url})
+    path = f"/img/{fresh_seed()}_200x200.jpg"
+    got = fetch(f"http://images.example{path}", opts)
+    assert got.data[:2] == b"\xff\xd8"
+    assert image_server.hits(path) == 1
+    assert failure("http://127.0.0.2/x.jpg", opts).message == "blocked address: loopback"
+
+
+def _self_signed(folder: Path) -> ssl.SSLContext:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    (folder / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (folder / "key.pem").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(folder / "cert.pem", folder / "key.pem")
+    return context
+
+
+def test_tls_is_verified_unless_ignore_ssl_certificate(tmp_path: Path) -> None:
+    context = _self_signed(tmp_path)
+
+    async def main() -> tuple[FetchFailed, Downloaded]:
+        app = web.Application()
+
+        async def ok(request: web.Request) -> web.Response:
+            return web.Response(body=b"\xff\xd8hello", content_type="image/jpeg")
+
+        app.router.add_get("/x.jpg", ok)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context)
+        await site.start()
+        port = runner.addresses[0][1]
+        url = f"https://127.0.0.1:{port}/x.jpg"
+        try:
+            async with open_client(FAST, 4, StaticLookup({})) as client:
+                with pytest.raises(FetchFailed) as info:
+                    await download(client, url, FAST, max_bytes=MB)
+            lax = FAST.model_copy(update={"ignore_ssl_certificate": True})
+            async with open_client(lax, 4, StaticLookup({})) as client:
+                got = await download(client, url, lax, max_bytes=MB)
+        finally:
+            await runner.cleanup()
+        return info.value, got
+
+    err, got = run(main())
+    assert (err.message, err.transient) == ("TLS error: invalid certificate or handshake", False)
+    assert got.data == b"\xff\xd8hello"
