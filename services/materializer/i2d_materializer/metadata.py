@@ -23,6 +23,8 @@ _STRING_COLUMNS = ("url", "caption", "key", "status", "error_message")
 _INT_COLUMNS = ("width", "height", "original_width", "original_height")
 _FIXED = (*_STRING_COLUMNS, *_INT_COLUMNS, "exif")
 _TAIL = ("sample_id", "item_id")
+# img2dataset's hash column (named after `compute_hash`) follows exif, before the extra columns.
+_HASH_COLUMNS = ("sha256", "md5", "sha512")
 
 
 def metadata_rows(samples: Sequence[SampleRow]) -> list[dict[str, Any]]:
@@ -43,7 +45,10 @@ def metadata_rows(samples: Sequence[SampleRow]) -> list[dict[str, Any]]:
 
 def metadata_table(samples: Sequence[SampleRow]) -> pa.Table:
     rows = metadata_rows(samples)
-    extra = sorted({k for r in rows for k in r} - set(_FIXED) - set(_TAIL))
+    extra = sorted(
+        {k for r in rows for k in r} - set(_FIXED) - set(_TAIL),
+        key=lambda c: (c not in _HASH_COLUMNS, c),
+    )
     fields = [pa.field(c, pa.string()) for c in _STRING_COLUMNS]
     fields += [pa.field(c, pa.int64()) for c in _INT_COLUMNS]
     fields.append(pa.field("exif", pa.string()))
