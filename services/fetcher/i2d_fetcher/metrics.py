@@ -16,3 +16,8 @@ FETCH_SECONDS = Histogram(
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60),
 )
 BYTES = Counter("img2dataset_fetcher_bytes_total", "Image bytes downloaded (bodies received).")
+RESIZE_SECONDS = Histogram(
+    "img2dataset_fetcher_resize_seconds",
+    "Time to decode, resize and encode one image in a worker (rejected images included).",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)

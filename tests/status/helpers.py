@@ -1,0 +1,57 @@
+"""HTTP and Prometheus helpers for the status and metrics tests."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
+
+
+def http_get(url: str) -> tuple[int, bytes, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as r:
+            return r.status, r.read(), r.headers.get("Content-Type", "")
+    except urllib.error.HTTPError as e:
+        return e.code, e.read(), e.headers.get("Content-Type", "")
+
+
+def get_json(url: str) -> Any:
+    status, body, content_type = http_get(url)
+    assert status == 200, (url, status, body[:500])
+    assert content_type.startswith("application/json")
+    return json.loads(body)
+
+
+def scrape(url: str) -> dict[str, Any]:
+    """/metrics parsed: family name -> family (prometheus_client's parser)."""
+    status, body, content_type = http_get(url)
+    assert status == 200 and content_type.startswith("text/plain"), (status, content_type)
+    return {f.name: f for f in text_string_to_metric_families(body.decode())}
+
+
+FORBIDDEN_LABELS = {"url", "host", "hostname", "uri", "domain", "path"}
+
+
+def check_conventions(families: dict[str, Any], prefix: str = "img2dataset_") -> list[str]:
+    """Prometheus naming: counters end in _total (the parser strips it from the family name
+    and keeps it on the samples), histograms in a unit (_seconds, _bytes), no high-cardinality
+    labels. Returns the problems found."""
+    problems = []
+    for name, family in families.items():
+        if not name.startswith(prefix):
+            continue
+        suffixes = ("_total", "_created")
+        if family.type == "counter" and not all(s.name.endswith(suffixes) for s in family.samples):
+            problems.append(f"counter {name} has samples without _total")
+        if family.type == "histogram" and not name.endswith(("_seconds", "_bytes")):
+            problems.append(f"histogram {name} has no unit suffix (_seconds, _bytes)")
+        if name.endswith("_total") and family.type != "counter":
+            problems.append(f"{family.type} {name} ends in _total")
+        for sample in family.samples:
+            bad = FORBIDDEN_LABELS & set(sample.labels)
+            if bad:
+                problems.append(f"{name} has labels {sorted(bad)}")
+    return problems

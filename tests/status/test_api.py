@@ -1,0 +1,207 @@
+"""The status service over an embedded output folder: the REST API's figures equal the index,
+answers match the published JSON schema, /metrics, /healthz and /readyz, and the
+`img2dataset status` terminal summary."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from i2d_cli.main import main
+from i2d_segments.index.sqlite import SqliteIndex
+from i2d_status.app import StatusApp
+from i2d_status.schema import ENDPOINTS
+from i2d_status.server import StatusServer
+from i2d_status.settings import StatusSettings
+from i2d_status.source import StatusSource
+from tests.reader.dataset import Dataset
+from tests.status.helpers import check_conventions, get_json, http_get, scrape
+
+
+@pytest.fixture
+def server(dataset: Dataset) -> Iterator[str]:
+    settings = StatusSettings(output_folder=str(dataset.folder), refresh_seconds=0.2)
+    source = StatusSource.open(settings)
+    srv = StatusServer(StatusApp(source), "127.0.0.1", 0).start()
+    try:
+        yield f"http://127.0.0.1:{srv.port}"
+    finally:
+        srv.stop()
+        source.close()
+
+
+@pytest.fixture
+def index(dataset: Dataset) -> Iterator[SqliteIndex]:
+    idx = SqliteIndex(dataset.folder / "index.sqlite")
+    yield idx
+    idx.close()
+
+
+def test_api_status_has_the_dashboards_figures(
+    server: str, index: SqliteIndex, dataset: Dataset
+) -> None:
+    s = get_json(server + "/api/status")
+    counts = index.status_counts()
+    assert s["mode"] == "embedded" and s["refresh_seconds"] == 0.2
+    p = s["progress"]
+    assert p["samples"] == len(dataset.rows) == sum(counts.values())
+    assert p["successes"] == counts["success"] == 78
+    assert p["failures"] == 14 and p["by_status"] == counts
+    assert p["success_rate"] == pytest.approx(78 / 92)
+    assert p["enqueued"] is None and p["fetched"] is None  # no urls topic over a folder
+    reasons = {f["reason"]: f["count"] for f in s["failures"]}
+    assert reasons == index.error_counts()
+    assert s["failures"][0]["count"] == max(reasons.values())  # most frequent first
+    segs = s["segments"]
+    totals = index.totals()
+    assert segs["closed"] == totals.segments == 4 and segs["open"] == 0
+    assert segs["items"] == 77 and segs["bytes"] == totals.bytes
+    assert segs["last_closed_at"] == totals.last_created_at
+    assert s["lag"] == [] and s["errors"] == []
+    assert s["rates"]["images_per_second"] >= 0 and s["rates"]["source"] in (
+        "observed",
+        "segments",
+    )
+    recent = s["recent"]
+    assert 0 < len(recent) <= 20
+    newest = index.recent_segments(1)[0].segment_id
+    assert recent[0]["segment_id"] == newest
+    assert {r["status"] for r in recent} <= {"success", "failed_to_download", "failed_to_resize"}
+
+
+def test_api_index_queue_segments(server: str, index: SqliteIndex) -> None:
+    i = get_json(server + "/api/index")
+    assert i["totals"]["segments"] == 4 and i["totals"]["samples"] == 92
+    assert i["status_counts"] == index.status_counts()
+    assert [(p["topic"], p["partition"]) for p in i["partitions"]] == [("APPEND", 0)]
+    assert i["partitions"][0]["next_offset"] == 92
+
+    q = get_json(server + "/api/queue")
+    assert q["lag"] == [] and q["total_lag"] == {}
+    assert q["partitions"] == [
+        {
+            "topic": "APPEND",
+            "partition": 0,
+            "end": None,
+            "index_next_offset": 92,
+            "pending": None,
+            "owner": q["partitions"][0]["owner"],
+        }
+    ]
+
+    page = get_json(server + "/api/segments?limit=3")
+    assert page["total"] == 4 and page["limit"] == 3 and page["offset"] == 0
+    ids = [x["segment_id"] for x in page["segments"]]
+    assert ids == [s.segment_id for s in reversed(index.segments())][:3]  # newest first
+    rest = get_json(server + "/api/segments?limit=3&offset=3")
+    assert [x["segment_id"] for x in rest["segments"]] == [index.segments()[0].segment_id]
+    seg = page["segments"][0]
+    assert seg["metadata_uri"].endswith(f"{seg['segment_id']}.parquet")
+    assert seg["stats_uri"].endswith(f"{seg['segment_id']}_stats.json")
+    assert seg["uri"].endswith(f"{seg['segment_id']}.tar")
+    status, body, _ = http_get(server + "/api/segments?limit=x")
+    assert status == 400 and b"integers" in body
+
+
+def validate(instance: Any, schema: dict[str, Any], defs: dict[str, Any]) -> None:
+    """A small JSON Schema check (types, required, properties, items, refs, anyOf, enums)."""
+    if "$ref" in schema:
+        validate(instance, defs[schema["$ref"].rsplit("/", 1)[1]], defs)
+        return
+    if "anyOf" in schema:
+        errors = []
+        for option in schema["anyOf"]:
+            try:
+                validate(instance, option, defs)
+                return
+            except AssertionError as e:
+                errors.append(str(e))
+        raise AssertionError(f"{instance!r} matches none of {errors}")
+    kinds: dict[str, type | tuple[type, ...]] = {
+        "object": dict,
+        "array": list,
+        "string": str,
+        "integer": int,
+        "number": (int, float),
+        "boolean": bool,
+        "null": type(None),
+    }
+    if "type" in schema:
+        assert isinstance(instance, kinds[schema["type"]]), (instance, schema)
+    if "enum" in schema:
+        assert instance in schema["enum"]
+    if "const" in schema:
+        assert instance == schema["const"]
+    if isinstance(instance, dict):
+        for key in schema.get("required", []):
+            assert key in instance, f"missing {key}"
+        for key, value in instance.items():
+            if key in schema.get("properties", {}):
+                validate(value, schema["properties"][key], defs)
+            elif isinstance(schema.get("additionalProperties"), dict):
+                validate(value, schema["additionalProperties"], defs)
+    if isinstance(instance, list) and "items" in schema:
+        for x in instance:
+            validate(x, schema["items"], defs)
+
+
+def test_answers_follow_the_published_schema(server: str) -> None:
+    schema = get_json(server + "/api/schema")
+    assert (
+        set(schema)
+        == set(ENDPOINTS)
+        >= {
+            "/api/status",
+            "/api/index",
+            "/api/queue",
+            "/api/segments",
+        }
+    )
+    for path, body in schema.items():
+        answer = get_json(server + path)
+        validate(answer, body, body.get("$defs", {}))
+
+
+def test_health_and_metrics(server: str) -> None:
+    assert http_get(server + "/healthz")[:2] == (200, b"ok\n")
+    ready = get_json(server + "/readyz")
+    assert ready["ready"] is True and ready["checks"]["index"] and ready["checks"]["refreshed"]
+    families = scrape(server + "/metrics")
+    assert check_conventions(families) == []
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for f in families.values()
+        for s in f.samples
+    }
+    assert samples[("img2dataset_index_samples", (("status", "success"),))] == 78
+    assert samples[("img2dataset_index_segments", ())] == 4
+    assert samples[("img2dataset_index_items", ())] == 77
+    assert "img2dataset_consumer_lag" in families  # empty over a folder, present for KEDA
+    assert "process_cpu_seconds" in families  # the process collector, as every service
+
+
+def test_dashboard_page_is_served(server: str) -> None:
+    status, body, content_type = http_get(server + "/")
+    assert status == 200 and content_type.startswith("text/html")
+    assert b"api/status" in body and b"setTimeout(refresh" in body
+
+
+def test_status_command_prints_a_summary(
+    dataset: Dataset, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["status", "--output_folder", str(dataset.folder)]) == 0
+    text = capsys.readouterr().out
+    assert "rows recorded: 92" in text
+    assert "successes: 78   failures: 14   success rate: 84.8 %" in text
+    assert "segments: 4 closed, 0 open, 77 images" in text
+    assert "HTTP Error 404: Not Found" in text and "failures by reason:" in text
+
+    assert main(["status", "--output_folder", str(dataset.folder), "--json"]) == 0
+    s = json.loads(capsys.readouterr().out)
+    assert s["progress"]["samples"] == 92 and s["segments"]["closed"] == 4
+
+    assert main(["status", "--output_folder", str(dataset.folder / "nope")]) == 2
+    assert "not an output folder" in capsys.readouterr().err
