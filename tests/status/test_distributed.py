@@ -1,0 +1,197 @@
+"""`img2dataset serve status` as its own process over PostgreSQL and Kafka (Tansu): the
+progress of the urls topic, consumer lag per group and partition, the index's figures, health
+and /metrics; `img2dataset status` prints the same; SIGTERM stops it cleanly."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import Producer
+
+from i2d_segments.bus import TopicPartition
+from i2d_segments.bus.kafka import KafkaBus
+from i2d_segments.index import ItemRow, SampleRow, SegmentCommit, SegmentRow
+from i2d_segments.index.postgres import PostgresIndex
+from tests.servers.kafka import KAFKA_TEST_CONFIG
+from tests.servers.proc import ServerProcess, free_port, wait_for_port, wait_until
+from tests.status.helpers import check_conventions, get_json, http_get, scrape
+
+BIN = Path(sys.executable).parent
+
+
+def commit_segment(index: PostgresIndex, topic: str, n_ok: int, n_failed: int) -> SegmentRow:
+    lease = index.acquire_partition(topic, 0, "test-appender")
+    seg_id = f"p00000/{0:020d}-e{lease.epoch}"
+    samples, items = [], []
+    for n in range(n_ok + n_failed):
+        ok = n < n_ok
+        item_id = f"{n:064x}" if ok else None
+        samples.append(
+            SampleRow(
+                sample_id=f"s{n}",
+                url=f"http://127.0.0.1/{n}.jpg",
+                caption=f"caption {n}",
+                status="success" if ok else "failed_to_download",
+                error=None if ok else "HTTP Error 404: Not Found",
+                item_id=item_id,
+                segment_id=seg_id,
+                attrs={"width": 64, "height": 48} if ok else {},
+                updated_at=1000.0 + n,
+            )
+        )
+        if item_id is not None:
+            items.append(
+                ItemRow(item_id, seg_id, 512 * (n + 1), 100, "jpg", "image/jpeg", 64, 48, 64, 48)
+            )
+    segment = SegmentRow(
+        seg_id, topic, 0, 0, len(samples) - 1, lease.epoch, "s3://b/x.tar", len(items),
+        len(samples), 4096, "a" * 64, 1000.0,
+    )  # fmt: skip
+    index.commit_segment(
+        SegmentCommit(
+            epoch=lease.epoch,
+            segment=segment,
+            items=items,
+            samples=samples,
+            next_offset=len(samples),
+        )
+    )
+    return segment
+
+
+def test_serve_status_over_postgres_and_kafka(
+    kafka_bootstrap: str, postgres_dsn: str, tmp_path: Path
+) -> None:
+    run = uuid.uuid4().hex[:8]
+    topics = {"urls": f"urls-{run}", "append": f"append-{run}", "closed": f"closed-{run}"}
+    groups = {"fetcher": f"fetcher-{run}", "appender": f"appender-{run}"}
+    groups["materializer"] = f"materializer-{run}"
+    bus = KafkaBus(kafka_bootstrap, config=KAFKA_TEST_CONFIG)
+    index = PostgresIndex(postgres_dsn)
+    index.migrate()
+    try:
+        bus.create_topics({topics["urls"]: 2, topics["append"]: 1, topics["closed"]: 1})
+        producer = Producer({"bootstrap.servers": kafka_bootstrap})
+
+        def send(topic: str, value: str, partition: int) -> None:
+            # One record per request: Tansu reports a multi-record batch's end offset wrongly.
+            producer.produce(topic, value, partition=partition)
+            assert producer.flush(30) == 0
+
+        for n in range(10):  # 10 urls enqueued, 5 on each partition
+            send(topics["urls"], f"http://127.0.0.1/{n}.jpg", n % 2)
+        for _ in range(8):
+            send(topics["append"], "{}", 0)
+        send(topics["closed"], "{}", 0)
+        fetcher = bus.consumer(groups["fetcher"])
+        fetcher.commit({TopicPartition(topics["urls"], 0): 5, TopicPartition(topics["urls"], 1): 2})
+        fetcher.close()
+        commit_segment(index, topics["append"], n_ok=5, n_failed=2)  # APPEND 0..6 committed
+
+        port = free_port()
+        env = {
+            "I2D_KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+            "I2D_KAFKA_CONFIG": json.dumps(dict(KAFKA_TEST_CONFIG)),
+            "I2D_INDEX_URL": postgres_dsn,
+            "I2D_STORE_URL": str(tmp_path / "store"),
+            "I2D_URLS_TOPIC": topics["urls"],
+            "I2D_APPEND_TOPIC": topics["append"],
+            "I2D_CLOSED_TOPIC": topics["closed"],
+            "I2D_FETCHER_GROUP": groups["fetcher"],
+            "I2D_APPENDER_GROUP": groups["appender"],
+            "I2D_MATERIALIZER_GROUP": groups["materializer"],
+            "I2D_REFRESH_SECONDS": "0.5",
+        }
+        serve = [str(BIN / "img2dataset"), "serve", "status"]
+        server = ServerProcess(
+            [*serve, "--http_host", "127.0.0.1", "--http_port", str(port)],
+            tmp_path / "status.log",
+            env=env,
+        ).start()
+        try:
+            wait_for_port(port, 60)
+            base = f"http://127.0.0.1:{port}"
+            wait_until(lambda: http_get(base + "/readyz")[0] == 200, 60, "readiness")
+            check_status(get_json(base + "/api/status"), groups, topics)
+            check_queue(get_json(base + "/api/queue"), groups, topics)
+            assert http_get(base + "/healthz")[0] == 200
+            families = scrape(base + "/metrics")
+            assert check_conventions(families) == []
+            lag = {
+                (s.labels["group"], s.labels["partition"]): s.value
+                for s in families["img2dataset_consumer_lag"].samples
+                if s.labels["topic"] == topics["urls"]
+            }
+            assert lag == {(groups["fetcher"], "0"): 0.0, (groups["fetcher"], "1"): 3.0}
+
+            text = subprocess.run(
+                [str(BIN / "img2dataset"), "status"],
+                env={**server.env, **env},
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            assert text.returncode == 0, text.stderr
+            assert "(distributed)" in text.stdout
+            assert "rows recorded: 7 of 10 enqueued (70.0 % fetched)" in text.stdout
+            assert f"{groups['fetcher']:<14} {topics['urls']}[1]  committed 2  end 5  lag 3" in (
+                text.stdout
+            )
+
+            # SIGTERM: it stops by itself, cleanly, within the grace period.
+            server.signal(signal.SIGTERM)
+            assert server.proc is not None and server.proc.wait(30) == 0, server.log_tail()
+        finally:
+            server.stop()
+    finally:
+        index.close()
+        bus.close()
+
+
+def check_status(s: dict[str, Any], groups: dict[str, str], topics: dict[str, str]) -> None:
+    assert s["mode"] == "distributed" and s["errors"] == [], s["errors"]
+    p = s["progress"]
+    assert (p["samples"], p["successes"], p["failures"]) == (7, 5, 2)
+    assert (p["enqueued"], p["fetched"]) == (10, 7) and p["fraction"] == 0.7
+    assert s["failures"] == [{"reason": "HTTP Error 404: Not Found", "count": 2}]
+    assert s["segments"]["closed"] == 1 and s["segments"]["items"] == 5
+    # One record on APPEND past the index's committed position: a segment is open.
+    assert s["segments"]["open"] == 1
+    lag = {(x["group"], x["topic"], x["partition"]): (x["committed"], x["end"], x["lag"])
+           for x in s["lag"]}  # fmt: skip
+    assert lag == {
+        (groups["fetcher"], topics["urls"], 0): (5, 5, 0),
+        (groups["fetcher"], topics["urls"], 1): (2, 5, 3),
+        (groups["appender"], topics["append"], 0): (None, 8, 8),
+        (groups["materializer"], topics["closed"], 0): (None, 1, 1),
+    }
+    assert len(s["recent"]) == 7 and s["recent"][0]["segment_id"].startswith("p00000/")
+
+
+def check_queue(q: dict[str, Any], groups: dict[str, str], topics: dict[str, str]) -> None:
+    assert q["total_lag"] == {
+        groups["fetcher"]: 3,
+        groups["appender"]: 8,
+        groups["materializer"]: 1,
+    }
+    append = [x for x in q["partitions"] if x["topic"] == topics["append"]]
+    assert append == [
+        {
+            "topic": topics["append"],
+            "partition": 0,
+            "end": 8,
+            "index_next_offset": 7,
+            "pending": 1,
+            "owner": "test-appender",
+        }
+    ]
+    urls = sorted(
+        (x["partition"], x["end"]) for x in q["partitions"] if x["topic"] == topics["urls"]
+    )
+    assert urls == [(0, 5), (1, 5)]
