@@ -23,7 +23,9 @@ class Dataset:
     duplicate_urls: tuple[str, str]  # two urls whose bytes are the same image
 
 
-def build_dataset(images: ImageServer, folder: Path, count: int = 90) -> Dataset:
+def build_dataset(
+    images: ImageServer, folder: Path, count: int = 90, *, progress: bool = False
+) -> Dataset:
     urls = []
     for n in range(count):
         # Small images of varied sizes: the tests are about layout and bookkeeping, not pixels.
@@ -64,7 +66,7 @@ def build_dataset(images: ImageServer, folder: Path, count: int = 90) -> Dataset
             "--thread_count",
             "16",
             "--progress",
-            "False",
+            str(progress),
             "--allowed_networks",
             "127.0.0.1/32",  # the local image server
         ]
