@@ -1,0 +1,309 @@
+"""Fault injection: real appender processes over the real broker, S3 and Postgres, crashed,
+frozen and starved round after round, with the invariants of `checker.py` checked after each.
+
+A round produces fresh numbered records and does one thing to the appender or what it stands
+on, then drains (a clean appender commits every acknowledged record) and checks everything:
+
+    <crash point>     SIGKILL at that named point (I2D_CRASH_AT=<point>:<n>), n-th arrival
+    random_kill       SIGKILL at a random moment, wherever the appender is
+    zombie            SIGSTOP after publishing an object, past the session timeout; a second
+                      appender takes the partition and commits; SIGCONT: the first one's commit
+                      is fenced, its object never indexed, and gc lists it
+    broker_restart    the Tansu broker (log in S3) restarted under a running appender
+    postgres_restart  the index database restarted (or crashed) under a running appender
+    s3_faults         S3 answers 500/503, loses replies to writes that landed, hangs, is slow
+
+`CHAOS_ROUNDS` (default: one round of each kind) sets how many rounds; `make chaos` runs 50.
+The summary (rounds per kind, invariants held, faults injected) is printed at the end of the
+session and written to `CHAOS_SUMMARY` when that names a file.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from i2d_appender.crashpoints import POINTS
+from i2d_segments.bus.kafka import KafkaBus
+from i2d_segments.gc import find_garbage
+from i2d_segments.index import Index
+from i2d_segments.index.postgres import PostgresIndex
+from i2d_segments.naming import object_name_of
+from i2d_segments.store.s3 import S3Store
+from tests.chaos.checker import Checker
+from tests.chaos.cluster import (
+    APPEND_TOPIC,
+    PARTITIONS,
+    SESSION_TIMEOUT_S,
+    Appenders,
+    S3Broker,
+    appender_env,
+    appenders,
+    is_stopped,
+    log_of,
+    owning,
+    owns_all,
+    wait_drained,
+    wait_exit,
+)
+from tests.chaos.s3proxy import FaultPlan, FaultProxy, fault_proxy
+from tests.chaos.summary import SEED, SUMMARY
+from tests.chaos.workload import Ledger, Workload
+from tests.servers.kafka import KAFKA_TEST_CONFIG
+from tests.servers.postgres import PostgresServer
+from tests.servers.proc import ServerProcess, wait_until
+from tests.servers.s3 import S3Server, s3_client
+
+ALL_KINDS = (*POINTS, "random_kill", "zombie", "broker_restart", "postgres_restart", "s3_faults")
+# CHAOS_KINDS=zombie,s3_faults narrows the schedule (to chase one failure).
+KINDS = tuple(k for k in (os.environ.get("CHAOS_KINDS") or "").split(",") if k) or ALL_KINDS
+ROUNDS = int(os.environ.get("CHAOS_ROUNDS") or len(KINDS))
+RECORDS_PER_ROUND = 24
+# Generous: two shared cores, several test runs at once.
+DRAIN_TIMEOUT = 180.0
+CRASH_TIMEOUT = 120.0
+
+
+@dataclass
+class Bench:
+    tmp_path: Path
+    broker: S3Broker
+    proxy: FaultProxy
+    pg: PostgresServer
+    index: Index
+    ledger: Ledger
+    workload: Workload
+    checker: Checker
+    apps: Appenders
+    rng: random.Random
+
+    def produce(self, count: int = RECORDS_PER_ROUND, big: int = 0) -> None:
+        self.workload.produce(count, big=big)
+        SUMMARY.records += count + big
+
+    def check(self) -> None:
+        snap = self.checker.check(drained=True)
+        SUMMARY.checks = self.checker.checks
+        SUMMARY.held = Counter(self.checker.held)
+        SUMMARY.garbage_seen = max(SUMMARY.garbage_seen, len(snap.garbage))
+        SUMMARY.abandoned_uploads_seen = max(
+            SUMMARY.abandoned_uploads_seen, len(snap.abandoned_uploads)
+        )
+        SUMMARY.next_offsets = snap.next_offsets
+        SUMMARY.faults = Counter(self.proxy.injected)
+
+    def drain(self, what: str, running: list[ServerProcess] | None = None) -> None:
+        """Commit every acknowledged record (with a fresh appender unless `running` is given),
+        check every invariant, stop the appenders cleanly."""
+        procs = running or [self.apps.start()]
+        if running is None:
+            # Up and owning everything before judging (and before it may be asked to stop).
+            wait_until(
+                lambda: owns_all(procs[0]), DRAIN_TIMEOUT, f"a fresh appender to own ({what})"
+            )
+        wait_drained(self.index, self.ledger, procs, DRAIN_TIMEOUT, what)
+        self.check()
+        for p in procs:
+            p.signal(signal.SIGTERM)
+        for p in procs:
+            code = wait_exit(p, 60)
+            assert code == 0, f"clean stop exited {code}:\n{p.log_tail(40)}"
+
+
+@pytest.fixture
+def bench(
+    tmp_path: Path, s3_server: S3Server, postgres_server: PostgresServer, postgres_dsn: str
+) -> Iterator[Bench]:
+    rng = random.Random(SEED)
+    broker = S3Broker(tmp_path, s3_server, f"chaos-broker-{rng.randrange(1 << 32):08x}")
+    bucket = f"chaos-data-{rng.randrange(1 << 32):08x}"
+    admin = s3_client(s3_server)
+    admin.create_bucket(Bucket=bucket)
+    bus = KafkaBus(broker.bootstrap, config=dict(KAFKA_TEST_CONFIG))
+    bus.create_topics({APPEND_TOPIC: PARTITIONS, "SEGMENT_CLOSED": 1, "urls": 1})
+    bus.close()
+    index = PostgresIndex.open(postgres_dsn)
+    store = S3Store(bucket, client=admin)
+    ledger = Ledger()
+    producer = KafkaBus(broker.bootstrap, config=dict(KAFKA_TEST_CONFIG)).producer()
+    started = time.monotonic()
+    try:
+        with fault_proxy(s3_server.endpoint_url, seed=SEED) as proxy:
+            env = appender_env(
+                broker.bootstrap, s3_server, proxy.endpoint_url, bucket, postgres_dsn
+            )
+            with appenders(tmp_path, env) as apps:
+                yield Bench(
+                    tmp_path,
+                    broker,
+                    proxy,
+                    postgres_server,
+                    index,
+                    ledger,
+                    Workload(producer, APPEND_TOPIC, ledger, seed=SEED),
+                    Checker(index, store, ledger, APPEND_TOPIC, PARTITIONS),
+                    apps,
+                    rng,
+                )
+    finally:
+        SUMMARY.seconds += time.monotonic() - started
+        producer.close()
+        index.close()
+        broker.close()
+        postgres_server.start()  # as the next test expects it, whatever happened here
+
+
+# ---------------------------------------------------------------------------------- rounds
+
+
+def crash_round(b: Bench, point: str) -> None:
+    """SIGKILL at a named point: the n-th time the appender reaches it."""
+    nth = b.rng.randint(1, 2)
+    big = 3 if point == "segment_write" and b.rng.random() < 0.5 else 0
+    if big:
+        nth = 3  # after the third big item: a multipart part is sent, the upload left open
+    proc = b.apps.start(crash_at=f"{point}:{nth}")
+    b.produce(big=big)
+    code = wait_exit(proc, CRASH_TIMEOUT)
+    log = log_of(proc)
+    assert code == -signal.SIGKILL, f"exit {code}, not the crash at {point}:\n{proc.log_tail()}"
+    assert f"crash point {point} reached ({nth})" in log, proc.log_tail()
+    SUMMARY.crashes[point] += 1
+    b.checker.check()  # at once, before anyone cleans up after the dead appender
+    b.drain(point)
+
+
+def random_kill_round(b: Bench) -> None:
+    proc = b.apps.start()
+    b.produce()
+    time.sleep(b.rng.uniform(0.0, 3.0))
+    proc.kill()
+    SUMMARY.crashes["random"] += 1
+    b.checker.check()
+    b.drain("random_kill")
+
+
+def zombie_round(b: Bench) -> None:
+    """Freeze an appender between publishing an object and committing it, past its session;
+    a second appender takes over and commits; thaw the first: its commit must be refused."""
+    store = b.checker.store
+    earlier = {info.name for info in store.list("segments/")}
+    zombie = b.apps.start(crash_at="after_complete:1:STOP")
+    b.produce()
+    wait_until(lambda: is_stopped(zombie), CRASH_TIMEOUT, "the zombie to freeze itself")
+    committed = {object_name_of(s.segment_id) for s in b.index.segments()}
+    # What it published and has not committed: the object it froze over.
+    orphans = [i.name for i in store.list("segments/") if i.name not in earlier | committed]
+    assert len(orphans) == 1, f"the zombie froze with {orphans} published, uncommitted"
+    leases = {p: b.index.partition(APPEND_TOPIC, p) for p in range(PARTITIONS)}
+    time.sleep(SESSION_TIMEOUT_S * 2)  # its session expires: the group drops it
+    heir = b.apps.start()
+    wait_drained(b.index, b.ledger, [heir], DRAIN_TIMEOUT, "the heir of the zombie")
+    for p, lease in leases.items():
+        row = b.index.partition(APPEND_TOPIC, p)
+        assert lease is not None and row is not None and row.epoch > lease.epoch, (p, row)
+    marks = {id(p): len(owning(p)) for p in (zombie, heir)}
+    zombie.signal(signal.SIGCONT)
+    wait_until(
+        lambda: "fenced, letting" in log_of(zombie),
+        DRAIN_TIMEOUT,
+        "the zombie's commit to be fenced",
+    )
+    SUMMARY.fenced += 1
+    # The thawed zombie rejoins: a rebalance shares the partitions between the two. Tansu
+    # 0.6.0 wedges a group whose leader leaves during a join (later members wait on SyncGroup
+    # forever), so members are stopped only once the group is stable, one at a time.
+    for p in (zombie, heir):
+        wait_until(lambda p=p: len(owning(p)) > marks[id(p)], DRAIN_TIMEOUT, "a shared assignment")
+    b.produce()  # both own a partition now: everything lands exactly once still
+    wait_drained(b.index, b.ledger, [zombie, heir], DRAIN_TIMEOUT, "zombie and heir")
+    b.check()
+    mark = len(owning(heir))
+    zombie.signal(signal.SIGTERM)
+    assert wait_exit(zombie, 60) == 0, zombie.log_tail()
+    wait_until(lambda: len(owning(heir)) >= mark + PARTITIONS, DRAIN_TIMEOUT, "the heir to own all")
+    heir.signal(signal.SIGTERM)
+    assert wait_exit(heir, 60) == 0, heir.log_tail()
+    committed = {object_name_of(s.segment_id) for s in b.index.segments()}
+    assert orphans[0] not in committed, f"the zombie's object {orphans[0]} is indexed"
+    garbage = {g.name for g in find_garbage(store, b.index, grace_seconds=-60)}
+    assert orphans[0] in garbage, f"gc does not list the zombie's object {orphans[0]}"
+
+
+def broker_restart_round(b: Bench) -> None:
+    proc = b.apps.start()
+    b.produce(RECORDS_PER_ROUND // 2)
+    time.sleep(b.rng.uniform(0.0, 2.0))
+    b.broker.restart()
+    b.produce(RECORDS_PER_ROUND // 2)
+    b.drain("broker_restart", running=[proc])
+
+
+def postgres_restart_round(b: Bench) -> None:
+    proc = b.apps.start()
+    b.produce()
+    time.sleep(b.rng.uniform(0.0, 2.0))
+    if b.rng.random() < 0.5:
+        b.pg.restart("fast")
+    else:
+        b.pg.kill()  # a crash: no shutdown checkpoint, recovery at start
+        b.pg.start()
+    b.produce(RECORDS_PER_ROUND // 2)
+    b.drain("postgres_restart", running=[proc])
+
+
+def s3_faults_round(b: Bench) -> None:
+    b.proxy.set_plan(FaultPlan(rate=0.4, hang_seconds=1.5, slow_seconds=0.3))
+    try:
+        proc = b.apps.start()
+        b.produce(2 * RECORDS_PER_ROUND, big=b.rng.choice((0, 3)))
+        wait_drained(b.index, b.ledger, [proc], DRAIN_TIMEOUT, "under S3 faults")
+    finally:
+        b.proxy.clear()
+    b.drain("s3_faults", running=[proc])
+
+
+def run_round(b: Bench, kind: str) -> None:
+    started = time.monotonic()
+    _run_round(b, kind)
+    SUMMARY.rounds[kind] += 1
+    elapsed = time.monotonic() - started
+    SUMMARY.slowest[kind] = max(SUMMARY.slowest.get(kind, 0.0), elapsed)
+    print(f"chaos round {sum(SUMMARY.rounds.values())}: {kind} in {elapsed:.1f}s", flush=True)
+
+
+def _run_round(b: Bench, kind: str) -> None:
+    if kind in POINTS:
+        crash_round(b, kind)
+    elif kind == "random_kill":
+        random_kill_round(b)
+    elif kind == "zombie":
+        zombie_round(b)
+    elif kind == "broker_restart":
+        broker_restart_round(b)
+    elif kind == "postgres_restart":
+        postgres_restart_round(b)
+    elif kind == "s3_faults":
+        s3_faults_round(b)
+    else:
+        raise ValueError(kind)
+
+
+@pytest.mark.timeout(max(300, ROUNDS * 150))
+def test_chaos_rounds(bench: Bench) -> None:
+    schedule = list(KINDS)
+    for r in range(ROUNDS):
+        if r % len(schedule) == 0:
+            bench.rng.shuffle(schedule)
+        kind = schedule[r % len(schedule)]
+        run_round(bench, kind)
+    # Every record produced in the whole run was acknowledged, so each is in the index once.
+    assert len(bench.ledger.acked_by_sample()) == len(bench.ledger.sent)
