@@ -5,12 +5,13 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 OUT     ?= out
 
-.PHONY: help venv servers run test lint typecheck unit clean
+.PHONY: help venv servers run test lint typecheck unit bench clean
 
 help:
 	@echo "make run    - download the bundled example list into ./$(OUT) (embedded mode)"
 	@echo "make test   - lint, type-check and run the whole test suite on real Kafka/S3/Postgres"
 	@echo "make lint / make typecheck / make unit - the parts of make test"
+	@echo "make bench  - images/s against img2dataset 1.47 on a local corpus (BENCH_ARGS='--count 1000 --rounds 1')"
 
 venv: $(STAMP)
 
@@ -36,12 +37,25 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 typecheck: $(STAMP)
-	$(BIN)/mypy libs/segments/i2d_segments services/fetcher/i2d_fetcher services/appender/i2d_appender services/materializer/i2d_materializer services/status/i2d_status cli/i2d_cli tools/imageserver/i2d_imageserver
+	$(BIN)/mypy libs/segments/i2d_segments services/fetcher/i2d_fetcher services/appender/i2d_appender services/materializer/i2d_materializer services/status/i2d_status cli/i2d_cli tools/imageserver/i2d_imageserver bench
 
 unit: $(STAMP) servers
 	$(BIN)/pytest -q
 
 test: lint typecheck unit
 
+# img2dataset from PyPI in its own venv, pinned (bench/requirements.txt); not part of `make test`.
+BENCH_VENV := .venv-bench
+BENCH_ARGS ?=
+
+$(BENCH_VENV)/.installed: bench/requirements.txt
+	test -x $(BENCH_VENV)/bin/python || $(PY) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/pip install --quiet --upgrade pip
+	$(BENCH_VENV)/bin/pip install --quiet -r bench/requirements.txt
+	touch $@
+
+bench: $(STAMP) $(BENCH_VENV)/.installed
+	$(BIN)/python -m bench.run --img2dataset $(BENCH_VENV)/bin/img2dataset $(BENCH_ARGS)
+
 clean:
-	rm -rf $(VENV) $(OUT) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(BENCH_VENV) $(OUT) .mypy_cache .ruff_cache .pytest_cache

@@ -186,14 +186,19 @@ class EmbeddedDownload:
         try:
             produced = self._enqueue(bus, index, fetcher, summary, progress)
             progress.set_total(summary.rows_skipped + produced)
-            self._wait(lambda: fetcher.rows_done >= produced or bool(errors), fetcher, progress)
+            self._wait(
+                lambda: fetcher.rows_done >= produced or bool(errors), bus, fetcher, progress
+            )
             # Everything is on the APPEND log: close segments as soon as the appender is idle.
             appender.close_when_idle.set()
             append_start = lease.next_offset if lease else 0
             self._wait(
-                lambda: _caught_up(bus, "appender", fs.append_topic, append_start) or bool(errors)
+                lambda: _caught_up(bus, "appender", fs.append_topic, append_start) or bool(errors),
+                bus,
             )
-            self._wait(lambda: _caught_up(bus, "materializer", fs.closed_topic, 0) or bool(errors))
+            self._wait(
+                lambda: _caught_up(bus, "materializer", fs.closed_topic, 0) or bool(errors), bus
+            )
         finally:
             progress.close()
             # Order matters: the fetcher drains first, then the appender commits its segments.
@@ -249,6 +254,7 @@ class EmbeddedDownload:
             while produced - fetcher.rows_done > MAX_AHEAD and not self.stop_requested.is_set():
                 progress.update(fetcher.rows_done, fetcher.successes)
                 time.sleep(0.05)
+                self._truncate_consumed(bus)
 
         for row in reader.rows(self.opts.url_list):
             if self.stop_requested.is_set():
@@ -265,6 +271,7 @@ class EmbeddedDownload:
     def _wait(
         self,
         done: Callable[[], bool],
+        bus: MemoryBus,
         fetcher: FetcherService | None = None,
         progress: Progress | None = None,
     ) -> None:
@@ -272,6 +279,9 @@ class EmbeddedDownload:
             if fetcher is not None and progress is not None:
                 progress.update(fetcher.rows_done, fetcher.successes)
             time.sleep(0.05)
+            # Once the whole list is produced the reader no longer truncates: keep dropping
+            # what is committed, or the payloads of the last MAX_AHEAD rows stay in memory.
+            self._truncate_consumed(bus)
         if fetcher is not None and progress is not None:
             progress.update(fetcher.rows_done, fetcher.successes)
 

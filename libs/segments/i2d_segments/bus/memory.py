@@ -1,8 +1,8 @@
 """In-process Bus for the embedded mode: Kafka's semantics without a broker.
 
 The embedded mode runs the fetcher, appender and materializer loops as threads of one process,
-so everything here is guarded by one `threading.Condition`: producers append and notify,
-consumers wait on it in `poll_batch` (no spinning), and group membership changes notify too.
+so everything here is guarded by one lock: producers append and wake the consumers of that
+topic, consumers wait in `poll_batch` (no spinning), and group membership changes wake all.
 
 What follows Kafka (see `base.py`): keyed records go to `partition_for_key`, keyless ones
 round-robin per producer; offsets increase per partition from the log start; a group spreads
@@ -72,7 +72,12 @@ class MemoryBus(Bus):
     """The embedded adapter. Thread-safe; share one instance between all loops of a process."""
 
     def __init__(self) -> None:
-        self._cond = threading.Condition(threading.Lock())
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        # Consumers blocked in `poll_batch`, each on its own condition over the same lock: a
+        # record wakes only those subscribed to its topic (not, say, a SEGMENT_CLOSED reader
+        # for every APPEND record); group and topic changes wake them all.
+        self._sleepers: dict[int, _MemoryConsumer] = {}
         self._topics: dict[str, list[_Log]] = {}
         self._groups: dict[str, _Group] = {}
         self._next_member_id = 0
@@ -102,7 +107,7 @@ class MemoryBus(Bus):
             self._topics[name] = [_Log(s) for s in starts]
             for group in self._groups.values():
                 self._rebalance(group)
-            self._cond.notify_all()
+            self._wake_all()
 
     @staticmethod
     def _starts_match(logs: list[_Log], starts: list[int]) -> bool:
@@ -158,6 +163,15 @@ class MemoryBus(Bus):
 
     # -- internals (callers hold self._cond) --------------------------------------------------
 
+    def _wake_all(self) -> None:
+        for sleeper in self._sleepers.values():
+            sleeper._wake.notify()
+
+    def _wake_readers(self, topic: str) -> None:
+        for sleeper in self._sleepers.values():
+            if topic in sleeper.subscription:
+                sleeper._wake.notify()
+
     def _logs(self, topic: str) -> list[_Log]:
         logs = self._topics.get(topic)
         if logs is None:
@@ -180,7 +194,7 @@ class MemoryBus(Bus):
             log = logs[partition]
             msg = Message(topic, partition, log.end, key, value, time.time_ns() // 1_000_000)
             log.records.append(msg)
-            self._cond.notify_all()
+            self._wake_readers(topic)
             return msg
 
     def _rebalance(self, group: _Group) -> None:
@@ -265,6 +279,7 @@ class _MemoryConsumer(Consumer):
     def __init__(self, bus: MemoryBus, group: _Group, member_id: int) -> None:
         self._bus = bus
         self._cond = bus._cond
+        self._wake = threading.Condition(bus._lock)  # waited on in poll_batch only
         self._group = group
         self._id = member_id
         self.subscription: frozenset[str] = frozenset()
@@ -281,7 +296,7 @@ class _MemoryConsumer(Consumer):
             self._listener = listener or RebalanceListener()
             self._group.members[self._id] = self
             self._bus._rebalance(self._group)
-            self._cond.notify_all()
+            self._bus._wake_all()
 
     def poll_batch(self, max_messages: int, timeout: float) -> list[Message]:
         if max_messages < 1:
@@ -299,7 +314,11 @@ class _MemoryConsumer(Consumer):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return []
-                self._cond.wait(remaining)
+                self._bus._sleepers[self._id] = self
+                try:
+                    self._wake.wait(remaining)
+                finally:
+                    del self._bus._sleepers[self._id]
 
     def seek(self, tp: TopicPartition, offset: int) -> None:
         with self._cond:
@@ -326,7 +345,7 @@ class _MemoryConsumer(Consumer):
     def resume(self, partitions: Sequence[TopicPartition]) -> None:
         with self._cond:
             self._paused.difference_update(partitions)
-            self._cond.notify_all()
+            self._bus._wake_all()
 
     def close(self) -> None:
         with self._cond:
@@ -342,7 +361,7 @@ class _MemoryConsumer(Consumer):
                 self._closed = True
                 if self._group.members.pop(self._id, None) is not None:
                     self._bus._rebalance(self._group)
-                self._cond.notify_all()
+                self._bus._wake_all()
 
     # -- internals ----------------------------------------------------------------------------
 
@@ -379,7 +398,7 @@ class _MemoryConsumer(Consumer):
             finally:
                 with self._cond:
                     self._release(revoked)
-                    self._cond.notify_all()  # the new owner may be waiting for these
+                    self._bus._wake_all()  # the new owner may be waiting for these
         with self._cond:
             if self._closed:
                 return
