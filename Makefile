@@ -5,13 +5,14 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 OUT     ?= out
 
-.PHONY: help venv servers run test lint typecheck unit bench clean
+.PHONY: help venv servers run test lint typecheck unit bench chaos clean
 
 help:
 	@echo "make run    - download the bundled example list into ./$(OUT) (embedded mode)"
 	@echo "make test   - lint, type-check and run the whole test suite on real Kafka/S3/Postgres"
 	@echo "make lint / make typecheck / make unit - the parts of make test"
 	@echo "make bench  - images/s against img2dataset 1.47 on a local corpus (BENCH_ARGS='--count 1000 --rounds 1')"
+	@echo "make chaos  - fault injection: CHAOS_ROUNDS (50) rounds of appender crashes and faults, with a summary"
 
 venv: $(STAMP)
 
@@ -43,6 +44,12 @@ unit: $(STAMP) servers
 	$(BIN)/pytest -q
 
 test: lint typecheck unit
+
+# The long run of tests/chaos (make test runs a short schedule of it); prints rounds and
+# invariants held. CHAOS_SEED=<n> varies the schedule, CHAOS_KINDS=zombie,... narrows it.
+CHAOS_ROUNDS ?= 50
+chaos: $(STAMP) servers
+	CHAOS_ROUNDS=$(CHAOS_ROUNDS) $(BIN)/pytest -q tests/chaos/test_chaos.py
 
 # img2dataset from PyPI in its own venv, pinned (bench/requirements.txt); not part of `make test`.
 BENCH_VENV := .venv-bench

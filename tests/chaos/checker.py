@@ -17,8 +17,10 @@ Checked each round (the names are what the summary counts):
                             its item_id and data_sha256; each segment object hashes to its sha256
     readers_see_committed   every segment readers can reach (the index, the reader API) has its
                             committed row; every other object in the store is garbage gc lists
-    reindex_reproduces      the index rebuilt from the committed segments' manifests alone
-                            equals the index (the reindex API's answer, once it exists)
+    manifests_reproduce     the rows in the committed segments' `__segment__` manifests are the
+                            index's rows
+    reindex_reproduces      (after a drain, appenders stopped) `rebuild_index` from the store
+                            alone equals the index, and leaves out exactly the garbage
 """
 
 from __future__ import annotations
@@ -27,11 +29,14 @@ import hashlib
 import io
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from i2d_segments.gc import find_abandoned_uploads, find_garbage
 from i2d_segments.index import Index, ItemRow, SampleRow, SegmentRow
+from i2d_segments.index.sqlite import SqliteIndex
 from i2d_segments.naming import SEGMENTS_PREFIX, object_name_of
 from i2d_segments.reader import DatasetReader
+from i2d_segments.reindex import index_differences, rebuild_index
 from i2d_segments.segment.manifest import MANIFEST_NAME, SegmentManifest, decode_manifest
 from i2d_segments.segment.reader import iter_members
 from i2d_segments.store import SegmentStore
@@ -43,6 +48,7 @@ INVARIANTS = (
     "rows_not_lost_or_duped",
     "items_read_back",
     "readers_see_committed",
+    "manifests_reproduce",
     "reindex_reproduces",
 )
 
@@ -75,16 +81,19 @@ class Checker:
     ledger: Ledger
     topic: str
     partitions: int
+    scratch: Path  # where rebuilt indexes are written (and removed)
     held: Counter[str] = field(default_factory=Counter)
     checks: int = 0
+    reindexes: int = 0
     _last_next: dict[int, int] = field(default_factory=dict)
     _manifests: dict[str, SegmentManifest] = field(default_factory=dict)  # cache, by segment
     _verified_segments: dict[str, SegmentRow] = field(default_factory=dict)
     _verified_items: dict[str, ItemRow] = field(default_factory=dict)
 
     def check(self, drained: bool = False) -> Snapshot:
-        """Every invariant, now. `drained`: an appender has committed past every acknowledged
-        offset, so every acknowledged record must be in the index."""
+        """Every invariant, now. `drained`: an appender committed past every acknowledged
+        offset (so every acknowledged record must be in the index) and the appenders are
+        stopped (so `img2dataset reindex` may run: its rebuild must equal the index)."""
         self.checks += 1
         next_offsets = self._next_offsets()
         segments = self.index.segments()
@@ -97,7 +106,9 @@ class Checker:
         manifests = self._rows_not_lost_or_duped(segments, next_offsets, samples)
         self._items_read_back(segments, items)
         garbage, uploads = self._readers_see_committed(committed, items, samples)
-        self._reindex_reproduces(manifests, committed, items, samples)
+        self._manifests_reproduce(manifests, committed, items, samples)
+        if drained:
+            self._reindex_reproduces(garbage)
         return Snapshot(next_offsets, len(segments), len(samples), len(items), garbage, uploads)
 
     # ------------------------------------------------------------------ reads
@@ -291,14 +302,37 @@ class Checker:
         self.held[inv] += 1
         return sorted(garbage), uploads
 
-    def _reindex_reproduces(
+    def _reindex_reproduces(self, garbage: list[str]) -> None:
+        """`rebuild_index` (what `img2dataset reindex` runs) into a new, empty index: equal to
+        the index (segments, items, samples, next_offset), and what it leaves out as garbage
+        by its epoch rule is exactly what no commit names. With every crash followed by a
+        drain, no uncommitted object is its partition's last, the one case the rule keeps."""
+        inv = "reindex_reproduces"
+        self.reindexes += 1
+        path = self.scratch / f"reindex-{self.reindexes}.sqlite"
+        rebuilt = SqliteIndex(path)
+        try:
+            rebuilt.migrate()
+            report = rebuild_index(self.store, rebuilt, topic=self.topic)
+            _require(report.ok, inv, f"objects reindex cannot read: {report.invalid}")
+            diffs = index_differences(self.index, rebuilt)
+            _require(not diffs, inv, "rebuilt index differs: " + "; ".join(diffs[:5]))
+            left_out = sorted(s.name for s in report.superseded)
+            tars = sorted(g for g in garbage if g.endswith(".tar"))
+            _require(left_out == tars, inv, f"reindex left out {left_out}, garbage is {tars}")
+        finally:
+            rebuilt.close()
+            path.unlink(missing_ok=True)
+        self.held[inv] += 1
+
+    def _manifests_reproduce(
         self,
         manifests: dict[str, SegmentManifest],
         committed: dict[str, SegmentRow],
         items: dict[str, ItemRow],
         samples: dict[str, SampleRow],
     ) -> None:
-        inv = "reindex_reproduces"
+        inv = "manifests_reproduce"
         rebuilt_items: dict[str, ItemRow] = {}
         rebuilt_samples: dict[str, SampleRow] = {}
         for seg_id, m in manifests.items():

@@ -22,8 +22,6 @@ from tests.servers.s3 import S3Server, s3_client, s3_env
 BIN = Path(sys.executable).parent
 APPEND_TOPIC = "APPEND"
 PARTITIONS = 2
-# Session timeout of the test Kafka config: a frozen or dead member leaves the group after it.
-SESSION_TIMEOUT_S = float(KAFKA_TEST_CONFIG["session.timeout.ms"]) / 1000
 
 
 class S3Broker:
@@ -70,10 +68,12 @@ class Appenders:
     procs: list[ServerProcess] = field(default_factory=list)
     started: int = 0
 
-    def start(self, crash_at: str | None = None) -> ServerProcess:
+    def start(
+        self, crash_at: str | None = None, env: dict[str, str] | None = None
+    ) -> ServerProcess:
         self.started += 1
         name = f"appender-{self.started:03d}"
-        env = {**self.env, "I2D_OWNER": name}
+        env = {**self.env, **(env or {}), "I2D_OWNER": name}
         if crash_at:
             env["I2D_CRASH_AT"] = crash_at
         proc = ServerProcess(

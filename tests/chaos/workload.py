@@ -15,6 +15,7 @@ import threading
 from dataclasses import dataclass, field
 
 from i2d_segments.bus import BusError, DeliveryCallback, Message, Producer
+from i2d_segments.bus.base import partition_for_key
 from i2d_segments.records import AppendMeta, AppendRecord, SampleStatus, encode_append
 
 FAILURE_RATE = 0.12
@@ -78,7 +79,10 @@ class Ledger:
 
 
 class Workload:
-    def __init__(self, producer: Producer, topic: str, ledger: Ledger, seed: int) -> None:
+    def __init__(
+        self, producer: Producer, topic: str, ledger: Ledger, seed: int, partitions: int
+    ) -> None:
+        self.partitions = partitions
         self.producer = producer
         self.topic = topic
         self.ledger = ledger
@@ -86,11 +90,13 @@ class Workload:
         self.next_n = 0
         self._successes: list[int] = []
 
-    def _record(self, n: int, big: bool = False) -> tuple[Sent, AppendRecord]:
+    def _record(
+        self, n: int, big: bool = False, partition: int | None = None
+    ) -> tuple[Sent, AppendRecord]:
         sample_id = sample_id_of(n)
         url = f"http://chaos.invalid/{n}.jpg"
         caption = f"caption of {n}" if n % 3 == 0 else None
-        roll = 1.0 if big else self.rng.random()
+        roll = 1.0 if big or partition is not None else self.rng.random()
         if roll < FAILURE_RATE:
             meta = AppendMeta(
                 sample_id=sample_id,
@@ -102,6 +108,8 @@ class Workload:
             return Sent(n, sample_id, meta.status.value, None, caption), AppendRecord(meta=meta)
         if roll < FAILURE_RATE + DUPLICATE_RATE and self._successes:
             payload = payload_of(self.rng.choice(self._successes))
+        elif partition is not None:
+            payload = self._payload_in(n, big, partition)
         elif big:
             payload = payload_of(n, big=True)
         else:
@@ -129,15 +137,32 @@ class Workload:
             meta=meta, payload=payload
         )
 
-    def produce(self, count: int, big: int = 0, flush_timeout: float = 120.0) -> list[Sent]:
+    def _payload_in(self, n: int, big: bool, partition: int) -> bytes:
+        """Record n's payload, varied until its item_id (the key) hashes to `partition`."""
+        base = payload_of(n, big)
+        for salt in range(10_000):
+            payload = base + f" salt {salt}".encode()
+            key = hashlib.sha256(payload).hexdigest().encode()
+            if partition_for_key(key, self.partitions) == partition:
+                return payload
+        raise AssertionError(f"no payload of record {n} lands in partition {partition}")
+
+    def produce(
+        self,
+        count: int,
+        big: int = 0,
+        partition: int | None = None,
+        flush_timeout: float = 120.0,
+    ) -> list[Sent]:
         """Produce `big` records with a 3 MiB payload, then `count` small ones; returns them
         once every delivery report is in (records the broker did not acknowledge are only
-        counted: they may or may not be stored)."""
+        counted: they may or may not be stored). `partition`: every record a new success
+        landing there (so a crash point's n-th arrival is one partition's n-th item)."""
         out: list[Sent] = []
         for i in range(big + count):
             n = self.next_n
             self.next_n += 1
-            sent, record = self._record(n, big=i < big)
+            sent, record = self._record(n, big=i < big, partition=partition)
             self.ledger.sent[n] = sent
             out.append(sent)
             self.producer.produce(
