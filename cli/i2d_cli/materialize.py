@@ -14,32 +14,22 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
 
+from i2d_cli.dataset import DatasetOptions, existing_index_of, store_of
 from i2d_cli.flags import add_model_flags, model_kwargs
 from i2d_materializer.export import Exporter, ExportError, ExportFilter, read_ids, root_uri
 from i2d_materializer.service import MaterializerService
 from i2d_materializer.settings import MaterializerSettings
-from i2d_segments.connect import open_index, open_store
-from i2d_segments.index import Index
-from i2d_segments.settings import ServiceSettings
-from i2d_segments.store import SegmentStore
+from i2d_segments.connect import open_store
 
 NAME = "materialize"
 HELP = "Write missing metadata/manifests, or export the dataset (files, parquet, webdataset)."
 
 
-class MaterializeOptions(ServiceSettings):
-    output_folder: str | None = Field(
-        None, description="An embedded output folder (its index.sqlite and segments)."
-    )
-    store_url: str | None = Field(None, description="Segment store: s3://bucket/prefix or folder.")
-    index_url: str | None = Field(None, description="Index: postgresql://... or sqlite:///...")
-    s3_endpoint_url: str | None = Field(None, description="S3-compatible endpoint.")
-    s3_region: str | None = Field(None, description="S3 region.")
+class MaterializeOptions(DatasetOptions):
     export: Literal["webdataset", "files", "parquet"] | None = Field(
         None, description="Export layout; without it, only bring sidecars and manifests up to date."
     )
@@ -62,29 +52,15 @@ class MaterializeOptions(ServiceSettings):
     overwrite: bool = Field(False, description="Replace the destination's existing contents.")
 
 
-def open_dataset(opts: MaterializeOptions) -> tuple[SegmentStore, Index]:
-    if opts.output_folder is not None:
-        folder = Path(opts.output_folder)
-        if not (folder / "index.sqlite").is_file():
-            raise SystemExit(f"img2dataset: {folder} has no index.sqlite: not an output folder")
-        return open_store(str(folder)), open_index(str(folder / "index.sqlite"))
-    if opts.store_url is None or opts.index_url is None:
-        raise SystemExit("img2dataset: give --output_folder, or --store_url and --index_url")
-    store = open_store(
-        opts.store_url, s3_endpoint_url=opts.s3_endpoint_url, s3_region=opts.s3_region
-    )
-    return store, open_index(opts.index_url)
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_flags(parser, MaterializeOptions)
 
 
 def run(ns: argparse.Namespace) -> int:
     opts = MaterializeOptions(**model_kwargs(ns, MaterializeOptions))
-    store, index = open_dataset(opts)
+    store = store_of(opts)
+    index = existing_index_of(opts)
     try:
-        index.migrate()
         if opts.export is None:
             service = MaterializerService(
                 None, store, index, MaterializerSettings(metrics_port=0, create_topics=False)
