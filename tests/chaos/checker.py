@@ -21,6 +21,8 @@ Checked each round (the names are what the summary counts):
                             index's rows
     reindex_reproduces      (after a drain, appenders stopped) `rebuild_index` from the store
                             alone equals the index, and leaves out exactly the garbage
+    segments_announced      (after a drain) every committed segment is on SEGMENT_CLOSED, and
+                            nothing else is
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import io
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,6 +39,7 @@ from i2d_segments.index import Index, ItemRow, SampleRow, SegmentRow
 from i2d_segments.index.sqlite import SqliteIndex
 from i2d_segments.naming import SEGMENTS_PREFIX, object_name_of
 from i2d_segments.reader import DatasetReader
+from i2d_segments.records import SegmentClosed
 from i2d_segments.reindex import index_differences, rebuild_index
 from i2d_segments.segment.manifest import MANIFEST_NAME, SegmentManifest, decode_manifest
 from i2d_segments.segment.reader import iter_members
@@ -50,6 +54,7 @@ INVARIANTS = (
     "readers_see_committed",
     "manifests_reproduce",
     "reindex_reproduces",
+    "segments_announced",
 )
 
 
@@ -82,6 +87,8 @@ class Checker:
     topic: str
     partitions: int
     scratch: Path  # where rebuilt indexes are written (and removed)
+    # Every SEGMENT_CLOSED event so far, by segment id (None: not checked).
+    announcements: Callable[[], dict[str, SegmentClosed]] | None = None
     held: Counter[str] = field(default_factory=Counter)
     checks: int = 0
     reindexes: int = 0
@@ -109,6 +116,8 @@ class Checker:
         self._manifests_reproduce(manifests, committed, items, samples)
         if drained:
             self._reindex_reproduces(garbage)
+            if self.announcements is not None:
+                self._announced(committed)
         return Snapshot(next_offsets, len(segments), len(samples), len(items), garbage, uploads)
 
     # ------------------------------------------------------------------ reads
@@ -301,6 +310,27 @@ class Checker:
             _require(seg_id not in committed, inv, f"open upload of committed {name}")
         self.held[inv] += 1
         return sorted(garbage), uploads
+
+    def _announced(self, committed: dict[str, SegmentRow]) -> None:
+        """SEGMENT_CLOSED is at least once: whoever takes a partition re-announces what its
+        dead predecessor committed and may not have announced. Only committed segments are
+        announced, with their row's values."""
+        inv = "segments_announced"
+        assert self.announcements is not None
+        events = self.announcements()
+        missing = sorted(set(committed) - set(events))
+        _require(not missing, inv, f"committed, never announced: {missing[:5]}")
+        for sid, ev in events.items():
+            seg = committed.get(sid)
+            _require(seg is not None, inv, f"{sid} announced, not committed")
+            assert seg is not None
+            _require(
+                (ev.sha256, ev.first_offset, ev.last_offset, ev.epoch)
+                == (seg.sha256, seg.first_offset, seg.last_offset, seg.epoch),
+                inv,
+                f"{sid}: the announcement differs from the segment row",
+            )
+        self.held[inv] += 1
 
     def _reindex_reproduces(self, garbage: list[str]) -> None:
         """`rebuild_index` (what `img2dataset reindex` runs) into a new, empty index: equal to

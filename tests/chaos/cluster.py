@@ -6,14 +6,19 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import confluent_kafka
+
 from i2d_segments.index import Index
+from i2d_segments.records import SegmentClosed
 from tests.chaos.workload import Ledger
 from tests.servers.kafka import KAFKA_TEST_CONFIG, TansuBroker, start_tansu
 from tests.servers.proc import ServerProcess, free_port, wait_until
@@ -194,3 +199,42 @@ def appenders(tmp_path: Path, env: dict[str, str]) -> Iterator[Appenders]:
         yield group
     finally:
         group.stop_all()
+
+
+class ClosedEvents:
+    """Reads SEGMENT_CLOSED from its start as it grows: a plain consumer with an assignment
+    (no group), so reading it changes nothing the appenders see."""
+
+    def __init__(self, bootstrap: str, topic: str = "SEGMENT_CLOSED") -> None:
+        self._consumer = confluent_kafka.Consumer(
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": "chaos-checker",
+                "enable.auto.commit": False,
+                "allow.auto.create.topics": False,
+                "reconnect.backoff.max.ms": 500,
+                "logger": logging.getLogger(__name__),  # not stderr: a restart is expected
+            }
+        )
+        self._consumer.assign(
+            [confluent_kafka.TopicPartition(topic, 0, confluent_kafka.OFFSET_BEGINNING)]
+        )
+        self.events: dict[str, SegmentClosed] = {}
+        self.count = 0
+
+    def __call__(self) -> dict[str, SegmentClosed]:
+        """Everything announced so far (reads until the topic has nothing more for a while)."""
+        quiet_since = time.monotonic()
+        while time.monotonic() - quiet_since < 1.0:
+            msgs = self._consumer.consume(500, 0.2)
+            for m in msgs:
+                if m.error() is None:
+                    ev = SegmentClosed.decode(m.value() or b"")
+                    self.events[ev.segment_id] = ev
+                    self.count += 1
+            if msgs:
+                quiet_since = time.monotonic()
+        return dict(self.events)
+
+    def close(self) -> None:
+        self._consumer.close()

@@ -45,6 +45,7 @@ from tests.chaos.cluster import (
     BIN,
     PARTITIONS,
     Appenders,
+    ClosedEvents,
     S3Broker,
     appender_env,
     appenders,
@@ -148,6 +149,7 @@ def bench(
     store = S3Store(bucket, client=admin)
     ledger = Ledger()
     producer = KafkaBus(broker.bootstrap, config=dict(KAFKA_TEST_CONFIG)).producer()
+    announcements = ClosedEvents(broker.bootstrap)
     started = time.monotonic()
     try:
         with fault_proxy(s3_server.endpoint_url, seed=SEED) as proxy:
@@ -164,13 +166,16 @@ def bench(
                     index,
                     ledger,
                     Workload(producer, APPEND_TOPIC, ledger, seed=SEED, partitions=PARTITIONS),
-                    Checker(index, store, ledger, APPEND_TOPIC, PARTITIONS, tmp_path),
+                    Checker(
+                        index, store, ledger, APPEND_TOPIC, PARTITIONS, tmp_path, announcements
+                    ),
                     apps,
                     rng,
                 )
     finally:
         SUMMARY.seconds += time.monotonic() - started
         producer.close()
+        announcements.close()
         index.close()
         broker.close()
         postgres_server.start()  # as the next test expects it, whatever happened here
