@@ -39,7 +39,7 @@ from i2d_segments.index import Index
 from i2d_segments.index.postgres import PostgresIndex
 from i2d_segments.naming import object_name_of
 from i2d_segments.store.s3 import S3Store
-from tests.chaos.checker import Checker
+from tests.chaos.checker import Checker, Snapshot
 from tests.chaos.cluster import (
     APPEND_TOPIC,
     BIN,
@@ -104,7 +104,7 @@ class Bench:
         self.workload.produce(count, big=big, partition=partition)
         SUMMARY.records += count + big
 
-    def check(self) -> None:
+    def check(self) -> Snapshot:
         snap = self.checker.check(drained=True)
         SUMMARY.checks = self.checker.checks
         SUMMARY.held = Counter(self.checker.held)
@@ -114,6 +114,7 @@ class Bench:
         )
         SUMMARY.next_offsets = snap.next_offsets
         SUMMARY.faults = Counter(self.proxy.injected)
+        return snap
 
     def drain(self, what: str, running: list[ServerProcess] | None = None) -> None:
         """Commit every acknowledged record (with a fresh appender unless `running` is given),
@@ -369,7 +370,7 @@ def operator_commands(b: Bench, env: dict[str, str]) -> None:
             check=False,
         )
         assert done.returncode == 0, f"img2dataset {argv[0]}: {done.stdout}\n{done.stderr}"
-    snap = b.checker.check(drained=True)
+    snap = b.check()
     assert not snap.garbage and not snap.abandoned_uploads, (snap.garbage, snap.abandoned_uploads)
 
 
