@@ -321,6 +321,35 @@ def test_two_members_split_the_partitions_and_close_hands_them_back(
     poll_until(c1, lambda _: set(c1.assignment()) == everything)
 
 
+def test_a_paused_partition_comes_back_unpaused_when_reassigned(
+    bus: Bus, clients: Clients, name: str
+) -> None:
+    """A pause belongs to one ownership: a partition paused, revoked and assigned again
+    delivers records, or a consumer that paused it on a retry would stall with nothing said."""
+    bus.create_topics({name: 2})
+    group = f"{name}-g"
+    everything = set(all_partitions(name, 2))
+    c1 = clients.consumer(bus, group)
+    c1.subscribe([name])
+    poll_until(c1, lambda _: set(c1.assignment()) == everything)
+    c1.pause(sorted(everything))
+
+    c2 = clients.consumer(bus, group)
+    c2.subscribe([name])
+    deadline = time.monotonic() + GROUP_TIMEOUT
+    while not c2.assignment():
+        assert time.monotonic() < deadline, (c1.assignment(), c2.assignment())
+        c1.poll_batch(10, 0.1)
+        c2.poll_batch(10, 0.1)
+    moved = set(c2.assignment())
+    c2.close()
+    poll_until(c1, lambda _: set(c1.assignment()) == everything)
+
+    produce_all(clients.producer(bus), name, [(None, f"v{i}".encode()) for i in range(6)])
+    got = poll_until(c1, lambda got: {m.tp for m in got} >= moved)
+    assert {m.tp for m in got} >= moved
+
+
 def test_on_assign_offsets_are_honoured_and_seek_moves_the_position(
     solo_bus: Bus, clients: Clients, name: str
 ) -> None:

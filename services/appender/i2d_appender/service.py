@@ -67,8 +67,6 @@ class AppenderService(RebalanceListener):
         self._stop = threading.Event()
         # Partitions rewound during the current batch: the rest of the batch is stale for them.
         self._rewound: set[TopicPartition] = set()
-        # Assigned since the last step: resumed once assigned (see `_resume_assigned`).
-        self._assigned: set[TopicPartition] = set()
         self.health.add_check("partition_loop", lambda: self.failed is None)
         self.health.add_check("partitions", lambda: not self.stopped_partitions())
 
@@ -97,7 +95,6 @@ class AppenderService(RebalanceListener):
                 log.warning("closing the producer: %s", e)
 
     def step(self) -> None:
-        self._resume_assigned()
         self._retry_due()
         messages = self.consumer.poll_batch(
             self.settings.poll_max_records, self.settings.poll_timeout_seconds
@@ -136,26 +133,8 @@ class AppenderService(RebalanceListener):
                 # Retried from the loop (the partition can only be paused once assigned); its
                 # records are ignored until then.
                 self._schedule_retry(state)
-        self._assigned.update(partitions)
         metrics.OWNED_PARTITIONS.set(len(self.owned))
         return seeks
-
-    def _resume_assigned(self) -> None:
-        """A partition this consumer paused (a retry, a stop, a fence) can come back to it in a
-        later rebalance still paused: librdkafka keeps a partition's pause across revoke and
-        re-assignment (the memory bus drops it). A new ownership starts unpaused, so its
-        records flow again; otherwise the partition would stall with nothing said. Done once
-        the assignment is in place (only assigned partitions can be resumed), before the next
-        poll, unless the new ownership paused it meanwhile."""
-        fresh, self._assigned = self._assigned, set()
-        for tp in sorted(fresh):
-            state = self.owned.get(tp)
-            if state is None or state.paused or state.stopped is not None:
-                continue
-            try:
-                self.consumer.resume([tp])
-            except BusError as e:  # revoked again already: the next owner starts afresh
-                log.warning("cannot resume %s: %s", tp, e)
 
     def on_revoke(self, partitions: Sequence[TopicPartition]) -> None:
         revoked = [tp for tp in partitions if tp in self.owned]

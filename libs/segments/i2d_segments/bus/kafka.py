@@ -363,6 +363,11 @@ class _KafkaConsumer(Consumer):
                 consumer.incremental_assign(start)
             else:
                 consumer.assign(start)
+            # librdkafka keeps a partition's pause across revoke and re-assignment; the port
+            # promises (as the memory bus does) that an assignment starts unpaused, so a
+            # partition paused by a previous ownership cannot stall silently.
+            if start:
+                consumer.resume(start)
 
     def _on_revoke(self, consumer: Any, partitions: list[KafkaTopicPartition]) -> None:
         try:
