@@ -15,6 +15,7 @@ from typing import IO, Any
 
 import pyarrow.parquet as pq
 
+from i2d_cli.errors import InputError
 from i2d_fetcher.options import FetchOptions
 from i2d_segments.records import UrlRow
 
@@ -31,10 +32,6 @@ INPUT_FORMATS = (
     "jsonl.gz",
     "parquet",
 )
-
-
-class InputError(ValueError):
-    """The url list cannot be read as asked (missing file, unknown format, missing column)."""
 
 
 def input_files(url_list: str | Path, input_format: str) -> list[Path]:

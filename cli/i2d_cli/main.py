@@ -5,8 +5,11 @@
     img2dataset enqueue --url_list urls.txt                          (to the Kafka `urls` topic)
     img2dataset serve fetcher|appender|materializer                  (one distributed service)
 
-Each subcommand is a module of this package with `NAME`, `HELP`, `add_arguments(parser)` and
-`run(ns) -> int`; adding a command is adding its module to `COMMANDS`.
+Each subcommand is a module of this package named after it, with `NAME`, `HELP`,
+`add_arguments(parser)` and `run(ns) -> int`; adding a command is adding its module to
+`COMMANDS`. Only the chosen command's module is imported (the services' clients, boto3,
+librdkafka and psycopg take most of a second to import); the top-level help imports them all
+to list them.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from types import ModuleType
 
 from pydantic import ValidationError
 
-from i2d_cli.inputs import InputError
+from i2d_cli.errors import InputError
 from i2d_segments import __version__
 
 COMMANDS = (
@@ -35,11 +38,33 @@ COMMANDS = (
 )
 
 
-def _commands() -> list[ModuleType]:
-    return [importlib.import_module(name) for name in COMMANDS]
+def _name(module: str) -> str:
+    return module.rsplit(".", 1)[1]
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _commands(command: str | None = None) -> list[ModuleType]:
+    chosen = [m for m in COMMANDS if command is None or _name(m) == command]
+    return [importlib.import_module(name) for name in chosen]
+
+
+def chosen_command(args: Sequence[str]) -> str | None:
+    """The command `args` (normalized) run, or None when argparse needs every command: the
+    top-level help, --version, no command or an unknown one (to list the choices)."""
+    names = {_name(m) for m in COMMANDS}
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--log_level":
+            i += 2
+        elif arg.startswith("--log_level="):
+            i += 1
+        else:
+            return arg if arg in names else None
+    return None
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser of every command, or of `command` alone (importing only its module)."""
     parser = argparse.ArgumentParser(
         prog="img2dataset",
         description="Turn lists of image URLs into WebDataset segments with a global index.",
@@ -47,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--log_level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
     sub = parser.add_subparsers(dest="command", required=True)
-    for module in _commands():
+    for module in _commands(command):
         module.add_arguments(sub.add_parser(module.NAME, help=module.HELP))
     return parser
 
@@ -55,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
 def normalize_argv(argv: Sequence[str]) -> list[str]:
     """img2dataset's flat form (`img2dataset --url_list=...`) means `download`."""
     args = list(argv)
-    names = {m.rsplit(".", 1)[1] for m in COMMANDS} | {"serve"}
+    names = {_name(m) for m in COMMANDS}
     first = next((a for a in args if a != "--log_level" and not a.startswith("--log_level=")), "")
     if (
         args
@@ -69,13 +94,21 @@ def normalize_argv(argv: Sequence[str]) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = normalize_argv(sys.argv[1:] if argv is None else argv)
-    ns = build_parser().parse_args(args)
+    command = chosen_command(args)
+    if command == "download" and not {"-h", "--help"} & set(args):
+        # Its fetch workers start from a fork server that takes ~0.6 s to import their code:
+        # started first thing, it does so on the other core while this process imports its
+        # own (the download's start-up is that much shorter).
+        from i2d_fetcher.forkserver import start_early
+
+        start_early()
+    ns = build_parser(command).parse_args(args)
     logging.basicConfig(
         level=getattr(logging, str(ns.log_level).upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     logging.getLogger("aiohttp").setLevel(logging.WARNING)
-    module = next(m for m in _commands() if ns.command == m.NAME)
+    module = next(m for m in _commands(ns.command) if ns.command == m.NAME)
     try:
         return int(module.run(ns))
     except ValidationError as e:

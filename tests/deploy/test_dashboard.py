@@ -17,10 +17,11 @@ import yaml
 from PIL import Image
 from prometheus_client import REGISTRY
 
-from i2d_fetcher import process
+from i2d_fetcher import metrics, process
 from i2d_fetcher.download import FetchFailed
 from i2d_fetcher.imaging import ProcessedImage, process_image
 from i2d_fetcher.options import FetchOptions
+from i2d_fetcher.outcome import RowStats
 from i2d_fetcher.process import fetch_row
 from i2d_segments.records import AppendRecord, SampleStatus, UrlRow
 from tests.deploy.helpers import (
@@ -171,7 +172,8 @@ def jpeg(width: int, height: int) -> bytes:
 def test_fetch_latency_and_bytes_move_when_a_url_is_fetched(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """What the fetch latency and bytes/s panels plot is recorded by fetch_row itself: one
+    """What the fetch latency and bytes/s panels plot is measured by fetch_row (in a worker
+    process) and observed by the fetcher's main process from the figures sent back: one
     latency observation per download, success or not, and the bytes of successful bodies.
     (The download is stubbed: this is about the metrics, tests/fetcher covers the HTTP.)"""
     body = jpeg(64, 48)
@@ -189,7 +191,11 @@ def test_fetch_latency_and_bytes_move_when_a_url_is_fetched(
     no_client: Any = None  # the stubbed download never uses it
 
     def fetch(url: str) -> AppendRecord:
-        return asyncio.run(fetch_row(no_client, UrlRow(url=url), FetchOptions(), in_process))
+        stats = RowStats()
+        row = UrlRow(url=url)
+        record = asyncio.run(fetch_row(no_client, row, FetchOptions(), in_process, stats))
+        metrics.observe(stats)  # as the service does with each row's result
+        return record
 
     count = _sample("img2dataset_fetcher_fetch_seconds_count")
     seconds = _sample("img2dataset_fetcher_fetch_seconds_sum")

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import urllib.request
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 from i2d_fetcher.download import HttpClient, open_client
 from i2d_fetcher.options import FetchOptions
 from i2d_fetcher.resolver import Lookup, StaticLookup
+from i2d_imageserver import ImageServer
 
 T = TypeVar("T")
 
@@ -24,6 +26,14 @@ IMAGE_SERVER_NETWORKS = ("127.0.0.1/32",)
 def local_options(**fields: Any) -> FetchOptions:
     """Download options that may reach the local image server (and nothing else private)."""
     return FetchOptions(allowed_networks=IMAGE_SERVER_NETWORKS, **fields)
+
+
+def served(server: ImageServer, seed: int, w: int, h: int) -> bytes:
+    """The bytes the image server sends for one image, fetched without the fetcher."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(server.url_for(seed, w, h), timeout=10) as r:
+        data: bytes = r.read()
+        return data
 
 
 def fresh_seed() -> int:

@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import io
 import json
-import multiprocessing
-import urllib.request
-from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
-import aiohttp
 import pytest
 from PIL import Image
 
@@ -27,7 +22,7 @@ from i2d_segments.records import (
     encode_append,
     parse_url_value,
 )
-from tests.fetcher.helpers import fresh_seed, local_options, with_session
+from tests.fetcher.helpers import fresh_seed, local_options, served, with_session
 
 FAST = local_options(timeout=5, retry_backoff=0.01)
 
@@ -38,12 +33,6 @@ async def in_process(data: bytes, opts: FetchOptions) -> ProcessedImage:
 
 def fetch_one(row: UrlRow, opts: FetchOptions = FAST, run_cpu=in_process) -> AppendRecord:
     return with_session(opts, lambda s: fetch_row(s, row, opts, run_cpu))
-
-
-def served(server: ImageServer, seed: int, w: int, h: int) -> bytes:
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    with opener.open(server.url_for(seed, w, h), timeout=10) as r:
-        return r.read()
 
 
 def test_success_record_carries_payload_ids_and_img2dataset_fields(
@@ -152,25 +141,6 @@ def test_a_crashed_worker_costs_one_row_not_the_fetcher(image_server: ImageServe
     assert rec.meta.error_message == (
         "BrokenProcessPool: a process in the pool was terminated abruptly"
     )
-
-
-def test_with_a_process_pool_as_the_service_runs_it(image_server: ImageServer) -> None:
-    ctx = multiprocessing.get_context("forkserver")
-    with ProcessPoolExecutor(2, mp_context=ctx) as pool:
-
-        async def run_cpu(data: bytes, opts: FetchOptions) -> ProcessedImage:
-            loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(pool, process_image, data, opts)
-
-        async def many(session: aiohttp.ClientSession) -> list[AppendRecord]:
-            rows = [UrlRow(url=image_server.url_for(fresh_seed(), 500, 300)) for _ in range(6)]
-            rows.append(UrlRow(url=image_server.url_for(fresh_seed(), 300, 200, fault="notimage")))
-            return list(await asyncio.gather(*(fetch_row(session, r, FAST, run_cpu) for r in rows)))
-
-        records = with_session(FAST, many)
-    statuses = [r.meta.status for r in records]
-    assert statuses == [SampleStatus.SUCCESS] * 6 + [SampleStatus.FAILED_TO_RESIZE]
-    assert len({r.meta.item_id for r in records[:6]}) == 6
 
 
 def test_sha512_names_its_column(image_server: ImageServer) -> None:

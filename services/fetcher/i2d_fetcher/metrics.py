@@ -1,8 +1,17 @@
-"""Prometheus metrics of the fetcher (no URL or host labels: bounded cardinality)."""
+"""Prometheus metrics of the fetcher (no URL or host labels: bounded cardinality).
+
+Only the main process observes them (it serves /metrics): the worker processes send each row's
+figures back with its result (`RowStats`), and `observe` records them here.
+"""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from prometheus_client import Counter, Gauge, Histogram
+
+if TYPE_CHECKING:
+    from i2d_fetcher.outcome import RowStats
 
 ROWS = Counter(
     "img2dataset_fetcher_rows_total",
@@ -18,6 +27,15 @@ FETCH_SECONDS = Histogram(
 BYTES = Counter("img2dataset_fetcher_bytes_total", "Image bytes downloaded (bodies received).")
 RESIZE_SECONDS = Histogram(
     "img2dataset_fetcher_resize_seconds",
-    "Time to decode, resize and encode one image in a worker (rejected images included).",
+    "Time to decode, resize and encode one image (rejected images included).",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
+
+
+def observe(stats: RowStats) -> None:
+    if stats.fetch_seconds is not None:
+        FETCH_SECONDS.observe(stats.fetch_seconds)
+    if stats.downloaded_bytes:
+        BYTES.inc(stats.downloaded_bytes)
+    if stats.resize_seconds is not None:
+        RESIZE_SECONDS.observe(stats.resize_seconds)

@@ -2,8 +2,7 @@
 
 One frozen model shared by the fetcher service settings (which extend it, so every field is
 also an `I2D_<FIELD>` environment variable) and by the CLI (which turns every field into a
-`--field` flag). It must stay cheap to pickle: it travels with every image to the worker
-processes that decode and resize.
+`--field` flag). It is sent once to each worker process that fetches rows (workers.py).
 """
 
 from __future__ import annotations
@@ -159,16 +158,22 @@ class FetchOptions(BaseModel):
         "ignored). The proxy resolves names; IP-literal urls are still checked.",
     )
     max_connections_per_host: int = Field(
-        16, ge=1, description="Concurrent requests to one host at most."
+        16,
+        ge=1,
+        description="Concurrent requests to one host at most, in total: split across the "
+        "worker processes (processes_count), at least 1 each.",
     )
     host_rate_limit: float = Field(
-        0, ge=0, description="Requests per second started to one host at most (0: no limit)."
+        0,
+        ge=0,
+        description="Requests per second started to one host at most (0: no limit), in total: "
+        "each worker process gets an equal part.",
     )
     host_failure_threshold: int = Field(
         5,
         ge=1,
         description="Consecutive connection failures or timeouts after which a host's rows "
-        "fail fast for host_cooldown seconds (circuit breaker).",
+        "fail fast for host_cooldown seconds (circuit breaker, one per worker process).",
     )
     host_cooldown: float = Field(
         60, gt=0, description="Seconds a failing host is left alone before one probe."

@@ -3,6 +3,11 @@
 Never raises for a bad row: every failure becomes a record with img2dataset's status
 (failed_to_download or failed_to_resize) and a clear error message, so the pipeline goes on
 and the user sees why. Only cancellation propagates.
+
+`fetch_value` is the whole of a row's work, from the `urls` record to the encoded APPEND
+record (outcome.py): the worker processes run it (worker.py) and hand the main process bytes
+it only has to produce. Nothing here touches Prometheus: metrics observed in a worker process
+would never reach the main process's /metrics, so the figures travel back as `RowStats`.
 """
 
 from __future__ import annotations
@@ -12,13 +17,12 @@ import hashlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
 
-from i2d_fetcher import metrics
 from i2d_fetcher.blur import InvalidBoxes, parse_boxes
 from i2d_fetcher.download import FetchFailed, HttpClient, download
 from i2d_fetcher.imaging import ImageRejected, ProcessedImage
 from i2d_fetcher.options import FetchOptions
+from i2d_fetcher.outcome import Outcome, RowStats, failure, parse, row_fields
 from i2d_segments.records import AppendMeta, AppendRecord, SampleStatus, UrlRow
 
 log = logging.getLogger(__name__)
@@ -30,10 +34,32 @@ HASH_MISMATCH = "hash mismatch"  # img2dataset's error string
 HASH_OFF_LOOP_BYTES = 1 << 20  # hashing a larger body would stall the event loop
 
 
+async def fetch_value(
+    client: HttpClient,
+    value: bytes,
+    opts: FetchOptions,
+    run_cpu: RunCpu,
+    url_col: str = "url",
+    caption_col: str | None = "caption",
+) -> Outcome | None:
+    """A `urls` record's outcome; None for a blank line (nothing to report)."""
+    row = parse(value, url_col, caption_col)
+    if not isinstance(row, UrlRow):
+        return row
+    stats = RowStats()
+    return Outcome.of(await fetch_row(client, row, opts, run_cpu, stats), stats)
+
+
 async def fetch_row(
-    client: HttpClient, row: UrlRow, opts: FetchOptions, run_cpu: RunCpu
+    client: HttpClient,
+    row: UrlRow,
+    opts: FetchOptions,
+    run_cpu: RunCpu,
+    stats: RowStats | None = None,
 ) -> AppendRecord:
-    """`run_cpu(data, opts[, boxes])` runs `imaging.process_image` off the event loop."""
+    """`run_cpu(data, opts[, boxes])` runs `imaging.process_image` (inline in a worker
+    process, on a thread in the main one); `stats`, if given, gets the row's figures."""
+    stats = stats if stats is not None else RowStats()
     try:
         # Before the download: a row whose boxes cannot be read is not worth fetching.
         boxes = parse_boxes(row.extra.get(opts.bbox_col)) if opts.bbox_col else ()
@@ -48,24 +74,29 @@ async def fetch_row(
         log.exception("unexpected download error for %s", row.url)
         return failure(row, SampleStatus.FAILED_TO_DOWNLOAD, _describe(e))
     finally:
-        metrics.FETCH_SECONDS.observe(time.monotonic() - started)
+        stats.fetch_seconds = time.monotonic() - started
     data = downloaded.data
-    metrics.BYTES.inc(len(data))
+    stats.downloaded_bytes = len(data)
     verify = opts.verify_hash
     item_id, hashes = await _hashes(data, opts)
     if verify is not None and hashes.get(verify[1]) != _expected_hash(row, verify[0]):
         return failure(row, SampleStatus.FAILED_TO_DOWNLOAD, HASH_MISMATCH)
+    # Timed here, around the call: in a worker process run_cpu runs inline, so this is the
+    # CPU work alone (with processes_count=0 it includes waiting for the imaging thread).
+    started = time.perf_counter()
     try:
         image = await (run_cpu(data, opts, boxes) if boxes else run_cpu(data, opts))
     except ImageRejected as e:
         return failure(row, e.status, e.message)
-    except Exception as e:  # e.g. a worker process that died
+    except Exception as e:  # a bug in a decoder must cost one row, not the worker
         log.exception("unexpected imaging error for %s", row.url)
         return failure(row, SampleStatus.FAILED_TO_RESIZE, _describe(e))
+    finally:
+        stats.resize_seconds = time.perf_counter() - started
     if verify is not None and verify[1] != opts.compute_hash:
         hashes = {k: v for k, v in hashes.items() if k == opts.compute_hash}
     meta = AppendMeta(
-        **_row_fields(row),
+        **row_fields(row),
         status=SampleStatus.SUCCESS,
         item_id=item_id,
         ext=image.ext,
@@ -79,20 +110,6 @@ async def fetch_row(
         hashes=hashes,
     )
     return AppendRecord(meta=meta, payload=image.data)
-
-
-def failure(row: UrlRow, status: SampleStatus, message: str) -> AppendRecord:
-    return AppendRecord(meta=AppendMeta(**_row_fields(row), status=status, error_message=message))
-
-
-def _row_fields(row: UrlRow) -> dict[str, Any]:
-    return {
-        "sample_id": row.sample_id,
-        "url": row.url,
-        "caption": row.caption,
-        "key": row.key,
-        "extra": row.extra,
-    }
 
 
 def _digests(data: bytes, names: tuple[str, ...]) -> tuple[str, dict[str, str]]:

@@ -1,11 +1,13 @@
 """The fetcher loop: `urls` records in, one APPEND record per input row out.
 
-    poll (consumer thread)  ->  fetch_row (event loop; CPU work in a process pool)
-    ->  produce APPEND  ->  delivery acknowledged  ->  commit `urls` offsets
+    poll (consumer thread)  ->  fetch (a worker process downloads, processes and encodes;
+    workers.py)  ->  produce APPEND  ->  delivery acknowledged  ->  commit `urls` offsets
 
-Back-pressure is explicit: no more than `thread_count` rows are in flight; the loop stops
-polling while that many are pending. All consumer calls run on one dedicated thread (the
-consumer is not thread-safe and rebalance callbacks run inside its poll).
+This process only dispatches records and produces what the workers encoded, observing the
+figures they send back into its metrics. Back-pressure is explicit: no more than
+`thread_count` rows are in flight; the loop stops polling while that many are pending. All
+consumer calls run on one dedicated thread (the consumer is not thread-safe and rebalance
+callbacks run inside its poll).
 """
 
 from __future__ import annotations
@@ -15,43 +17,21 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 
 from i2d_fetcher import metrics
-from i2d_fetcher.cpu import CpuPool
-from i2d_fetcher.download import HttpClient, open_client
 from i2d_fetcher.offsets import OffsetTracker
-from i2d_fetcher.process import fetch_row
+from i2d_fetcher.outcome import Outcome
 from i2d_fetcher.settings import FetcherSettings
+from i2d_fetcher.workers import RowFetcher, WorkerConfig, open_fetcher
 from i2d_segments.bus import Bus, BusError, Message, RebalanceListener, TopicPartition
-from i2d_segments.ids import sha256_hex
 from i2d_segments.naming import staging_name
-from i2d_segments.records import (
-    AppendMeta,
-    AppendRecord,
-    MalformedRecord,
-    SampleStatus,
-    encode_append,
-    parse_url_value,
-)
+from i2d_segments.records import AppendRecord, SampleStatus, decode_append
 from i2d_segments.runtime import Health
 from i2d_segments.store import SegmentStore
 
 log = logging.getLogger(__name__)
-
-
-def failure_record(raw: bytes, error: str) -> AppendRecord:
-    """A row we could not even parse still gets its sample row, keyed by its text."""
-    text = raw.decode("utf-8", errors="replace").strip()
-    return AppendRecord(
-        meta=AppendMeta(
-            sample_id=sha256_hex(raw.strip()),
-            url=text[:4096],
-            status=SampleStatus.FAILED_TO_DOWNLOAD,
-            error_message=error,
-        )
-    )
 
 
 class FetcherService(RebalanceListener):
@@ -61,7 +41,6 @@ class FetcherService(RebalanceListener):
         settings: FetcherSettings,
         store: SegmentStore | None = None,
         health: Health | None = None,
-        cpu: CpuPool | None = None,
     ) -> None:
         self.settings = settings
         self.options = settings.fetch_options()
@@ -70,12 +49,10 @@ class FetcherService(RebalanceListener):
         self.consumer = bus.consumer(settings.group_id)
         self.producer = bus.producer()
         self.offsets = OffsetTracker()
-        self._cpu = cpu
-        self._owns_cpu = cpu is None
         self._consumer_thread: Executor = ThreadPoolExecutor(1, thread_name_prefix="urls-consumer")
         self.rows_done = 0
         self.successes = 0
-        self.on_row: Callable[[AppendRecord], None] | None = None  # progress hook
+        self.fetcher: RowFetcher | None = None  # while running: the workers (or this process)
 
     # ------------------------------------------------------------------ rebalance
 
@@ -96,7 +73,13 @@ class FetcherService(RebalanceListener):
 
     async def run_async(self, stop: threading.Event) -> None:
         loop = asyncio.get_running_loop()
-        cpu = self._cpu or CpuPool(self.settings.processes_count)
+        config = WorkerConfig(
+            options=self.options,
+            concurrency=self.settings.thread_count,
+            url_col=self.settings.url_col,
+            caption_col=self.settings.caption_col,
+            log_level=logging.getLogger().getEffectiveLevel(),
+        )
         await loop.run_in_executor(
             self._consumer_thread,
             lambda: self.consumer.subscribe([self.settings.urls_topic], listener=self),
@@ -115,7 +98,8 @@ class FetcherService(RebalanceListener):
 
         last_commit = time.monotonic()
         try:
-            async with open_client(self.options, limit) as client:
+            async with open_fetcher(config, self.settings.processes_count) as fetcher:
+                self.fetcher = fetcher
                 while not stop.is_set():
                     self.health.beat()
                     room = limit - len(tasks)
@@ -133,7 +117,7 @@ class FetcherService(RebalanceListener):
                         )
                         for m in messages:
                             self.offsets.start(m.tp, m.offset)
-                            task = asyncio.create_task(self._handle(client, cpu, m))
+                            task = asyncio.create_task(self._handle(fetcher, m))
                             tasks.add(task)
                             task.add_done_callback(finished)
                         if not messages and tasks:
@@ -146,68 +130,62 @@ class FetcherService(RebalanceListener):
                 # Graceful stop: finish what is in flight, get it acknowledged, commit.
                 if tasks:
                     await asyncio.wait(tasks)
+                self.fetcher = None
             await loop.run_in_executor(None, self.producer.flush)
             await self._commit(loop)
         finally:
             await loop.run_in_executor(self._consumer_thread, self.consumer.close)
             self._consumer_thread.shutdown(wait=True)
             self.producer.close()
-            if self._owns_cpu:
-                cpu.close()
 
     async def _commit(self, loop: asyncio.AbstractEventLoop) -> None:
         offsets = self.offsets.committable()
         if offsets:
             await loop.run_in_executor(self._consumer_thread, self.consumer.commit, offsets)
 
-    async def _handle(self, client: HttpClient, cpu: CpuPool, m: Message) -> None:
-        try:
-            row = parse_url_value(m.value, self.settings.url_col, self.settings.caption_col)
-        except (MalformedRecord, UnicodeDecodeError) as e:
-            row = None
-            record: AppendRecord | None = failure_record(m.value, f"malformed row: {e}")
-        else:
-            record = None
-        if row is None and record is None:  # blank line: nothing to report
+    async def _handle(self, fetcher: RowFetcher, m: Message) -> None:
+        outcome = await fetcher.fetch(m.value)
+        if outcome is None:  # blank line: nothing to report
             self.offsets.done(m.tp, m.offset)
             return
-        if row is not None:
-            record = await fetch_row(client, row, self.options, cpu.run)
-        assert record is not None
-        self._produce(m, self._claim_check(record))
+        metrics.observe(outcome.stats)
+        self._produce(m, self._claim_check(outcome))
 
-    def _claim_check(self, record: AppendRecord) -> AppendRecord:
-        """Payloads over the inline limit travel through the store, not the bus."""
-        payload = record.payload
-        if payload is None or len(payload) <= self.settings.inline_payload_limit:
-            return record
+    def _claim_check(self, outcome: Outcome) -> Outcome:
+        """Payloads over the inline limit travel through the store, not the bus (the rare
+        case where the record the worker encoded is decoded here)."""
+        if outcome.payload_size <= self.settings.inline_payload_limit:
+            return outcome
+        record = decode_append(outcome.value)
         if self.store is None or record.meta.item_id is None:
-            return _as_failure(record, "payload too large for the bus and no store configured")
+            failed = _as_failure(record, "payload too large for the bus and no store configured")
+            return Outcome.of(failed, outcome.stats)
         name = staging_name(record.meta.item_id)
-        self.store.put(name, payload)
-        return AppendRecord(meta=record.meta.model_copy(update={"staged": name}), payload=None)
+        assert record.payload is not None
+        self.store.put(name, record.payload)
+        staged = record.meta.model_copy(update={"staged": name})
+        return Outcome.of(AppendRecord(meta=staged, payload=None), outcome.stats)
 
-    def _produce(self, m: Message, record: AppendRecord) -> None:
+    def _produce(self, m: Message, outcome: Outcome) -> None:
         def delivered(err: BusError | None, _msg: Message | None) -> None:
-            if err is not None and record.payload is not None:
+            if err is not None and outcome.payload_size:
                 # e.g. a record the broker refuses: still report the row, without payload.
+                record = decode_append(outcome.value)
                 log.error("APPEND delivery failed for %s: %s", record.meta.url, err)
-                self._produce(m, _as_failure(record, f"could not publish record: {err}"))
+                failed = _as_failure(record, f"could not publish record: {err}")
+                self._produce(m, Outcome.of(failed, outcome.stats))
                 return
             if err is not None:
                 log.error("APPEND delivery of a failure record failed: %s; retrying", err)
-                self._produce(m, record)
+                self._produce(m, outcome)
                 return
             self.offsets.done(m.tp, m.offset)
             self.rows_done += 1
-            ok = record.meta.status is SampleStatus.SUCCESS
-            self.successes += int(ok)
-            metrics.ROWS.labels(record.meta.status.value).inc()
-            if self.on_row is not None:
-                self.on_row(record)
+            self.successes += int(outcome.status is SampleStatus.SUCCESS)
+            metrics.ROWS.labels(outcome.status.value).inc()
 
         self.producer.produce(
-            self.settings.append_topic, encode_append(record), key=record.key, on_delivery=delivered
+            self.settings.append_topic, outcome.value, key=outcome.key, on_delivery=delivered
         )
 
 

@@ -3,23 +3,32 @@ defaults), and the service's own knobs. Env `I2D_<FIELD>` or `--field` flags."""
 
 from __future__ import annotations
 
+import os
+
 from pydantic import Field
 
-from i2d_fetcher.cpu import default_workers
 from i2d_fetcher.options import FetchOptions
 from i2d_segments.settings import ConnectionSettings
+
+
+def default_workers() -> int:
+    return max(1, len(os.sched_getaffinity(0)))
 
 
 class FetcherSettings(ConnectionSettings, FetchOptions):
     group_id: str = Field("fetcher", description="Consumer group on the urls topic.")
     thread_count: int = Field(
-        256, ge=1, description="Rows downloaded concurrently (img2dataset's name)."
+        256,
+        ge=1,
+        description="Rows downloaded concurrently, in total over the worker processes "
+        "(img2dataset's name; it counts per process there).",
     )
     processes_count: int = Field(
         default_factory=default_workers,
         ge=0,
-        description="Worker processes for decode/resize/encode (default: one per core; "
-        "0 = a thread of this process).",
+        description="Worker processes that download, decode, resize and encode (default: one "
+        "per core; 0 = all in this process, images on a thread). thread_count and the per-host "
+        "limits are split across them.",
     )
     url_col: str = Field("url", description="JSON field of a `urls` record holding the url.")
     caption_col: str | None = Field(

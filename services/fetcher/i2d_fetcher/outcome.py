@@ -1,0 +1,99 @@
+"""A row's outcome as the fetcher's main process receives it: the APPEND record already
+encoded (where it was made, in a worker process), its key, status and payload size, and the
+row's figures for the metrics. Also the failure records built without fetching anything.
+
+Light on purpose (no aiohttp, Pillow or numpy): the main process imports it, and with the
+work in worker processes it never needs those.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from i2d_segments.ids import sha256_hex
+from i2d_segments.records import (
+    AppendMeta,
+    AppendRecord,
+    MalformedRecord,
+    SampleStatus,
+    UrlRow,
+    encode_append,
+    parse_url_value,
+)
+
+
+@dataclass(slots=True)
+class RowStats:
+    """What one row measured, for the fetcher's metrics (observed by the main process)."""
+
+    fetch_seconds: float | None = None  # the download, retries included; None: not tried
+    downloaded_bytes: int = 0
+    resize_seconds: float | None = None  # decode/resize/encode; None: not reached
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """One row's APPEND record, encoded where it was made, and what producing it needs."""
+
+    value: bytes  # encode_append(record)
+    key: bytes  # record.key
+    status: SampleStatus
+    payload_size: int  # 0: no payload
+    stats: RowStats
+
+    @classmethod
+    def of(cls, record: AppendRecord, stats: RowStats | None = None) -> Outcome:
+        return cls(
+            value=encode_append(record),
+            key=record.key,
+            status=record.meta.status,
+            payload_size=len(record.payload or b""),
+            stats=stats or RowStats(),
+        )
+
+
+def parse(value: bytes, url_col: str, caption_col: str | None) -> UrlRow | Outcome | None:
+    """A `urls` record's row; or the outcome of a malformed one; None for a blank line."""
+    try:
+        return parse_url_value(value, url_col, caption_col)
+    except (MalformedRecord, UnicodeDecodeError) as e:
+        return Outcome.of(failure_record(value, f"malformed row: {e}"))
+
+
+def failed_value(
+    value: bytes, error: str, url_col: str = "url", caption_col: str | None = "caption"
+) -> Outcome | None:
+    """The failure outcome of a `urls` record that could not be fetched at all (its worker
+    died): keyed and described like the row itself; None for a blank line."""
+    row = parse(value, url_col, caption_col)
+    if not isinstance(row, UrlRow):
+        return row
+    return Outcome.of(failure(row, SampleStatus.FAILED_TO_DOWNLOAD, error))
+
+
+def failure_record(raw: bytes, error: str) -> AppendRecord:
+    """A row we could not even parse still gets its sample row, keyed by its text."""
+    text = raw.decode("utf-8", errors="replace").strip()
+    return AppendRecord(
+        meta=AppendMeta(
+            sample_id=sha256_hex(raw.strip()),
+            url=text[:4096],
+            status=SampleStatus.FAILED_TO_DOWNLOAD,
+            error_message=error,
+        )
+    )
+
+
+def failure(row: UrlRow, status: SampleStatus, message: str) -> AppendRecord:
+    return AppendRecord(meta=AppendMeta(**row_fields(row), status=status, error_message=message))
+
+
+def row_fields(row: UrlRow) -> dict[str, Any]:
+    return {
+        "sample_id": row.sample_id,
+        "url": row.url,
+        "caption": row.caption,
+        "key": row.key,
+        "extra": row.extra,
+    }

@@ -1,0 +1,106 @@
+"""Fetching rows where the work happens: a fetch worker process's loop (`worker_main`, started
+by workers.FetchWorkers), or this process with processes_count=0 (`InlineFetcher`). Both run
+`fetch_value`, the one implementation of a row's work. The fork server preloads this module
+(forkserver.py), so a worker starts with aiohttp, Pillow and the rest already imported.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import socket
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+from i2d_fetcher.blur import Box
+from i2d_fetcher.download import HttpClient, open_client
+from i2d_fetcher.imaging import ProcessedImage, process_image
+from i2d_fetcher.options import FetchOptions
+from i2d_fetcher.outcome import Outcome, failed_value
+from i2d_fetcher.process import fetch_value
+from i2d_fetcher.wire import Channel
+from i2d_fetcher.workers import WorkerConfig
+
+log = logging.getLogger(__name__)
+
+_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s[worker %(process)d]: %(message)s"
+
+
+def worker_main(sock: socket.socket, config: WorkerConfig) -> None:
+    # Ctrl-C, and a SIGTERM sent to the whole process group (a terminal, systemd, a test's
+    # killpg), reach the workers too: the main process stops gracefully, finishing the rows in
+    # flight here, then closes the connection, which is what ends a worker. (If the main
+    # process dies, the connection closes all the same.)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    logging.basicConfig(level=config.log_level, format=_LOG_FORMAT)
+    logging.getLogger("aiohttp").setLevel(logging.WARNING)
+    asyncio.run(_serve(sock, config))
+
+
+async def _run_inline(data: bytes, opts: FetchOptions, boxes: Sequence[Box] = ()) -> ProcessedImage:
+    """process_image on the worker's loop: this process exists to do it, and a thread would
+    only add a hand-off (the GIL is held for most of it anyway)."""
+    return process_image(data, opts, boxes)
+
+
+async def _serve(sock: socket.socket, config: WorkerConfig) -> None:
+    loop = asyncio.get_running_loop()
+    lost = loop.create_future()
+    tasks: set[asyncio.Task[None]] = set()
+    opts = config.options
+    async with open_client(opts, config.concurrency) as client:
+
+        async def handle(task_id: int, value: bytes) -> None:
+            try:
+                outcome = await fetch_value(
+                    client, value, opts, _run_inline, config.url_col, config.caption_col
+                )
+            except Exception as e:  # a bug: the row must still be answered, or it waits forever
+                log.exception("unexpected error fetching %r", value[:200])
+                error = f"fetch worker error: {type(e).__name__}"
+                outcome = failed_value(value, error, config.url_col, config.caption_col)
+            channel.send((task_id, outcome))
+
+        def on_message(message: tuple[int, bytes]) -> None:
+            task = loop.create_task(handle(*message))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+
+        def on_lost() -> None:
+            if not lost.done():
+                lost.set_result(None)
+
+        channel = Channel(on_message, on_lost)
+        await loop.connect_accepted_socket(lambda: channel, sock)
+        # The main process closes the connection once nothing is in flight (or it died):
+        # whatever is left has no one to report to.
+        await lost
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+class InlineFetcher:
+    """processes_count=0: rows fetched on the caller's loop, images processed on a thread."""
+
+    def __init__(self, client: HttpClient, config: WorkerConfig) -> None:
+        self.client = client
+        self.config = config
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="imaging")
+
+    async def _run_cpu(
+        self, data: bytes, opts: FetchOptions, boxes: Sequence[Box] = ()
+    ) -> ProcessedImage:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._thread, process_image, data, opts, boxes)
+
+    async def fetch(self, value: bytes) -> Outcome | None:
+        c = self.config
+        return await fetch_value(
+            self.client, value, c.options, self._run_cpu, c.url_col, c.caption_col
+        )
+
+    def close(self) -> None:
+        self._thread.shutdown(wait=True, cancel_futures=True)

@@ -1,0 +1,288 @@
+"""Where rows are fetched: worker processes that download and process them, or this process.
+This is the main process's side; the workers' is worker.py.
+
+`FetchWorkers` runs `processes_count` worker processes. Each has its own event loop, HTTP
+client (open_client) and runs `fetch_value` (the one implementation of a row's work) with
+`process_image` called inline: a worker's loop blocks a few ms per image, as one of
+img2dataset's threads does, and the decoded pixels never cross a process boundary. The main
+process only dispatches `urls` records and produces the APPEND records the workers already
+encoded, so it stays off the critical path of a 2-core machine; it does not even import
+aiohttp or Pillow.
+
+- Wire (wire.py): one socketpair per worker, length-prefixed pickles, both ends asyncio
+  protocols (non-blocking writes, reads on the loop: no thread per message, and neither side
+  can block the other). Main -> worker: `(task id, urls record)`, the raw record: parsing it
+  is the worker's work too. Worker -> main: `(task id, Outcome)`: the encoded record, its key,
+  status, payload size and the row's metric figures, which the main observes (Prometheus in a
+  worker would never reach /metrics).
+- The options travel once, when a worker starts. Per-host politeness is per worker, so
+  `max_connections_per_host` is split across the workers (`share`, at least 1 each) and
+  `host_rate_limit` divided by their count: the total stays within the configured limit. The
+  DNS cache and the circuit breaker are per worker too: a dead host opens a breaker in each.
+- Back-pressure: the caller keeps at most `thread_count` rows in flight; a row goes to the
+  worker with the fewest, so none has more than ceil(thread_count / N).
+- A worker that dies (a segfaulting decoder, the OOM killer): its rows in flight become
+  failed samples ("fetch worker died") and a new worker takes its place.
+- Workers start from a fork server (forkserver.py): forking a process that already runs
+  librdkafka and aiohttp threads is unsafe; the fork server is a clean single-threaded process
+  that imported the worker's code once, so a worker (or its replacement) starts warm.
+
+`processes_count=0` is `InlineFetcher`: the same `fetch_value` on the caller's loop, with
+`process_image` on one thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import socket
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable
+from dataclasses import dataclass
+from multiprocessing.process import BaseProcess
+from typing import Protocol
+
+from i2d_fetcher import forkserver
+from i2d_fetcher.options import FetchOptions
+from i2d_fetcher.outcome import Outcome, failed_value
+from i2d_fetcher.wire import Channel
+
+log = logging.getLogger(__name__)
+
+WORKER_DIED = "fetch worker died"
+STOP_TIMEOUT = 10.0  # seconds a worker gets to exit once its connection is closed
+RESTART_DELAY = 1.0  # seconds between attempts to start a replacement that failed to start
+
+
+class RowFetcher(Protocol):
+    def fetch(self, value: bytes) -> Awaitable[Outcome | None]:
+        """The outcome of one `urls` record; None for a blank line."""
+        ...
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """Everything a worker needs, sent once when it starts."""
+
+    options: FetchOptions
+    concurrency: int  # rows it may be given at once: its connection pool's size
+    url_col: str = "url"
+    caption_col: str | None = "caption"
+    log_level: int = logging.WARNING
+
+
+def share(total: int, workers: int, index: int) -> int:
+    """Worker `index`'s part of `total` split over `workers`: the parts add up to `total`
+    (when total >= workers), and each is at least 1."""
+    return max(1, total // workers + (1 if index < total % workers else 0))
+
+
+def worker_options(opts: FetchOptions, workers: int, index: int) -> FetchOptions:
+    """`opts` for worker `index` of `workers`: its part of the per-host limits."""
+    return opts.model_copy(
+        update={
+            "max_connections_per_host": share(opts.max_connections_per_host, workers, index),
+            "host_rate_limit": opts.host_rate_limit / workers,
+        }
+    )
+
+
+# --------------------------------------------------------------------------- main side
+
+
+class _Worker:
+    channel: Channel
+
+    def __init__(self, index: int, process: BaseProcess) -> None:
+        self.index = index
+        self.process = process
+        self.pending: dict[int, tuple[asyncio.Future[Outcome | None], bytes]] = {}
+        self.lost = False
+
+
+class FetchWorkers:
+    """`await workers.fetch(value)` fetches one `urls` record in a worker process."""
+
+    def __init__(self, config: WorkerConfig, count: int) -> None:
+        if count < 1:
+            raise ValueError("FetchWorkers needs at least one worker (0: InlineFetcher)")
+        self.config = config
+        self.count = count
+        self.restarts = 0
+        self._ctx = forkserver.context()
+        self._workers: list[_Worker] = []
+        # Rows that came while no worker was alive (all died at once): sent to the first
+        # replacement instead of failing too.
+        self._waiting: deque[tuple[asyncio.Future[Outcome | None], bytes]] = deque()
+        self._next_id = 0
+        self._closing = False
+        self._replacing: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        self._workers = [await self._start(i) for i in range(self.count)]
+
+    def pids(self) -> list[int]:
+        """The live workers' process ids."""
+        return [w.process.pid for w in self._workers if w.process.pid is not None and not w.lost]
+
+    def fetch(self, value: bytes) -> asyncio.Future[Outcome | None]:
+        future: asyncio.Future[Outcome | None] = asyncio.get_running_loop().create_future()
+        self._dispatch(future, value)
+        return future
+
+    def _dispatch(self, future: asyncio.Future[Outcome | None], value: bytes) -> None:
+        worker = min(self._workers, key=lambda w: (w.lost, len(w.pending)))
+        if worker.lost:  # every worker just died; their replacements are starting
+            self._waiting.append((future, value))
+            return
+        task_id = self._next_id
+        self._next_id += 1
+        worker.pending[task_id] = (future, value)
+        worker.channel.send((task_id, value))
+
+    async def close(self) -> None:
+        """Stop every worker: close its connection, wait for it to exit (else kill it)."""
+        self._closing = True
+        # Not cancelled: a replacement being started must be seen through and then stopped.
+        await asyncio.gather(*self._replacing, return_exceptions=True)
+        for w in self._workers:
+            if w.channel.transport is not None:
+                w.channel.transport.close()
+        loop = asyncio.get_running_loop()
+        await asyncio.gather(*(loop.run_in_executor(None, _reap, w.process) for w in self._workers))
+        for w in self._workers:
+            self._fail_pending(w)
+        while self._waiting:
+            future, value = self._waiting.popleft()
+            if not future.done():
+                future.set_result(self._died(value))
+
+    # ------------------------------------------------------------------ internals
+
+    async def _start(self, index: int) -> _Worker:
+        parent, child = socket.socketpair()
+        config = self.config
+        concurrency = math.ceil(config.concurrency / self.count)
+        worker_config = WorkerConfig(
+            options=worker_options(config.options, self.count, index),
+            concurrency=concurrency,
+            url_col=config.url_col,
+            caption_col=config.caption_col,
+            log_level=config.log_level,
+        )
+        process = self._ctx.Process(
+            target=_worker_entry,
+            args=(child, worker_config),
+            name=f"fetch-worker-{index}",
+            daemon=True,  # never outlive the main process
+        )
+        loop = asyncio.get_running_loop()
+        try:
+            # Starting talks to the fork server (blocking): off the loop.
+            await loop.run_in_executor(None, process.start)
+        except BaseException:
+            parent.close()
+            raise
+        finally:
+            child.close()  # the worker has its own copy; EOF must come when the worker ends
+        worker = _Worker(index, process)
+        worker.channel = Channel(
+            lambda message: self._on_result(worker, message), lambda: self._on_lost(worker)
+        )
+        await loop.connect_accepted_socket(lambda: worker.channel, parent)
+        return worker
+
+    def _on_result(self, worker: _Worker, message: tuple[int, Outcome | None]) -> None:
+        task_id, outcome = message
+        entry = worker.pending.pop(task_id, None)
+        if entry is not None and not entry[0].done():
+            entry[0].set_result(outcome)
+
+    def _on_lost(self, worker: _Worker) -> None:
+        # The connection ends after every result the worker sent was read: what is still
+        # pending will never come.
+        worker.lost = True
+        self._fail_pending(worker)
+        if not self._closing:
+            task = asyncio.get_running_loop().create_task(self._replace(worker))
+            self._replacing.add(task)
+            task.add_done_callback(self._replacing.discard)
+
+    def _fail_pending(self, worker: _Worker) -> None:
+        pending, worker.pending = worker.pending, {}
+        for future, value in pending.values():
+            if not future.done():
+                future.set_result(self._died(value))
+
+    def _died(self, value: bytes) -> Outcome | None:
+        return failed_value(value, WORKER_DIED, self.config.url_col, self.config.caption_col)
+
+    async def _replace(self, worker: _Worker) -> None:
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, _reap, worker.process)
+        log.error(
+            "fetch worker %s (pid %s) died with exit code %s; its rows in flight failed (%r); "
+            "starting a new one",
+            worker.index,
+            worker.process.pid,
+            worker.process.exitcode,
+            WORKER_DIED,
+        )
+        while True:
+            if self._closing:
+                return
+            try:
+                new = await self._start(worker.index)
+                break
+            except Exception:  # e.g. the fork server itself was killed: try again
+                log.exception("could not start fetch worker %s; retrying", worker.index)
+                await asyncio.sleep(RESTART_DELAY)
+        self.restarts += 1
+        if self._closing:  # close() began while it started: it must not be left running
+            assert new.channel.transport is not None
+            new.channel.transport.close()
+            await loop.run_in_executor(None, _reap, new.process)
+            return
+        self._workers[self._workers.index(worker)] = new
+        while self._waiting:
+            self._dispatch(*self._waiting.popleft())
+
+
+def _worker_entry(sock: socket.socket, config: WorkerConfig) -> None:
+    """The worker process's target, named here so that pickling it does not import the
+    worker's code (aiohttp, Pillow...) into this process; the fork server has it loaded."""
+    from i2d_fetcher.worker import worker_main
+
+    worker_main(sock, config)
+
+
+def _reap(process: BaseProcess) -> None:
+    process.join(STOP_TIMEOUT)
+    if process.exitcode is None:
+        log.warning("fetch worker %s did not stop in %ss: killed", process.pid, STOP_TIMEOUT)
+        process.kill()
+        process.join()
+
+
+@contextlib.asynccontextmanager
+async def open_fetcher(config: WorkerConfig, processes: int) -> AsyncIterator[RowFetcher]:
+    """`processes` worker processes (FetchWorkers), or this process when 0 (InlineFetcher)."""
+    if processes <= 0:
+        from i2d_fetcher.download import open_client
+        from i2d_fetcher.worker import InlineFetcher
+
+        async with open_client(config.options, config.concurrency) as client:
+            inline = InlineFetcher(client, config)
+            try:
+                yield inline
+            finally:
+                inline.close()
+        return
+    workers = FetchWorkers(config, processes)
+    try:
+        await workers.start()
+        yield workers
+    finally:
+        await workers.close()

@@ -1,0 +1,47 @@
+"""The `img2dataset` command's dispatch: the top-level help lists every command, and running
+one command loads only that command's code (the distributed services' clients are not
+imported by a local download)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from i2d_cli.main import COMMANDS, main
+
+
+def test_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    for module in COMMANDS:
+        assert module.rsplit(".", 1)[1] in out
+
+
+def test_a_command_imports_only_its_own_module() -> None:
+    probe = (
+        "import sys\n"
+        "from i2d_cli.main import main\n"
+        "try:\n"
+        "    main(['--log_level', 'WARNING', 'download', '--help'])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print(sorted(m for m in sys.modules if m.startswith('i2d_cli.')))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    ).stdout
+    loaded = out.strip().splitlines()[-1]
+    assert "'i2d_cli.download'" in loaded and "--url_list" in out
+    for other in ("serve", "enqueue", "status", "materialize", "reindex", "verify", "gc"):
+        assert f"'i2d_cli.{other}'" not in loaded
+
+
+def test_flat_and_unknown_forms_still_parse(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as e:
+        main(["--log_level=INFO", "bogus"])
+    assert e.value.code == 2
+    assert "invalid choice: 'bogus'" in capsys.readouterr().err
