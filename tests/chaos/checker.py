@@ -305,9 +305,10 @@ class Checker:
                 _require(info.name not in garbage, inv, f"gc would delete {info.name}")
             else:
                 _require(info.name in garbage, inv, f"{info.name}: neither committed nor garbage")
-        for name in uploads:
-            seg_id = name[len(SEGMENTS_PREFIX) : -len(".tar")]
-            _require(seg_id not in committed, inv, f"open upload of committed {name}")
+        # Open uploads are invisible to readers and gc aborts them all (the end of the run
+        # checks that verify still passes after `gc --delete`). One may carry a committed
+        # segment's name: when the reply to CreateMultipartUpload is lost, botocore asks
+        # again and the first upload id is left open; aborting it never touches the object.
         self.held[inv] += 1
         return sorted(garbage), uploads
 
