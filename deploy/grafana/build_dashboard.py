@@ -36,6 +36,7 @@ COMPONENT = 'component=~"fetcher|appender|materializer|status"'
 
 # Metric names, in one place: the test checks each against what the services export.
 FETCHER_ROWS = "img2dataset_fetcher_rows_total"
+FETCHER_FAILURES = "img2dataset_fetcher_failures_total"
 FETCHER_IN_FLIGHT = "img2dataset_fetcher_in_flight"
 FETCHER_SECONDS = "img2dataset_fetcher_fetch_seconds"
 FETCHER_BYTES = "img2dataset_fetcher_bytes_total"
@@ -122,13 +123,14 @@ def sections() -> list[tuple[str, list[dict[str, Any]]]]:
                 ),
                 panel(
                     "Failures by reason",
-                    "Rows that became failed samples, by status; APPEND records the appender "
-                    "could not read; segment commits refused to a fenced (stale) owner.",
+                    "Rows that became failed samples, by reason (the kind of their error "
+                    "message); APPEND records the appender could not read; segment commits "
+                    "refused to a fenced (stale) owner.",
                     "ops",
                     [
                         (
-                            f'sum by (status) (rate({FETCHER_ROWS}{{status!="success"}}[{RATE}]))',
-                            "{{status}}",
+                            f"sum by (reason) (rate({FETCHER_FAILURES}[{RATE}]))",
+                            "{{reason}}",
                         ),
                         (
                             f'sum by (outcome) (rate({APPENDER_RECORDS}{{outcome="malformed"}}'

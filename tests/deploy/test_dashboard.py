@@ -110,7 +110,7 @@ def test_the_panels_the_issue_lists_are_there() -> None:
             r"rate\(img2dataset_appender_records_total",
             r"rate\(img2dataset_materializer_segments_total",
         ],
-        "failures by reason": [r"sum by \(status\) \(rate\(img2dataset_fetcher_rows_total"],
+        "failures by reason": [r"sum by \(reason\) \(rate\(img2dataset_fetcher_failures_total"],
         "fetch latency p50/p95": [
             r"histogram_quantile\(0\.5, .*img2dataset_fetcher_fetch_seconds_bucket",
             r"histogram_quantile\(0\.95, .*img2dataset_fetcher_fetch_seconds_bucket",

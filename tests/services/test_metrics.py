@@ -18,6 +18,7 @@ from tests.status.helpers import check_conventions, get_json, http_get, scrape
 EXPECTED = {
     # fetcher: outcomes by status, bytes, latency, in flight, resize time
     "img2dataset_fetcher_rows": "counter",
+    "img2dataset_fetcher_failures": "counter",
     "img2dataset_fetcher_bytes": "counter",
     "img2dataset_fetcher_fetch_seconds": "histogram",
     "img2dataset_fetcher_in_flight": "gauge",
@@ -69,6 +70,7 @@ def test_services_export_metrics_health_and_readiness(
         # This process downloaded 42 rows (and maybe more in other tests): counts add up.
         assert value("img2dataset_fetcher_rows_total", status="success") >= 30
         assert value("img2dataset_fetcher_rows_total", status="failed_to_download") >= 3
+        assert value("img2dataset_fetcher_failures_total", reason="http_4xx") >= 3
         assert value("img2dataset_fetcher_bytes_total") > 0
         assert value("img2dataset_fetcher_fetch_seconds_count") >= rows
         assert value("img2dataset_fetcher_resize_seconds_count") >= 30

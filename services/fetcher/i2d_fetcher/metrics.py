@@ -18,6 +18,11 @@ ROWS = Counter(
     "Input rows whose APPEND record was acknowledged, by sample status.",
     ["status"],
 )
+FAILURES = Counter(
+    "img2dataset_fetcher_failures_total",
+    "Failed rows by reason: the kind of their error message (a bounded set, see reasons.py).",
+    ["reason"],
+)
 IN_FLIGHT = Gauge("img2dataset_fetcher_in_flight", "Rows being downloaded or processed.")
 FETCH_SECONDS = Histogram(
     "img2dataset_fetcher_fetch_seconds",

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from i2d_fetcher.reasons import reason_of
 from i2d_segments.ids import sha256_hex
 from i2d_segments.records import (
     AppendMeta,
@@ -41,6 +42,7 @@ class Outcome:
     status: SampleStatus
     payload_size: int  # 0: no payload
     stats: RowStats
+    reason: str | None = None  # a failure's bounded reason (reasons.py), for the metric
 
     @classmethod
     def of(cls, record: AppendRecord, stats: RowStats | None = None) -> Outcome:
@@ -50,6 +52,9 @@ class Outcome:
             status=record.meta.status,
             payload_size=len(record.payload or b""),
             stats=stats or RowStats(),
+            reason=None
+            if record.meta.status is SampleStatus.SUCCESS
+            else reason_of(record.meta.error_message),
         )
 
 

@@ -183,6 +183,8 @@ class FetcherService(RebalanceListener):
             self.rows_done += 1
             self.successes += int(outcome.status is SampleStatus.SUCCESS)
             metrics.ROWS.labels(outcome.status.value).inc()
+            if outcome.reason is not None:
+                metrics.FAILURES.labels(outcome.reason).inc()
 
         self.producer.produce(
             self.settings.append_topic, outcome.value, key=outcome.key, on_delivery=delivered

@@ -1,0 +1,53 @@
+"""Failure messages folded into a bounded set of reasons, for a metric label.
+
+A sample's `error_message` is free text (img2dataset's strings, exception texts, sizes,
+header values), fine in the metadata but unbounded as a Prometheus label. The reason is its
+kind: the first rule whose prefix the message starts with. The order matters where prefixes
+nest ("timed out" vs "connect timed out" are both `timeout`, so that one does not).
+"""
+
+from __future__ import annotations
+
+import re
+
+# (reason, pattern at the start of the message). The messages are this fetcher's own: see
+# download.py, imaging.py, formats.py, blur.py, robots.py, process.py and outcome.py.
+_RULES: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
+    (reason, re.compile(pattern))
+    for reason, pattern in (
+        ("http_429", r"HTTP Error 429\b"),
+        ("http_4xx", r"HTTP Error 4\d\d\b"),
+        ("http_5xx", r"HTTP Error 5\d\d\b"),
+        ("http_other", r"HTTP Error "),
+        ("timeout", r"(connect |read )?timed out"),
+        ("dns", r"DNS resolution failed"),
+        ("connection", r"(cannot connect|connection error)"),
+        ("tls", r"TLS error"),
+        ("blocked_address", r"blocked address"),
+        ("invalid_url", r"(invalid url|unsupported url scheme|invalid redirect location)"),
+        ("too_many_redirects", r"too many redirects"),
+        ("host_circuit_open", r"host circuit open"),
+        ("robots", r"Use of image disallowed by X-Robots-Tag"),
+        ("too_large", r"body larger than"),
+        ("bad_body", r"(incomplete body|undecodable body|bad response)"),
+        ("hash_mismatch", r"hash mismatch"),
+        ("filtered", r"(image too small|image area too large|aspect ratio too large)"),
+        ("decompression_bomb", r"decompression bomb"),
+        ("not_an_image", r"(not an image|image format .* not allowed)"),
+        ("decode_error", r"Image decoding error"),
+        ("invalid_bbox", r"invalid bounding box"),
+        ("malformed_row", r"malformed row"),
+        ("worker_died", r"fetch worker died"),
+        ("publish_failed", r"could not publish record"),
+    )
+)
+REASONS = (*(reason for reason, _ in _RULES), "other")
+
+
+def reason_of(message: str | None) -> str:
+    """The bounded reason of a failure message (`other` for one no rule knows)."""
+    if message:
+        for reason, pattern in _RULES:
+            if pattern.match(message):
+                return reason
+    return "other"
