@@ -22,22 +22,10 @@ from i2d_cli.main import main
 from i2d_imageserver import ImageServer, make_url_list
 from i2d_segments.index.sqlite import SqliteIndex
 from i2d_segments.naming import object_name_of
+from tests.img2dataset_columns import IMG2DATASET_COLUMNS
 
 BIN = Path(sys.executable).parent
 FAULTS = {"missing": 0.05, "notimage": 0.03, "truncated": 0.02, "noai": 0.02}
-IMG2DATASET_COLUMNS = [
-    "url",
-    "caption",
-    "key",
-    "status",
-    "error_message",
-    "width",
-    "height",
-    "original_width",
-    "original_height",
-    "exif",
-    "sha256",
-]
 
 
 @pytest.fixture(scope="module")
@@ -81,8 +69,7 @@ def test_flat_form_download_writes_a_webdataset(images: ImageServer, tmp_path: P
                 meta = json.loads(s["json"])
                 assert meta["status"] == "success" and meta["sha256"] == s["__key__"]
             table = pq.read_table(out / f"segments/{seg.segment_id}.parquet")
-            assert table.column_names[: len(IMG2DATASET_COLUMNS) - 1] == IMG2DATASET_COLUMNS[:-1]
-            assert "sha256" in table.column_names
+            assert table.column_names[: len(IMG2DATASET_COLUMNS)] == IMG2DATASET_COLUMNS
             rows += table.num_rows
             stats = json.loads((out / f"segments/{seg.segment_id}_stats.json").read_text())
             assert stats["count"] == table.num_rows

@@ -20,26 +20,12 @@ import pytest
 from PIL import Image
 
 from i2d_cli.main import main
-from i2d_fetcher.options import FetchOptions
 from i2d_imageserver import ImageServer
 from i2d_segments.index.sqlite import SqliteIndex
+from tests.img2dataset_columns import METADATA_COLUMNS
 
-METADATA = [
-    "url",
-    "caption",
-    "key",
-    "status",
-    "error_message",
-    "width",
-    "height",
-    "original_width",
-    "original_height",
-    "exif",
-]
 # The fetcher refuses non-public addresses unless allowed; the image server is on 127.0.0.1.
-LOCAL = (
-    ["--allowed_networks=127.0.0.1/32"] if "allowed_networks" in FetchOptions.model_fields else []
-)
+LOCAL = ["--allowed_networks=127.0.0.1/32"]
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +119,7 @@ def test_columns_options_and_failures_reach_json_and_parquet(
         index.close()
 
     columns = set(next(iter(by_url.values())))
-    assert {*METADATA, "sha512", "license", "md5", "faces"} <= columns
+    assert {*METADATA_COLUMNS, "sha512", "license", "md5", "faces"} <= columns
     assert "sha256" not in columns and "link" not in columns and "text" not in columns
 
     samples = tar_samples(out)
@@ -149,7 +135,7 @@ def test_columns_options_and_failures_reach_json_and_parquet(
         item_id = hashlib.sha256(bodies[url]).hexdigest()
         sample = samples[item_id]
         member = json.loads(sample["json"])
-        for name in [*METADATA, "sha512", "license", "md5", "faces"]:
+        for name in [*METADATA_COLUMNS, "sha512", "license", "md5", "faces"]:
             assert member[name] == row[name], name
         assert sample["txt"].decode() == row["caption"]
         assert Image.open(io.BytesIO(sample["jpg"])).size == (64, 64)

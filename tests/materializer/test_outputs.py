@@ -21,22 +21,10 @@ from i2d_segments.index.sqlite import SqliteIndex
 from i2d_segments.naming import object_name_of
 from i2d_segments.records import SegmentClosed
 from i2d_segments.store.local import LocalStore
+from tests.img2dataset_columns import IMG2DATASET_COLUMNS
 from tests.reader.dataset import Dataset
 
 REPO = Path(__file__).resolve().parents[2]
-IMG2DATASET_COLUMNS = [
-    "url",
-    "caption",
-    "key",
-    "status",
-    "error_message",
-    "width",
-    "height",
-    "original_width",
-    "original_height",
-    "exif",
-    "sha256",
-]
 
 
 def outputs(folder: Path) -> dict[str, bytes]:

@@ -148,17 +148,7 @@ class DatasetReader:
     def get(self, item_id: str, *, verify: bool = True) -> Item | None:
         """The item stored under `item_id`: one index lookup, one ranged read."""
         row = self._require_index().item(item_id)
-        if row is None:
-            return None
-        return Item(
-            item_id=row.item_id,
-            segment_id=row.segment_id,
-            ext=row.ext,
-            image=self.read_image(row, verify=verify),
-            meta=_item_meta(row),
-            data_offset=row.data_offset,
-            data_length=row.data_length,
-        )
+        return None if row is None else self._read_item(row, _item_meta(row), None, verify)
 
     def get_sample(self, sample_id: str, *, verify: bool = True) -> Item | None:
         """The image of one input row (None if unknown or failed), with that row's metadata."""
@@ -180,13 +170,19 @@ class DatasetReader:
         row = self._require_index().item(sample.item_id)
         if row is None:
             return None
+        return self._read_item(row, sample_meta(sample), sample.caption, verify)
+
+    def _read_item(
+        self, row: ItemRow, meta: dict[str, Any], caption: str | None, verify: bool
+    ) -> Item:
+        """The item of an index row, its bytes by one ranged read."""
         return Item(
             item_id=row.item_id,
             segment_id=row.segment_id,
             ext=row.ext,
             image=self.read_image(row, verify=verify),
-            meta=sample_meta(sample),
-            caption=sample.caption,
+            meta=meta,
+            caption=caption,
             data_offset=row.data_offset,
             data_length=row.data_length,
         )
