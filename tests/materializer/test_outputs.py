@@ -13,13 +13,13 @@ from pathlib import Path
 import pyarrow.parquet as pq
 from braceexpand import braceexpand
 
+from i2d_appender.announce import closed_event
 from i2d_materializer.service import MaterializerService
 from i2d_materializer.settings import MaterializerSettings
 from i2d_segments.bus.memory import MemoryBus
 from i2d_segments.index import SegmentRow
 from i2d_segments.index.sqlite import SqliteIndex
 from i2d_segments.naming import object_name_of
-from i2d_segments.records import SegmentClosed
 from i2d_segments.store.local import LocalStore
 from tests.img2dataset_columns import IMG2DATASET_COLUMNS
 from tests.reader.dataset import Dataset
@@ -114,23 +114,6 @@ def test_manifests_list_the_segments_for_webdataset_and_wids(dataset: Dataset) -
     reasons = {f["reason"]: f["count"] for f in summary["failures"]}
     assert sum(reasons.values()) == len(dataset.rows) - counts["success"]
     assert any("404" in r for r in reasons)
-
-
-def closed_event(seg: SegmentRow) -> SegmentClosed:
-    return SegmentClosed(
-        segment_id=seg.segment_id,
-        uri=seg.uri,
-        topic=seg.topic,
-        partition=seg.partition,
-        first_offset=seg.first_offset,
-        last_offset=seg.last_offset,
-        epoch=seg.epoch,
-        item_count=seg.item_count,
-        sample_count=seg.sample_count,
-        bytes=seg.bytes,
-        sha256=seg.sha256,
-        created_at=seg.created_at,
-    )
 
 
 def test_the_same_segment_closed_twice_gives_the_same_output(dataset: Dataset) -> None:
