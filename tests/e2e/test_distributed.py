@@ -17,6 +17,7 @@ import webdataset as wds
 from confluent_kafka import Producer
 
 from i2d_imageserver import ImageServer, make_url_list
+from i2d_segments.bus.kafka import KafkaBus
 from i2d_segments.ids import sample_id_for
 from i2d_segments.index.postgres import PostgresIndex
 from i2d_segments.naming import object_name_of, sidecar_name
@@ -132,6 +133,25 @@ def test_three_services_end_to_end(
         for name, p in procs.items():
             assert p.proc is not None
             assert p.proc.wait(60) == 0, f"{name} exit:\n{p.log_tail()}"
+        # After the stop every group's offsets are stored: a restart would redo nothing. Offsets
+        # count records, so each group's committed offsets add up to what its topic got: the
+        # urls records (the blank line too), at least one APPEND record per row and one
+        # SEGMENT_CLOSED per segment (at least once: a rebalance may repeat some).
+        bus = KafkaBus(kafka_bootstrap, config=dict(KAFKA_TEST_CONFIG))
+        try:
+            expected = {
+                ("fetcher", "urls"): ROWS + 1,
+                ("appender", "APPEND"): ROWS,
+                ("materializer", "SEGMENT_CLOSED"): len(index.segments()),
+            }
+            for (group, topic), records in expected.items():
+                lag = bus.lag(group, topic)
+                committed = [p.committed for p in lag]
+                assert None not in committed, (group, topic, lag)
+                total = sum(c for c in committed if c is not None)
+                assert total == records if topic == "urls" else total >= records, (group, lag)
+        finally:
+            bus.close()
 
         check_dataset(index, store, urls, images, tmp_path)
     finally:
