@@ -159,7 +159,15 @@ def test_columns_options_and_failures_reach_json_and_parquet(
 
 def test_blurring_changes_only_the_rows_with_boxes(images: ImageServer, tmp_path: Path) -> None:
     plain_url, boxed_url = images.url_for(521, 400, 400), images.url_for(522, 400, 400)
-    rows = [{"url": plain_url, "faces": None}, {"url": boxed_url, "faces": [[0.3, 0.3, 0.7, 0.7]]}]
+    # The plain image's bytes again (a redirect to it), this time with boxes: blurred, it is
+    # another item, and neither copy may stand for the other.
+    twin_url = images.url_for(521, 400, 400, fault="redirect")
+    boxes = [[0.3, 0.3, 0.7, 0.7]]
+    rows = [
+        {"url": plain_url, "faces": None},
+        {"url": boxed_url, "faces": boxes},
+        {"url": twin_url, "faces": boxes},
+    ]
     url_list = tmp_path / "list.jsonl"  # boxes as JSON lists, as on the urls topic
     url_list.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "out"
@@ -173,10 +181,14 @@ def test_blurring_changes_only_the_rows_with_boxes(images: ImageServer, tmp_path
     )
     assert rc == 0
     samples = tar_samples(out)
-    for url, blurred in ((plain_url, False), (boxed_url, True)):
+    by_url = {json.loads(s["json"])["url"]: s for s in samples.values()}
+    assert len(samples) == 3 and set(by_url) == {plain_url, boxed_url, twin_url}
+    for url, blurred in ((plain_url, False), (boxed_url, True), (twin_url, True)):
         body = original(url)
+        meta = json.loads(by_url[url]["json"])
+        assert meta["sha256"] == hashlib.sha256(body).hexdigest()  # the original's hash
         src = np.asarray(Image.open(io.BytesIO(body)).convert("RGB"), dtype=np.int32)
-        png = samples[hashlib.sha256(body).hexdigest()]["png"]
+        png = by_url[url]["png"]
         out_px = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=np.int32)
         inside = np.abs(src[150:250, 150:250] - out_px[150:250, 150:250]).mean()
         assert bool(inside > 1) is blurred

@@ -11,6 +11,7 @@ box edges still sees the real neighbourhood): the cost follows the boxes, not th
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from collections.abc import Sequence
@@ -23,6 +24,15 @@ Box = tuple[float, float, float, float]
 GROW = 0.1  # of the box diagonal, on each side
 SIGMA = 0.1  # of the largest box diagonal
 MARGIN_SIGMAS = 3  # a Gaussian's weight beyond 3 sigma is negligible
+
+
+def boxed_item_id(original_sha256: str, boxes: Sequence[Box]) -> str:
+    """The item_id of an image stored blurred: the original bytes *and* the boxes. A row of
+    the same bytes without boxes (or with other ones) stores other pixels, so it must not
+    stand for this one in dedup: an unblurred copy would be served where faces were to be
+    hidden. The row's hash column (`sha256`...) still names the original bytes."""
+    canonical = json.dumps([list(b) for b in boxes], separators=(",", ":"))
+    return hashlib.sha256(f"{original_sha256}\nblurred:{canonical}".encode()).hexdigest()
 
 
 class InvalidBoxes(ValueError):

@@ -18,7 +18,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
-from i2d_fetcher.blur import InvalidBoxes, parse_boxes
+from i2d_fetcher.blur import InvalidBoxes, boxed_item_id, parse_boxes
 from i2d_fetcher.download import FetchFailed, HttpClient, download
 from i2d_fetcher.imaging import ImageRejected, ProcessedImage
 from i2d_fetcher.options import FetchOptions
@@ -95,6 +95,8 @@ async def fetch_row(
         stats.resize_seconds = time.perf_counter() - started
     if verify is not None and verify[1] != opts.compute_hash:
         hashes = {k: v for k, v in hashes.items() if k == opts.compute_hash}
+    if boxes:
+        item_id = boxed_item_id(item_id, boxes)
     meta = AppendMeta(
         **row_fields(row),
         status=SampleStatus.SUCCESS,
@@ -113,7 +115,8 @@ async def fetch_row(
 
 
 def _digests(data: bytes, names: tuple[str, ...]) -> tuple[str, dict[str, str]]:
-    """item_id is always sha256 of the original bytes; `names` are the other digests wanted
+    """item_id is the sha256 of the original bytes (a blurred one adds its boxes, see
+    `boxed_item_id`); `names` are the other digests wanted
     (the user's `compute_hash` column, img2dataset's, and `verify_hash`'s type), each
     computed once."""
     item_id = hashlib.sha256(data).hexdigest()
