@@ -123,6 +123,7 @@ def test_columns_options_and_failures_reach_json_and_parquet(
     assert "sha256" not in columns and "link" not in columns and "text" not in columns
 
     samples = tar_samples(out)
+    stored = {json.loads(s["json"])["url"]: (key, s) for key, s in samples.items()}
     for url in [*good, exif_url, blurred]:
         row = by_url[url]
         src = Image.open(io.BytesIO(bodies[url]))
@@ -132,8 +133,9 @@ def test_columns_options_and_failures_reach_json_and_parquet(
         assert (row["original_width"], row["original_height"]) == src.size
         assert row["sha512"] == hashlib.sha512(bodies[url]).hexdigest()
         assert row["license"].startswith("cc-")
-        item_id = hashlib.sha256(bodies[url]).hexdigest()
-        sample = samples[item_id]
+        key, sample = stored[url]
+        # The tar key is the item_id: the original's sha256, with the boxes for a blurred one.
+        assert (key == hashlib.sha256(bodies[url]).hexdigest()) is (url != blurred)
         member = json.loads(sample["json"])
         for name in [*METADATA_COLUMNS, "sha512", "license", "md5", "faces"]:
             assert member[name] == row[name], name
