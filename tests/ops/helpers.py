@@ -13,7 +13,6 @@ outcome a failure).
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -24,46 +23,12 @@ from i2d_segments.bus import TopicPartition
 from i2d_segments.bus.memory import MemoryBus
 from i2d_segments.index import Index
 from i2d_segments.naming import segment_object_name
-from i2d_segments.records import AppendMeta, AppendRecord, SampleStatus, encode_append
+from i2d_segments.records import AppendRecord, encode_append
 from i2d_segments.store import SegmentStore
+from tests.append_records import failure, success
 
 TOPIC = "APPEND"
 TP = TopicPartition(TOPIC, 0)
-
-
-def success(n: int, content: bytes | None = None) -> AppendRecord:
-    original = content if content is not None else f"original-{n}".encode()
-    item_id = hashlib.sha256(original).hexdigest()
-    return AppendRecord(
-        meta=AppendMeta(
-            sample_id=f"s{n}",
-            url=f"http://127.0.0.1/img/{n}.jpg",
-            caption=f"caption {n}",
-            status=SampleStatus.SUCCESS,
-            item_id=item_id,
-            ext="jpg",
-            mime="image/jpeg",
-            width=8,
-            height=8,
-            original_width=16,
-            original_height=16,
-            hashes={"sha256": item_id},
-            extra={"extra_col": n},
-        ),
-        # Stored bytes differ from the original, as after a resize: item_id != data_sha256.
-        payload=b"\xff\xd8 resized " + original,
-    )
-
-
-def failure(n: int, sample_id: str | None = None) -> AppendRecord:
-    return AppendRecord(
-        meta=AppendMeta(
-            sample_id=sample_id or f"f{n}",
-            url=f"http://127.0.0.1/missing/{n}",
-            status=SampleStatus.FAILED_TO_DOWNLOAD,
-            error_message="404 Not Found",
-        )
-    )
 
 
 class Pipeline:

@@ -16,8 +16,9 @@ from i2d_segments.index.sqlite import SqliteIndex
 from i2d_segments.naming import sidecar_name, staging_name
 from i2d_segments.store import SegmentStore
 from i2d_segments.store.s3 import S3Store
+from tests.append_records import success
 from tests.ops.conftest import Backend
-from tests.ops.helpers import build_dataset, success
+from tests.ops.helpers import build_dataset
 
 ORPHAN = "segments/p00003/00000000000000000042-e7.tar"
 ABORTED = "segments/p00000/00000000000000000010-e9.tar"

@@ -23,8 +23,9 @@ from i2d_segments.reindex import (
     index_differences,
     rebuild_index,
 )
+from tests.append_records import failure, success
 from tests.ops.conftest import Backend
-from tests.ops.helpers import TP, build_dataset, failure, success
+from tests.ops.helpers import TP, build_dataset
 
 FAULTS = {"missing": 0.1, "notimage": 0.05}
 

@@ -20,48 +20,14 @@ from i2d_segments.bus.memory import MemoryBus
 from i2d_segments.index.sqlite import SqliteIndex
 from i2d_segments.naming import object_name_of
 from i2d_segments.records import (
-    AppendMeta,
     AppendRecord,
-    SampleStatus,
     SegmentClosed,
     encode_append,
 )
 from i2d_segments.store.local import LocalStore
+from tests.append_records import failure, success
 
 TOPIC = "APPEND"
-
-
-def success(n: int, content: bytes | None = None) -> AppendRecord:
-    original = content if content is not None else f"original-{n}".encode()
-    item_id = hashlib.sha256(original).hexdigest()
-    return AppendRecord(
-        meta=AppendMeta(
-            sample_id=f"s{n}",
-            url=f"http://127.0.0.1/img/{n}.jpg",
-            caption=f"caption {n}",
-            status=SampleStatus.SUCCESS,
-            item_id=item_id,
-            ext="jpg",
-            mime="image/jpeg",
-            width=8,
-            height=8,
-            original_width=16,
-            original_height=16,
-            hashes={"sha256": item_id},
-        ),
-        payload=b"\xff\xd8 encoded " + original,
-    )
-
-
-def failure(n: int) -> AppendRecord:
-    return AppendRecord(
-        meta=AppendMeta(
-            sample_id=f"f{n}",
-            url=f"http://127.0.0.1/missing/{n}",
-            status=SampleStatus.FAILED_TO_DOWNLOAD,
-            error_message="404 Not Found",
-        )
-    )
 
 
 class Harness:
