@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from typing import Any
+from unittest.mock import ANY
 
 import pytest
 
@@ -18,6 +19,7 @@ from i2d_status.server import StatusServer
 from i2d_status.settings import StatusSettings
 from i2d_status.source import StatusSource
 from tests.reader.dataset import Dataset
+from tests.servers.proc import wait_until
 from tests.status.helpers import check_conventions, get_json, http_get, scrape
 
 
@@ -167,6 +169,12 @@ def test_answers_follow_the_published_schema(server: str) -> None:
 
 def test_health_and_metrics(server: str) -> None:
     assert http_get(server + "/healthz")[:2] == (200, b"ok\n")
+    # Ready once the background task has computed its first snapshot: until then /readyz is a
+    # 503 that says so, so wait for it rather than race it.
+    status, body, _ = http_get(server + "/readyz")
+    if status == 503:
+        assert json.loads(body) == {"ready": False, "checks": ANY} and b'"refreshed": false' in body
+    wait_until(lambda: http_get(server + "/readyz")[0] == 200, 30, "the first refresh")
     ready = get_json(server + "/readyz")
     assert ready["ready"] is True and ready["checks"]["index"] and ready["checks"]["refreshed"]
     families = scrape(server + "/metrics")
