@@ -3,7 +3,8 @@
 Values are parsed like python-fire does for img2dataset users: Python literals where they
 parse (`'[]'`, `"['noai']"`, `None`, `True`, `1e9`), with bare words inside them taken as
 strings as fire does (`[noai,noindex]`, `[hash_col,sha256]`), plain strings otherwise;
-pydantic then validates them against the field's type. A bare `--flag` means True.
+pydantic then validates them against the field's type. A bare `--flag` means True and, for a
+boolean field, `--noflag` means False, as in python-fire.
 """
 
 from __future__ import annotations
@@ -68,6 +69,19 @@ def add_model_flags(
             metavar=name.upper(),
             help=(field.description or "") + shown,
         )
+        if _is_bool(field.annotation) and f"no{name}" not in model.model_fields:
+            target.add_argument(
+                f"--no{name}",
+                dest=name,
+                action="store_const",
+                const="False",
+                default=argparse.SUPPRESS,
+                help=f"same as --{name}=False",
+            )
+
+
+def _is_bool(annotation: Any) -> bool:
+    return annotation is bool or set(get_args(annotation)) == {bool, type(None)}
 
 
 def _is_text(annotation: Any) -> bool:

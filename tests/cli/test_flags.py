@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from i2d_cli.flags import model_kwargs, parse_value
 from i2d_cli.main import build_parser, normalize_argv
 from i2d_cli.options import DownloadOptions
@@ -102,3 +104,21 @@ def test_every_fetch_option_is_a_download_flag() -> None:
         "incremental_mode",
     }  # fmt: skip
     assert img2dataset_names <= flags
+
+
+def test_noflag_turns_a_boolean_off_as_in_python_fire() -> None:
+    args = normalize_argv(
+        ["--url_list=u.txt", "--noresize_only_if_bigger", "--noextract_exif", "--noprogress"]
+    )
+    ns = build_parser().parse_args(args)
+    fetch = FetcherSettings(**model_kwargs(ns, FetcherSettings)).fetch_options()
+    assert fetch.resize_only_if_bigger is False and fetch.extract_exif is False
+    assert DownloadOptions(**model_kwargs(ns, DownloadOptions)).progress is False
+    on = build_parser().parse_args(normalize_argv(["--url_list=u.txt", "--resize_only_if_bigger"]))
+    assert (
+        FetcherSettings(**model_kwargs(on, FetcherSettings)).fetch_options().resize_only_if_bigger
+    )
+    # only booleans get the no-form: `--noimage_size` is an unknown flag, not image_size=False
+    with pytest.raises(SystemExit) as exited:
+        build_parser().parse_args(normalize_argv(["--url_list=u.txt", "--noimage_size"]))
+    assert exited.value.code == 2
