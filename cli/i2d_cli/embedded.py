@@ -72,8 +72,10 @@ class Summary:
             f"deduplicated, {self.rows_skipped} rows skipped (already recorded), "
             f"{self.elapsed:.1f}s, {self.images_per_second:.1f} images/s",
             "dataset: "
-            + ", ".join(f"{k}={v}" for k, v in sorted(self.status_counts.items()))
-            + f", {self.segments} segments",
+            + ", ".join(
+                [f"{k}={v}" for k, v in sorted(self.status_counts.items())]
+                + [f"{self.segments} segment{'' if self.segments == 1 else 's'}"]
+            ),
         ]
         if self.error_counts:
             lines.append("failures by reason:")
