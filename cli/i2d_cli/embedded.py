@@ -33,7 +33,7 @@ from i2d_segments.bus.memory import MemoryBus
 from i2d_segments.gc import find_abandoned_uploads, find_garbage
 from i2d_segments.index import Index
 from i2d_segments.index.sqlite import SqliteIndex
-from i2d_segments.records import UrlRow, encode_url_row
+from i2d_segments.records import UnparsedRow, UrlRow, encode_url_row
 from i2d_segments.store.local import LocalStore
 
 log = logging.getLogger(__name__)
@@ -243,10 +243,11 @@ class EmbeddedDownload:
             self.opts.url_col,
             self.opts.caption_col,
             carried_columns(self.opts.save_additional_columns, self.fetcher_settings),
+            self.opts.number_sample_per_shard,
         )
         skip_known = self.opts.incremental_mode == "incremental"
         produced = 0
-        batch: list[UrlRow] = []
+        batch: list[UrlRow | UnparsedRow] = []
 
         def flush_batch() -> None:
             nonlocal produced

@@ -31,6 +31,12 @@ class EnqueueSettings(ConnectionSettings):
     save_additional_columns: list[str] | None = Field(
         None, description="More input columns carried with each row."
     )
+    number_sample_per_shard: int = Field(
+        10000,
+        ge=1,
+        description="Numbers the rows' img2dataset `key` metadata column as img2dataset's "
+        "shards of this many rows would (the appender sizes the segments).",
+    )
     # The fetchers' options that read input columns: the columns must travel with the rows.
     bbox_col: str | None = Field(None, description="Column of boxes to blur (bbox_col).")
     verify_hash: list[str] | None = Field(
@@ -53,6 +59,7 @@ def enqueue(settings: EnqueueSettings) -> int:
             settings.url_col,
             settings.caption_col,
             carried_columns(settings.save_additional_columns, carried),
+            settings.number_sample_per_shard,
         )
         started = time.monotonic()
         count = 0

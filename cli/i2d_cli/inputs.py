@@ -9,6 +9,7 @@ import csv
 import gzip
 import io
 import json
+import math
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
@@ -17,7 +18,7 @@ import pyarrow.parquet as pq
 
 from i2d_cli.errors import InputError
 from i2d_fetcher.options import FetchOptions
-from i2d_segments.records import UrlRow
+from i2d_segments.records import UnparsedRow, UrlRow
 
 INPUT_FORMATS = (
     "txt",
@@ -52,8 +53,35 @@ def _open_text(path: Path) -> IO[str]:
     return path.open("r", encoding="utf-8", newline="")
 
 
+class Img2datasetKeys:
+    """img2dataset's `key` of each input row. Each file is cut into shards of
+    `number_sample_per_shard` rows, shard ids running on across the files of a folder; the key
+    is shard id x 10^ceil(log10(per shard)) + the row's place in its shard, zero-padded to 5
+    more digits (row 5 of shard 1 with the defaults: `000010005`)."""
+
+    SHARD_DIGITS = 5  # img2dataset's oom_shard_count
+
+    def __init__(self, number_sample_per_shard: int) -> None:
+        if number_sample_per_shard < 1:
+            raise InputError("number_sample_per_shard must be at least 1")
+        self.per_shard = number_sample_per_shard
+        self.row_digits = math.ceil(math.log10(number_sample_per_shard))
+        self.first_shard = 0  # of the file being read
+
+    def key(self, position: int) -> str:
+        """The key of the row at `position` (0-based) in the current file."""
+        shard, row = divmod(position, self.per_shard)
+        value = (self.first_shard + shard) * 10**self.row_digits + row
+        return f"{value:0{self.SHARD_DIGITS + self.row_digits}d}"
+
+    def end_file(self, rows: int) -> None:
+        self.first_shard += math.ceil(rows / self.per_shard)
+
+
 class RowReader:
-    """Turns input records into `UrlRow`s with img2dataset's column options."""
+    """Turns input records into `UrlRow`s with img2dataset's column options, each with its
+    img2dataset key. A record without a usable url becomes an `UnparsedRow`, which the fetcher
+    records as a failed sample."""
 
     def __init__(
         self,
@@ -61,6 +89,7 @@ class RowReader:
         url_col: str = "url",
         caption_col: str | None = None,
         save_additional_columns: Sequence[str] | None = None,
+        number_sample_per_shard: int = 10_000,
     ) -> None:
         if input_format not in INPUT_FORMATS:
             raise InputError(f"unknown input_format {input_format!r}; one of {INPUT_FORMATS}")
@@ -68,34 +97,37 @@ class RowReader:
         self.url_col = url_col
         self.caption_col = caption_col
         self.extra_cols = list(save_additional_columns or [])
+        self.number_sample_per_shard = number_sample_per_shard
 
-    def rows(self, url_list: str | Path) -> Iterator[UrlRow]:
+    def rows(self, url_list: str | Path) -> Iterator[UrlRow | UnparsedRow]:
+        keys = Img2datasetKeys(self.number_sample_per_shard)
         for path in input_files(url_list, self.input_format):
-            yield from self._file_rows(path)
+            position = 0
+            for position, rec in enumerate(self._records(path), start=1):
+                yield self._row(rec, keys.key(position - 1))
+            keys.end_file(position)
 
-    def _file_rows(self, path: Path) -> Iterator[UrlRow]:
+    def _records(self, path: Path) -> Iterator[Any]:
+        """The file's records in order: a url string per non-blank txt line, else objects."""
         fmt = self.input_format.removesuffix(".gz")
         if fmt == "txt":
             with _open_text(path) as f:
                 for line in f:
-                    url = line.strip()
-                    if url:
-                        yield UrlRow(url=url)
+                    if line.strip():
+                        yield line.strip()
         elif fmt in ("csv", "tsv"):
             with _open_text(path) as f:
                 reader = csv.DictReader(f, delimiter="," if fmt == "csv" else "\t")
                 self._check_columns(path, reader.fieldnames or [])
-                for rec in reader:
-                    row = self._row(rec)
-                    if row is not None:
-                        yield row
+                yield from reader
         elif fmt == "jsonl":
             with _open_text(path) as f:
                 for line in f:
                     if line.strip():
-                        row = self._row(json.loads(line))
-                        if row is not None:
-                            yield row
+                        try:
+                            yield json.loads(line.strip())
+                        except json.JSONDecodeError as e:
+                            yield _Invalid(line.strip(), f"invalid JSON row: {e}")
         elif fmt == "json":
             # A JSON array has no streaming boundary short of a full parser; img2dataset loads
             # it whole too. Use jsonl for large lists.
@@ -103,19 +135,13 @@ class RowReader:
                 records = json.load(f)
             if not isinstance(records, list):
                 raise InputError(f"{path}: a json input must hold an array of objects")
-            for rec in records:
-                row = self._row(rec)
-                if row is not None:
-                    yield row
+            yield from records
         else:  # parquet
             pf = pq.ParquetFile(path)
             self._check_columns(path, pf.schema_arrow.names)
             columns = [c for c in self._wanted() if c in pf.schema_arrow.names]
             for batch in pf.iter_batches(batch_size=10_000, columns=columns):
-                for rec in batch.to_pylist():
-                    row = self._row(rec)
-                    if row is not None:
-                        yield row
+                yield from batch.to_pylist()
 
     def _wanted(self) -> list[str]:
         cols = [self.url_col, *self.extra_cols]
@@ -130,12 +156,18 @@ class RowReader:
         if missing:
             raise InputError(f"{path}: missing column(s) {missing}; columns are {list(names)}")
 
-    def _row(self, rec: Any) -> UrlRow | None:
+    def _row(self, rec: Any, row_key: str) -> UrlRow | UnparsedRow:
+        if isinstance(rec, str):
+            return UrlRow(url=rec, row_key=row_key)
+        if isinstance(rec, _Invalid):
+            return UnparsedRow.of(rec.error, row_key, {"line": rec.text})
         if not isinstance(rec, dict):
-            return None
+            return UnparsedRow.of("the row is not an object", row_key, {"record": rec})
         url = rec.get(self.url_col)
         if not isinstance(url, str) or not url.strip():
-            return None
+            reason = f"no {self.url_col!r} string in the row"
+            held = {k: v for k, v in rec.items() if k not in ("url", self.url_col)}
+            return UnparsedRow.of(reason, row_key, {**held, "not_a_url": url})
         caption = rec.get(self.caption_col) if self.caption_col else None
         key = rec.get("key")
         extra = {c: rec.get(c) for c in self.extra_cols}
@@ -143,8 +175,16 @@ class RowReader:
             url=url.strip(),
             caption=None if caption is None else str(caption),
             key=None if key is None else str(key),
+            row_key=row_key,
             extra=extra,
         )
+
+
+class _Invalid:
+    """A jsonl line that is not JSON: kept, so it is reported as a failed sample."""
+
+    def __init__(self, text: str, error: str) -> None:
+        self.text, self.error = text, error
 
 
 def carried_columns(save_additional_columns: Sequence[str] | None, opts: FetchOptions) -> list[str]:

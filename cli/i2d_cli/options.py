@@ -21,7 +21,10 @@ class DownloadOptions(BaseModel):
         None, description="More input columns kept in each sample's metadata."
     )
     number_sample_per_shard: int = Field(
-        10000, ge=1, description="Input rows per segment (segments also close by size)."
+        10000,
+        ge=1,
+        description="Input rows per segment (segments also close by size); also numbers the "
+        "rows' img2dataset `key` as its shards do.",
     )
     incremental_mode: Literal["incremental", "overwrite", "extend"] = Field(
         "incremental",

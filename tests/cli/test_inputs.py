@@ -13,6 +13,16 @@ import pytest
 
 from i2d_cli.inputs import InputError, RowReader, carried_columns, count_rows
 from i2d_fetcher.options import FetchOptions
+from i2d_fetcher.outcome import Outcome, parse
+from i2d_segments.records import (
+    MalformedRecord,
+    SampleStatus,
+    UnparsedRow,
+    UrlRow,
+    decode_append,
+    encode_url_row,
+    parse_url_value,
+)
 
 ROWS = [
     {"url": "http://127.0.0.1/a.jpg", "text": "a cat", "license": "cc-by"},
@@ -84,3 +94,58 @@ def test_columns_the_fetch_options_read_travel_with_the_rows(tmp_path: Path) -> 
     assert row.extra == {"h": "ab", "faces": [[0.1, 0.1, 0.2, 0.2]]}
     with pytest.raises(InputError, match="missing column"):
         list(RowReader("parquet", save_additional_columns=["nope"]).rows(path))
+
+
+def test_rows_carry_img2dataset_keys_numbered_across_the_files_of_a_folder(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "a.txt").write_text("".join(f"http://127.0.0.1/a{i}.jpg\n" for i in range(5)))
+    (tmp_path / "b.txt").write_text("http://127.0.0.1/b0.jpg\n\nhttp://127.0.0.1/b1.jpg\n")
+    rows = list(RowReader("txt", number_sample_per_shard=3).rows(tmp_path))
+    # shards of 3 rows: shard x 10 + place, on 5 + 1 digits; b.txt starts a shard of its own
+    assert [r.row_key for r in rows] == [
+        "000000", "000001", "000002", "000010", "000011", "000020", "000021",
+    ]  # fmt: skip
+    assert all(isinstance(r, UrlRow) and r.key is None for r in rows)
+    many = tmp_path / "many" / "urls.txt"
+    many.parent.mkdir()
+    many.write_text("".join(f"http://127.0.0.1/{i}.jpg\n" for i in range(10_006)))
+    *_, last = RowReader("txt").rows(many)  # the defaults: 10000 rows per shard
+    assert last.row_key == "000010005"  # row 5 of shard 1, as img2dataset numbers it
+
+
+def test_a_key_column_is_the_rows_identity_and_its_metadata_key(tmp_path: Path) -> None:
+    path = tmp_path / "list.jsonl"
+    path.write_text(json.dumps({"url": "http://127.0.0.1/a.jpg", "key": "mine"}) + "\n")
+    [row] = RowReader("jsonl").rows(path)
+    assert isinstance(row, UrlRow)
+    assert (row.sample_id, row.metadata_key, row.row_key) == ("mine", "mine", "000000000")
+    assert parse_url_value(encode_url_row(row)) == row  # the row_key travels on the topic
+
+
+def test_rows_without_a_url_are_kept_as_failed_samples(tmp_path: Path) -> None:
+    path = tmp_path / "list.csv"
+    path.write_text("url,text\nhttp://127.0.0.1/a.jpg,a\n,empty\n  ,blank\n")
+    good, empty, blank = RowReader("csv", caption_col="text").rows(path)
+    assert isinstance(good, UrlRow) and good.row_key == "000000000"
+    assert isinstance(empty, UnparsedRow) and isinstance(blank, UnparsedRow)
+    assert empty.sample_id != blank.sample_id  # two bad rows are two failed samples
+    for bad, row_key in ((empty, "000000001"), (blank, "000000002")):
+        outcome = parse(encode_url_row(bad), "url", "caption")  # what the fetcher makes of it
+        assert isinstance(outcome, Outcome)
+        meta = decode_append(outcome.value).meta
+        assert meta.status == SampleStatus.FAILED_TO_DOWNLOAD
+        assert meta.error_message == "malformed row: no 'url' string in the row"
+        assert (meta.sample_id, meta.key) == (bad.sample_id, row_key)
+
+    jsonl = tmp_path / "list.jsonl"
+    jsonl.write_text('{"url": "http://127.0.0.1/a.jpg"}\n{"url": \n[1, 2]\n')
+    _, broken, array = RowReader("jsonl").rows(jsonl)
+    reasons = []
+    for bad in (broken, array):
+        assert isinstance(bad, UnparsedRow)
+        with pytest.raises(MalformedRecord) as e:
+            parse_url_value(encode_url_row(bad))
+        reasons.append(str(e.value))
+    assert reasons[0].startswith("invalid JSON row: Expecting value")
+    assert reasons[1] == "the row is not an object"

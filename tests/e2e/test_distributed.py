@@ -174,6 +174,15 @@ def check_dataset(
     assert any("404" in e for e in errors), errors
     assert any("X-Robots-Tag" in e for e in errors), errors
 
+    # img2dataset's `key`: enqueue numbers its rows in shards of I2D_NUMBER_SAMPLE_PER_SHARD
+    # (120: shard x 1000 + place, on 5 + 3 digits); a raw line has no place in a list, so its
+    # key is its sample_id.
+    half = len(urls) // 2
+    for i, url in enumerate(urls):
+        if urls.count(url) == 1:
+            expected = f"{i // 120 * 1000 + i % 120:08d}" if i < half else sample_id_for(url)
+            assert index.sample(sample_id_for(url)).attrs["key"] == expected  # type: ignore[union-attr]
+
     segments = index.segments()
     assert len(segments) >= 2
     total_items = 0

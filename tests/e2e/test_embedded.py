@@ -49,6 +49,8 @@ def test_flat_form_download_writes_a_webdataset(images: ImageServer, tmp_path: P
         ]
     )
     assert rc == 0
+    # img2dataset's key: shard (of 40 rows) x 100 + place in the shard, on 5 + 2 digits
+    key_of = {url: f"{(i // 40) * 100 + i % 40:07d}" for i, url in enumerate(urls)}
     index = SqliteIndex(out / "index.sqlite")
     try:
         segments = index.segments()
@@ -68,8 +70,11 @@ def test_flat_form_download_writes_a_webdataset(images: ImageServer, tmp_path: P
                 assert img.size == (256, 256)  # default: border to 256
                 meta = json.loads(s["json"])
                 assert meta["status"] == "success" and meta["sha256"] == s["__key__"]
+                assert meta["key"] == key_of[meta["url"]]
             table = pq.read_table(out / f"segments/{seg.segment_id}.parquet")
             assert table.column_names[: len(IMG2DATASET_COLUMNS)] == IMG2DATASET_COLUMNS
+            for url, key in zip(table["url"].to_pylist(), table["key"].to_pylist(), strict=True):
+                assert key == key_of[url]
             rows += table.num_rows
             stats = json.loads((out / f"segments/{seg.segment_id}_stats.json").read_text())
             assert stats["count"] == table.num_rows
@@ -236,3 +241,43 @@ def test_lone_surrogates_in_a_jsonl_row_are_replaced_not_fatal(
     assert sample["txt"].decode() == "a ? cat"
     meta = json.loads(sample["json"])
     assert meta["caption"] == "a ? cat" and meta["tag"] == "x?"
+
+
+def test_rows_without_a_url_are_failed_samples_with_their_key(
+    images: ImageServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A bad line of a url list is reported, not dropped: it gets its sample row, its reason
+    and its img2dataset key, and a rerun counts it as recorded."""
+    first, last = make_url_list(images.base_url, 2, seed=17)
+    lines = [
+        json.dumps({"url": first}),
+        '{"url": "truncated',
+        json.dumps({"caption": "no url"}),
+        json.dumps({"url": 42}),
+        json.dumps({"url": last}),
+    ]
+    (tmp_path / "urls.jsonl").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "out"
+    argv = [
+        "download",
+        f"--url_list={tmp_path / 'urls.jsonl'}",
+        "--input_format=jsonl",
+        f"--output_folder={out}",
+        "--number_sample_per_shard=2",
+        "--progress=False",
+        "--allowed_networks=127.0.0.1/32",  # the local image server
+    ]
+    assert main(argv) == 0
+    rows = [r for p in (out / "segments").rglob("*.parquet") for r in pq.read_table(p).to_pylist()]
+    assert sorted(r["key"] for r in rows) == ["000000", "000001", "000010", "000011", "000020"]
+    by_key = {r["key"]: r for r in rows}
+    assert (by_key["000000"]["status"], by_key["000020"]["status"]) == ("success", "success")
+    reasons = {k: by_key[k]["error_message"] for k in ("000001", "000010", "000011")}
+    assert reasons["000001"].startswith("malformed row: invalid JSON row: Unterminated string")
+    assert reasons["000010"] == reasons["000011"] == "malformed row: no 'url' string in the row"
+    assert {by_key[k]["status"] for k in reasons} == {"failed_to_download"}
+    assert "truncated" in by_key["000001"]["url"]  # the bad line's text, to find it by
+    assert '"caption":"no url"' in by_key["000010"]["url"]
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert "5 rows skipped (already recorded)" in capsys.readouterr().out

@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from i2d_segments.ids import sample_id_for
+from i2d_segments.ids import sample_id_for, sha256_hex
 
 
 class MalformedRecord(ValueError):
@@ -38,9 +38,13 @@ class UrlRow(BaseModel):
     url: str
     caption: str | None = None
     key: str | None = None
+    # img2dataset's `key` of the row: its shard and position in the url list, zero-padded
+    # (`000010005`). The `key` metadata column when the row carries no key of its own, so
+    # users can join on it as with img2dataset; it is not the row's identity (sample_id).
+    row_key: str | None = None
     extra: dict[str, Any] = Field(default_factory=dict)
 
-    @field_validator("url", "caption", "key", "extra", mode="after")
+    @field_validator("url", "caption", "key", "row_key", "extra", mode="after")
     @classmethod
     def _valid_unicode(cls, value: Any) -> Any:
         """JSON may carry lone surrogates (`"\\ud800"`), which no UTF-8 member, manifest or
@@ -51,6 +55,33 @@ class UrlRow(BaseModel):
     @property
     def sample_id(self) -> str:
         return sample_id_for(self.url, self.key)
+
+    @property
+    def metadata_key(self) -> str | None:
+        return self.key if self.key is not None else self.row_key
+
+
+class UnparsedRow(BaseModel):
+    """An input record without a usable url: a bad row is reported, never dropped. It travels
+    as a JSON object without a url, with its `row_key`, what it held, and `malformed` (why),
+    which the fetcher records as a failed sample "malformed row: <why>" keyed by its text,
+    like any malformed `urls` record."""
+
+    model_config = ConfigDict(frozen=True)
+
+    value: bytes
+
+    @classmethod
+    def of(cls, reason: str, row_key: str | None, held: dict[str, Any]) -> UnparsedRow:
+        return cls(value=json_row({"malformed": reason, "row_key": row_key, **held}))
+
+    @property
+    def sample_id(self) -> str:
+        return unparsed_sample_id(self.value)
+
+
+def unparsed_sample_id(value: bytes) -> str:
+    return sha256_hex(value.strip())
 
 
 def _replace_surrogates(value: Any) -> Any:
@@ -85,28 +116,53 @@ def parse_url_value(
         raise MalformedRecord("JSON row is not an object")
     url = obj.pop(url_col, None)
     if not isinstance(url, str) or not url.strip():
-        raise MalformedRecord(f"JSON row has no {url_col!r} string")
+        # A producer that could not read a row of its own input says why (UnparsedRow).
+        reason = obj.get("malformed")
+        raise MalformedRecord(
+            reason if isinstance(reason, str) else f"JSON row has no {url_col!r} string"
+        )
     caption = obj.pop(caption_col, None) if caption_col else None
     key = obj.pop("key", None)
+    row_key = obj.pop("row_key", None)
     return UrlRow(
         url=url.strip(),
         caption=None if caption is None else str(caption),
         key=None if key is None else str(key),
+        row_key=None if row_key is None else str(row_key),
         extra=obj,
     )
 
 
-def encode_url_row(row: UrlRow) -> bytes:
+def row_key_of(value: bytes) -> str | None:
+    """The `row_key` of a malformed `urls` record, when it still is a JSON object with one."""
+    try:
+        obj = json.loads(value)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    row_key = obj.get("row_key") if isinstance(obj, dict) else None
+    return row_key if isinstance(row_key, str) else None
+
+
+def encode_url_row(row: UrlRow | UnparsedRow) -> bytes:
     """The JSON form of a row on the `urls` topic (a bare URL when it has nothing else)."""
-    if row.caption is None and row.key is None and not row.extra:
+    if isinstance(row, UnparsedRow):
+        return row.value
+    if row.caption is None and row.key is None and row.row_key is None and not row.extra:
         return row.url.encode("utf-8")
     obj: dict[str, Any] = {"url": row.url}
     if row.caption is not None:
         obj["caption"] = row.caption
     if row.key is not None:
         obj["key"] = row.key
+    if row.row_key is not None:
+        obj["row_key"] = row.row_key
     obj.update(row.extra)
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    return json_row(obj)
+
+
+def json_row(obj: dict[str, Any]) -> bytes:
+    # default=str: a parquet column may hold dates or decimals, which JSON has no type for.
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), default=str).encode()
 
 
 # --------------------------------------------------------------------------- APPEND topic

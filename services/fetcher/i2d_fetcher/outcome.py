@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from i2d_fetcher.reasons import reason_of
-from i2d_segments.ids import sha256_hex
 from i2d_segments.records import (
     AppendMeta,
     AppendRecord,
@@ -21,6 +20,8 @@ from i2d_segments.records import (
     UrlRow,
     encode_append,
     parse_url_value,
+    row_key_of,
+    unparsed_sample_id,
 )
 
 
@@ -82,8 +83,9 @@ def failure_record(raw: bytes, error: str) -> AppendRecord:
     text = raw.decode("utf-8", errors="replace").strip()
     return AppendRecord(
         meta=AppendMeta(
-            sample_id=sha256_hex(raw.strip()),
+            sample_id=unparsed_sample_id(raw),
             url=text[:4096],
+            key=row_key_of(raw),
             status=SampleStatus.FAILED_TO_DOWNLOAD,
             error_message=error,
         )
@@ -99,6 +101,6 @@ def row_fields(row: UrlRow) -> dict[str, Any]:
         "sample_id": row.sample_id,
         "url": row.url,
         "caption": row.caption,
-        "key": row.key,
+        "key": row.metadata_key,
         "extra": row.extra,
     }
