@@ -139,13 +139,14 @@ def test_rows_without_a_url_are_kept_as_failed_samples(tmp_path: Path) -> None:
         assert (meta.sample_id, meta.key) == (bad.sample_id, row_key)
 
     jsonl = tmp_path / "list.jsonl"
-    jsonl.write_text('{"url": "http://127.0.0.1/a.jpg"}\n{"url": \n[1, 2]\n')
-    _, broken, array = RowReader("jsonl").rows(jsonl)
+    jsonl.write_text('{"url": "http://127.0.0.1/a.jpg"}\n{"url": \n[1, 2]\n{"c": "\\ud800"}\n')
+    _, broken, array, surrogate = RowReader("jsonl").rows(jsonl)
     reasons = []
-    for bad in (broken, array):
+    for bad in (broken, array, surrogate):
         assert isinstance(bad, UnparsedRow)
         with pytest.raises(MalformedRecord) as e:
             parse_url_value(encode_url_row(bad))
         reasons.append(str(e.value))
     assert reasons[0].startswith("invalid JSON row: Expecting value")
     assert reasons[1] == "the row is not an object"
+    assert reasons[2] == "no 'url' string in the row"

@@ -161,8 +161,10 @@ def encode_url_row(row: UrlRow | UnparsedRow) -> bytes:
 
 
 def json_row(obj: dict[str, Any]) -> bytes:
-    # default=str: a parquet column may hold dates or decimals, which JSON has no type for.
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), default=str).encode()
+    # default=str: a parquet column may hold dates or decimals, which JSON has no type for;
+    # "replace": a lone surrogate a malformed row still holds becomes "?" (UrlRow's are gone).
+    text = json.dumps(obj, ensure_ascii=False, separators=(",", ":"), default=str)
+    return text.encode("utf-8", "replace")
 
 
 # --------------------------------------------------------------------------- APPEND topic
