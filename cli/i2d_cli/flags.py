@@ -58,7 +58,9 @@ def add_model_flags(
             continue
         shown = " (required)"
         if not field.is_required():
-            default = field.get_default(call_default_factory=False)
+            # A default_factory's value is shown as well (call_default_factory=False gives
+            # PydanticUndefined for it), as long as it is a plain value.
+            default = field.get_default(call_default_factory=True, validated_data={})
             shown = "" if default is None or callable(default) else f" (default: {default!r})"
         target.add_argument(
             f"--{name}",

@@ -122,3 +122,13 @@ def test_noflag_turns_a_boolean_off_as_in_python_fire() -> None:
     with pytest.raises(SystemExit) as exited:
         build_parser().parse_args(normalize_argv(["--url_list=u.txt", "--noimage_size"]))
     assert exited.value.code == 2
+
+
+def test_help_shows_every_default_and_marks_required_flags() -> None:
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    helps = {name: " ".join(p.format_help().split()) for name, p in sub.choices.items()}  # type: ignore[attr-defined]
+    assert not [name for name, text in helps.items() if "Undefined" in text]
+    assert "A url file, or a folder of them. (required)" in helps["download"]
+    assert "(default: 256)" in helps["download"]  # image_size
+    assert "(default: ['success'])" in helps["materialize"]  # a default_factory's value
