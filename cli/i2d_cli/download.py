@@ -10,6 +10,7 @@ import sys
 
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from i2d_cli.compat import Img2datasetCompat
 from i2d_cli.flags import add_model_flags, model_kwargs
 from i2d_cli.options import DownloadOptions
 from i2d_fetcher.settings import FetcherSettings
@@ -23,11 +24,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_flags(parser, DownloadOptions)
     # The fetcher's own options (img2dataset's names); connection settings mean nothing here.
     add_model_flags(parser, FetcherSettings, skip=(*ConnectionSettings.model_fields, "group_id"))
+    add_model_flags(parser, Img2datasetCompat, group_title="img2dataset flags with one value here")
 
 
 def run(ns: argparse.Namespace) -> int:
     from i2d_cli.embedded import DownloadInterrupted, EmbeddedDownload
 
+    Img2datasetCompat(**model_kwargs(ns, Img2datasetCompat))  # a value we cannot honour fails
     opts = DownloadOptions(**model_kwargs(ns, DownloadOptions))
     fetcher_kwargs = model_kwargs(ns, FetcherSettings)
     # --url_col/--caption_col name the input file's columns (DownloadOptions); rows reach the

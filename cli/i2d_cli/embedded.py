@@ -244,6 +244,7 @@ class EmbeddedDownload:
             self.opts.caption_col,
             carried_columns(self.opts.save_additional_columns, self.fetcher_settings),
             self.opts.number_sample_per_shard,
+            self.opts.oom_shard_count,
         )
         skip_known = self.opts.incremental_mode == "incremental"
         produced = 0

@@ -37,6 +37,9 @@ class EnqueueSettings(ConnectionSettings):
         description="Numbers the rows' img2dataset `key` metadata column as img2dataset's "
         "shards of this many rows would (the appender sizes the segments).",
     )
+    oom_shard_count: int = Field(
+        5, ge=1, le=20, description="Digits of the shard number in the rows' `key`."
+    )
     # The fetchers' options that read input columns: the columns must travel with the rows.
     bbox_col: str | None = Field(None, description="Column of boxes to blur (bbox_col).")
     verify_hash: list[str] | None = Field(
@@ -60,6 +63,7 @@ def enqueue(settings: EnqueueSettings) -> int:
             settings.caption_col,
             carried_columns(settings.save_additional_columns, carried),
             settings.number_sample_per_shard,
+            settings.oom_shard_count,
         )
         started = time.monotonic()
         count = 0

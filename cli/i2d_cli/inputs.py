@@ -56,23 +56,22 @@ def _open_text(path: Path) -> IO[str]:
 class Img2datasetKeys:
     """img2dataset's `key` of each input row. Each file is cut into shards of
     `number_sample_per_shard` rows, shard ids running on across the files of a folder; the key
-    is shard id x 10^ceil(log10(per shard)) + the row's place in its shard, zero-padded to 5
-    more digits (row 5 of shard 1 with the defaults: `000010005`)."""
+    is shard id x 10^ceil(log10(per shard)) + the row's place in its shard, zero-padded to
+    `oom_shard_count` more digits (row 5 of shard 1 with the defaults: `000010005`)."""
 
-    SHARD_DIGITS = 5  # img2dataset's oom_shard_count
-
-    def __init__(self, number_sample_per_shard: int) -> None:
+    def __init__(self, number_sample_per_shard: int, oom_shard_count: int = 5) -> None:
         if number_sample_per_shard < 1:
             raise InputError("number_sample_per_shard must be at least 1")
         self.per_shard = number_sample_per_shard
         self.row_digits = math.ceil(math.log10(number_sample_per_shard))
+        self.width = oom_shard_count + self.row_digits
         self.first_shard = 0  # of the file being read
 
     def key(self, position: int) -> str:
         """The key of the row at `position` (0-based) in the current file."""
         shard, row = divmod(position, self.per_shard)
         value = (self.first_shard + shard) * 10**self.row_digits + row
-        return f"{value:0{self.SHARD_DIGITS + self.row_digits}d}"
+        return f"{value:0{self.width}d}"
 
     def end_file(self, rows: int) -> None:
         self.first_shard += math.ceil(rows / self.per_shard)
@@ -90,6 +89,7 @@ class RowReader:
         caption_col: str | None = None,
         save_additional_columns: Sequence[str] | None = None,
         number_sample_per_shard: int = 10_000,
+        oom_shard_count: int = 5,
     ) -> None:
         if input_format not in INPUT_FORMATS:
             raise InputError(f"unknown input_format {input_format!r}; one of {INPUT_FORMATS}")
@@ -98,9 +98,10 @@ class RowReader:
         self.caption_col = caption_col
         self.extra_cols = list(save_additional_columns or [])
         self.number_sample_per_shard = number_sample_per_shard
+        self.oom_shard_count = oom_shard_count
 
     def rows(self, url_list: str | Path) -> Iterator[UrlRow | UnparsedRow]:
-        keys = Img2datasetKeys(self.number_sample_per_shard)
+        keys = Img2datasetKeys(self.number_sample_per_shard, self.oom_shard_count)
         for path in input_files(url_list, self.input_format):
             position = 0
             for position, rec in enumerate(self._records(path), start=1):

@@ -112,7 +112,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(module.run(ns))
     except ValidationError as e:
-        print(f"img2dataset: invalid option: {e}", file=sys.stderr)
+        for error in e.errors():
+            flag = "--" + ".".join(str(part) for part in error["loc"])
+            reason = error["msg"].removeprefix("Value error, ")
+            print(f"img2dataset: invalid option {flag}: {reason}", file=sys.stderr)
         return 2
     except InputError as e:
         print(f"img2dataset: {e}", file=sys.stderr)

@@ -26,6 +26,9 @@ class DownloadOptions(BaseModel):
         description="Input rows per segment (segments also close by size); also numbers the "
         "rows' img2dataset `key` as its shards do.",
     )
+    oom_shard_count: int = Field(
+        5, ge=1, le=20, description="Digits of the shard number in the rows' `key`."
+    )
     incremental_mode: Literal["incremental", "overwrite", "extend"] = Field(
         "incremental",
         description="incremental: skip rows already recorded (resume); overwrite: start over; "

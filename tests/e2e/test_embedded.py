@@ -46,11 +46,17 @@ def test_flat_form_download_writes_a_webdataset(images: ImageServer, tmp_path: P
             "--processes_count=1",
             "--progress=False",
             "--allowed_networks=127.0.0.1/32",  # the local image server
+            # img2dataset's own machinery, with the values that describe what happens here
+            "--output_format=webdataset",
+            "--distributor=multiprocessing",
+            "--enable_wandb=False",
+            "--max_shard_retry=3",
+            "--oom_shard_count=3",
         ]
     )
     assert rc == 0
-    # img2dataset's key: shard (of 40 rows) x 100 + place in the shard, on 5 + 2 digits
-    key_of = {url: f"{(i // 40) * 100 + i % 40:07d}" for i, url in enumerate(urls)}
+    # img2dataset's key: shard (of 40 rows) x 100 + place in the shard, on 3 + 2 digits
+    key_of = {url: f"{(i // 40) * 100 + i % 40:05d}" for i, url in enumerate(urls)}
     index = SqliteIndex(out / "index.sqlite")
     try:
         segments = index.segments()
