@@ -10,10 +10,11 @@ import argparse
 import sys
 import time
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from i2d_cli.flags import add_model_flags, model_kwargs
 from i2d_cli.inputs import RowReader, carried_columns
+from i2d_cli.options import additional_columns
 from i2d_fetcher.options import FetchOptions
 from i2d_segments.connect import open_kafka_bus
 from i2d_segments.records import encode_url_row
@@ -40,6 +41,7 @@ class EnqueueSettings(ConnectionSettings):
     oom_shard_count: int = Field(
         5, ge=1, le=20, description="Digits of the shard number in the rows' `key`."
     )
+    _columns = field_validator("save_additional_columns", mode="before")(additional_columns)
     # The fetchers' options that read input columns: the columns must travel with the rows.
     bbox_col: str | None = Field(None, description="Column of boxes to blur (bbox_col).")
     verify_hash: list[str] | None = Field(

@@ -6,6 +6,26 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+# Metadata columns of every row: an input column of the same name would overwrite them.
+RESERVED_COLUMNS = frozenset(
+    {"url", "caption", "key", "status", "error_message", "width", "height", "original_width",
+     "original_height", "exif", "md5", "sha256", "sha512", "sample_id", "item_id"}
+)  # fmt: skip
+
+
+def additional_columns(value: Any) -> Any:
+    """`--save_additional_columns license,width` works as well as `[license,width]`; a
+    column that would overwrite a metadata column is refused, as img2dataset does."""
+    if isinstance(value, str):
+        value = [c.strip() for c in value.split(",") if c.strip()] or None
+    reserved = sorted(RESERVED_COLUMNS & set(value or ()))
+    if reserved:
+        raise ValueError(
+            f"{reserved} cannot be additional columns: each row's metadata has its own "
+            "column of that name (use --caption_col for the caption)"
+        )
+    return value
+
 
 class DownloadOptions(BaseModel):
     model_config = ConfigDict(frozen=True)
@@ -40,10 +60,4 @@ class DownloadOptions(BaseModel):
     )
     progress: bool = Field(True, description="Show a progress bar with rate and ETA.")
 
-    @field_validator("save_additional_columns", mode="before")
-    @classmethod
-    def _columns(cls, value: Any) -> Any:
-        """`--save_additional_columns license,width` works as well as `[license,width]`."""
-        if isinstance(value, str):
-            return [c.strip() for c in value.split(",") if c.strip()] or None
-        return value
+    _columns = field_validator("save_additional_columns", mode="before")(additional_columns)

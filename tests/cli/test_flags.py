@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from pydantic import ValidationError
 
+from i2d_cli.enqueue import EnqueueSettings
 from i2d_cli.flags import model_kwargs, parse_value
 from i2d_cli.main import build_parser, normalize_argv
 from i2d_cli.options import DownloadOptions
@@ -67,7 +69,7 @@ def test_img2dataset_option_flags_reach_the_fetch_options() -> None:
             "--skip_reencode",
             "--disable_all_reencoding=False",
             "--allowed_image_formats=[jpg,png]",
-            "--save_additional_columns=[license,width]",
+            "--save_additional_columns=[license,nsfw]",
         ]
     )
     ns = build_parser().parse_args(args)
@@ -79,7 +81,7 @@ def test_img2dataset_option_flags_reach_the_fetch_options() -> None:
     assert fetch.bbox_col == "faces"
     assert (fetch.skip_reencode, fetch.disable_all_reencoding) == (True, False)
     assert fetch.allowed_image_formats == ("jpeg", "png")
-    assert opts.save_additional_columns == ["license", "width"]
+    assert opts.save_additional_columns == ["license", "nsfw"]
     assert DownloadOptions(
         url_list="u", save_additional_columns="a, b"
     ).save_additional_columns == [
@@ -132,3 +134,12 @@ def test_help_shows_every_default_and_marks_required_flags() -> None:
     assert "A url file, or a folder of them. (required)" in helps["download"]
     assert "(default: 256)" in helps["download"]  # image_size
     assert "(default: ['success'])" in helps["materialize"]  # a default_factory's value
+
+
+def test_additional_columns_cannot_overwrite_metadata_columns() -> None:
+    # img2dataset refuses them too: the row's own status or width would be replaced
+    for reserved in ("status", "width", "sha256", "key", "sample_id"):
+        with pytest.raises(ValidationError, match=f"'{reserved}'.* cannot be additional columns"):
+            DownloadOptions(url_list="u", save_additional_columns=["license", reserved])
+    with pytest.raises(ValidationError, match="cannot be additional columns"):
+        EnqueueSettings(url_list="u", save_additional_columns="caption")
