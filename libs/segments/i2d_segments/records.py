@@ -218,8 +218,10 @@ class AppendMeta(BaseModel):
             "exif": self.exif,
         }
         out.update(self.hashes)
-        out.update(self.extra)
         out["sample_id"] = self.sample_id
+        # An extra column never replaces one of the row's own (a `urls` record may carry any
+        # field, e.g. a "status" of its source): the metadata stays the truth about the row.
+        out.update({k: v for k, v in self.extra.items() if k not in out})
         return out
 
 
