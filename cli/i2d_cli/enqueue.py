@@ -13,8 +13,9 @@ import time
 from pydantic import Field, field_validator
 
 from i2d_cli.flags import add_model_flags, model_kwargs
-from i2d_cli.inputs import RowReader, carried_columns
+from i2d_cli.inputs import RowReader, carried_columns, count_rows
 from i2d_cli.options import additional_columns
+from i2d_cli.progress import Progress
 from i2d_fetcher.options import FetchOptions
 from i2d_segments.connect import open_kafka_bus
 from i2d_segments.records import encode_url_row
@@ -42,6 +43,7 @@ class EnqueueSettings(ConnectionSettings):
         5, ge=1, le=20, description="Digits of the shard number in the rows' `key`."
     )
     _columns = field_validator("save_additional_columns", mode="before")(additional_columns)
+    progress: bool = Field(True, description="Show a progress bar with rate and ETA.")
     # The fetchers' options that read input columns: the columns must travel with the rows.
     bbox_col: str | None = Field(None, description="Column of boxes to blur (bbox_col).")
     verify_hash: list[str] | None = Field(
@@ -69,13 +71,20 @@ def enqueue(settings: EnqueueSettings) -> int:
         )
         started = time.monotonic()
         count = 0
-        for row in reader.rows(settings.url_list):
-            producer.produce(settings.urls_topic, encode_url_row(row), key=row.sample_id.encode())
-            count += 1
-            if count % 10_000 == 0:
-                producer.poll(0)
-                print(f"enqueued {count} rows", file=sys.stderr)
-        producer.flush()
+        progress = Progress(count_rows(settings.url_list, settings.input_format), settings.progress)
+        try:
+            for row in reader.rows(settings.url_list):
+                producer.produce(
+                    settings.urls_topic, encode_url_row(row), key=row.sample_id.encode()
+                )
+                count += 1
+                if count % 1000 == 0:
+                    producer.poll(0)
+                    progress.update(count)
+            producer.flush()
+            progress.update(count)
+        finally:
+            progress.close()
         producer.close()
         elapsed = time.monotonic() - started
         print(

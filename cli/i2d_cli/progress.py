@@ -34,9 +34,9 @@ class Progress:
         self._skipped += n
         self._advance()
 
-    def update(self, rows_done: int, successes: int) -> None:
+    def update(self, rows_done: int, successes: int | None = None) -> None:
         self._done = rows_done
-        if self._bar is not None and rows_done:
+        if self._bar is not None and rows_done and successes is not None:
             self._bar.set_postfix_str(f"ok {successes / rows_done:.0%}", refresh=False)
         self._advance()
 

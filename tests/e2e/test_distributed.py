@@ -98,6 +98,9 @@ def test_three_services_end_to_end(
             env=env,
         ).start()
         assert enqueue.proc is not None and enqueue.proc.wait(60) == 0, enqueue.log_tail()
+        printed = enqueue.log_path.read_text()  # a progress bar with rate, then the total
+        assert f"{half}/{half}" in printed and "rows/s" in printed, printed[-2000:]
+        assert f"enqueued {half} rows to urls" in printed
         raw = Producer({"bootstrap.servers": kafka_bootstrap})
         for url in urls[half:]:
             raw.produce("urls", url.encode())
