@@ -9,11 +9,11 @@ from tqdm import tqdm
 
 
 class Progress:
-    def __init__(self, total: int | None, enabled: bool = True) -> None:
+    def __init__(self, total: int | None, enabled: bool = True, unit: str = "rows") -> None:
         self._bar: tqdm[Any] | None = (
             tqdm(
                 total=total,
-                unit=" rows",
+                unit=f" {unit}",
                 dynamic_ncols=True,
                 smoothing=0.1,
                 file=sys.stderr,

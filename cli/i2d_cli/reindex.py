@@ -16,6 +16,7 @@ from pydantic import Field
 
 from i2d_cli.dataset import DatasetOptions, index_url_of, store_of
 from i2d_cli.flags import add_model_flags, model_kwargs
+from i2d_cli.progress import Progress
 from i2d_segments.connect import open_index
 from i2d_segments.index import IndexError_, SegmentRow
 from i2d_segments.reindex import DEFAULT_TOPIC, ReindexError, rebuild_index
@@ -51,12 +52,12 @@ def run(ns: argparse.Namespace) -> int:
         print(f"img2dataset: {e}", file=sys.stderr)
         return 2
     done = 0
+    bar = Progress(None, unit="segments")  # the count is known only once the store is listed
 
     def progress(seg: SegmentRow) -> None:
         nonlocal done
         done += 1
-        if done % 100 == 0:
-            print(f"  {done} segments committed", file=sys.stderr)
+        bar.update(done)
 
     try:
         index.migrate()
@@ -75,6 +76,7 @@ def run(ns: argparse.Namespace) -> int:
         print(f"img2dataset: reindex failed: {e}", file=sys.stderr)
         return 1
     finally:
+        bar.close()
         index.close()
         store.close()
     for skipped in report.superseded:

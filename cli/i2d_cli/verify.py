@@ -17,6 +17,7 @@ from pydantic import Field
 
 from i2d_cli.dataset import DatasetOptions, existing_index_of, store_of
 from i2d_cli.flags import add_model_flags, model_kwargs
+from i2d_cli.progress import Progress
 from i2d_segments.index import IndexError_, SegmentRow
 from i2d_segments.store import StoreError
 from i2d_segments.verify import DEFAULT_SAMPLE, Mismatch, verify_dataset
@@ -42,12 +43,19 @@ def run(ns: argparse.Namespace) -> int:
     store = store_of(opts)
     index = existing_index_of(opts)
     sample = None if opts.sample == "all" else opts.sample
+    bar: Progress | None = None
+    done = 0
 
     def progress(seg: SegmentRow, found: list[Mismatch]) -> None:
+        nonlocal done
+        done += 1
+        if bar is not None:
+            bar.update(done)
         for m in found:
             print(f"MISMATCH {m}")
 
     try:
+        bar = Progress(len(index.segments()), unit="segments")
         report = verify_dataset(store, index, sample=sample, seed=opts.seed, on_segment=progress)
     except ValueError as e:
         print(f"img2dataset: {e}", file=sys.stderr)
@@ -56,6 +64,8 @@ def run(ns: argparse.Namespace) -> int:
         print(f"img2dataset: verify failed: {e}", file=sys.stderr)
         return 1
     finally:
+        if bar is not None:
+            bar.close()
         index.close()
         store.close()
     print(

@@ -72,7 +72,9 @@ def test_reindex_of_an_embedded_download_equals_its_index(
 
     rebuilt = tmp_path / "rebuilt.sqlite"
     assert main(["reindex", "--output_folder", str(out), "--index_url", str(rebuilt)]) == 0
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
+    assert "segments/s" in captured.err  # progress, with its rate
     assert f"garbage, not indexed: {segment_object_name(0, 40, 1)}" in printed
 
     original = SqliteIndex(out / "index.sqlite")

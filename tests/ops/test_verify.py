@@ -15,7 +15,9 @@ from tests.ops.helpers import build_dataset
 def test_clean_dataset_verifies(backend: Backend, capsys: pytest.CaptureFixture[str]) -> None:
     build_dataset(backend.store, backend.index)
     assert main(["verify", *backend.flags(), "--sample", "all"]) == 0
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
+    assert "3/3" in captured.err and "segments/s" in captured.err  # progress, with its rate
     items = backend.index.totals().items
     assert "verified 3 segments" in printed and f"{items} items read back" in printed
     assert "MISMATCH" not in printed
