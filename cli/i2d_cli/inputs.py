@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import csv
 import gzip
-import io
 import json
 import math
 from collections.abc import Iterator, Sequence
@@ -48,9 +47,23 @@ def input_files(url_list: str | Path, input_format: str) -> list[Path]:
 
 
 def _open_text(path: Path) -> IO[str]:
+    # utf-8-sig: a byte order mark (spreadsheet exports write one) is not part of the first
+    # url or column name. surrogateescape: bytes that are not UTF-8 fail their own row
+    # (`_utf8`), not the whole list.
     if path.name.endswith(".gz"):
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", newline="")
-    return path.open("r", encoding="utf-8", newline="")
+        return gzip.open(path, "rt", encoding="utf-8-sig", errors="surrogateescape", newline="")
+    return path.open("r", encoding="utf-8-sig", errors="surrogateescape", newline="")
+
+
+NOT_UTF8 = "not UTF-8 text"
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 class Img2datasetKeys:
@@ -115,7 +128,8 @@ class RowReader:
             with _open_text(path) as f:
                 for line in f:
                     if line.strip():
-                        yield line.strip()
+                        text = line.strip()
+                        yield text if _utf8(text) else _Invalid(text, NOT_UTF8)
         elif fmt in ("csv", "tsv"):
             with _open_text(path) as f:
                 reader = csv.DictReader(f, delimiter="," if fmt == "csv" else "\t")
@@ -124,16 +138,23 @@ class RowReader:
         elif fmt == "jsonl":
             with _open_text(path) as f:
                 for line in f:
-                    if line.strip():
-                        try:
-                            yield json.loads(line.strip())
-                        except json.JSONDecodeError as e:
-                            yield _Invalid(line.strip(), f"invalid JSON row: {e}")
+                    if not line.strip():
+                        continue
+                    if not _utf8(line):
+                        yield _Invalid(line.strip(), NOT_UTF8)
+                        continue
+                    try:
+                        yield json.loads(line.strip())
+                    except json.JSONDecodeError as e:
+                        yield _Invalid(line.strip(), f"invalid JSON row: {e}")
         elif fmt == "json":
             # A JSON array has no streaming boundary short of a full parser; img2dataset loads
             # it whole too. Use jsonl for large lists.
             with _open_text(path) as f:
-                records = json.load(f)
+                try:
+                    records = json.load(f)
+                except json.JSONDecodeError as e:
+                    raise InputError(f"{path}: not a valid JSON file: {e}") from None
             if not isinstance(records, list):
                 raise InputError(f"{path}: a json input must hold an array of objects")
             yield from records
@@ -165,6 +186,9 @@ class RowReader:
         if not isinstance(rec, dict):
             return UnparsedRow.of("the row is not an object", row_key, {"record": rec})
         url = rec.get(self.url_col)
+        if isinstance(url, str) and not _utf8(url):
+            held = {k: v for k, v in rec.items() if k not in ("url", self.url_col)}
+            return UnparsedRow.of(NOT_UTF8, row_key, {**held, "not_a_url": url})
         if not isinstance(url, str) or not url.strip():
             reason = f"no {self.url_col!r} string in the row"
             held = {k: v for k, v in rec.items() if k not in ("url", self.url_col)}

@@ -150,3 +150,36 @@ def test_rows_without_a_url_are_kept_as_failed_samples(tmp_path: Path) -> None:
     assert reasons[0].startswith("invalid JSON row: Expecting value")
     assert reasons[1] == "the row is not an object"
     assert reasons[2] == "no 'url' string in the row"
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_url_or_column(tmp_path: Path) -> None:
+    (tmp_path / "list.csv").write_bytes(b"\xef\xbb\xbfurl,text\r\nhttp://127.0.0.1/a.jpg,a\r\n")
+    (tmp_path / "list.txt.gz").write_bytes(gzip.compress(b"\xef\xbb\xbfhttp://127.0.0.1/b.jpg\n"))
+    [csv_row] = RowReader("csv", caption_col="text").rows(tmp_path / "list.csv")
+    [txt_row] = RowReader("txt.gz").rows(tmp_path / "list.txt.gz")
+    assert isinstance(csv_row, UrlRow) and (csv_row.url, csv_row.caption) == (
+        "http://127.0.0.1/a.jpg",
+        "a",
+    )
+    assert isinstance(txt_row, UrlRow) and txt_row.url == "http://127.0.0.1/b.jpg"
+
+
+def test_bytes_that_are_not_utf8_fail_their_row_only(tmp_path: Path) -> None:
+    latin1 = "http://127.0.0.1/café.jpg".encode("latin-1")
+    (tmp_path / "list.txt").write_bytes(
+        b"http://127.0.0.1/a.jpg\n" + latin1 + b"\nhttp://127.0.0.1/b.jpg\n"
+    )
+    (tmp_path / "list.csv").write_bytes(b"url,text\n" + latin1 + b",x\nhttp://127.0.0.1/b.jpg,y\n")
+    for fmt in ("txt", "csv"):
+        rows = list(RowReader(fmt).rows(tmp_path / f"list.{fmt}"))
+        bad = [r for r in rows if isinstance(r, UnparsedRow)]
+        assert len(bad) == 1 and len(rows) == (3 if fmt == "txt" else 2), fmt
+        with pytest.raises(MalformedRecord, match="not UTF-8 text"):
+            parse_url_value(encode_url_row(bad[0]))
+        assert rows[-1].url == "http://127.0.0.1/b.jpg"  # type: ignore[union-attr]
+
+
+def test_a_json_file_that_does_not_parse_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "list.json").write_text('[{"url": "http://127.0.0.1/a.jpg"}, {url: 1}]')
+    with pytest.raises(InputError, match=r"list.json: not a valid JSON file: Expecting property"):
+        list(RowReader("json").rows(tmp_path / "list.json"))
