@@ -409,6 +409,34 @@ def test_sample_upsert_latest_outcome_wins(index: Index) -> None:
     assert index.item("img") is not None  # the stored item stays; only the sample row changed
 
 
+def test_the_same_outcome_again_stays_in_the_segment_that_first_recorded_it(
+    index: Index,
+) -> None:
+    """A redelivered row (its fetcher died before committing the urls offset) is not a new
+    outcome: each row stays in exactly one segment, so the per-segment metadata parquet files
+    add up to one row per input row."""
+    lease = index.acquire_partition(TOPIC, 0, "me")
+    a = seg(0, 0, 1, lease.epoch, items=1, samples=2)
+    first = [ok_sample("row", "img", a.segment_id, w=3), failed_sample("bad", a.segment_id, "404")]
+    index.commit_segment(commit_of(a, [item("img", a.segment_id, 512)], first))
+    b = seg(0, 2, 4, lease.epoch, items=1, samples=3)
+    again = [
+        replace(ok_sample("row", "img", b.segment_id, w=3), updated_at=1.8e9),
+        replace(failed_sample("bad", b.segment_id, "404"), updated_at=1.8e9),
+        ok_sample("new", "img2", b.segment_id),
+    ]
+    index.commit_segment(commit_of(b, [item("img2", b.segment_id, 512)], again))
+    assert sorted(index.samples_for_segment(a.segment_id), key=lambda s: s.sample_id) == sorted(
+        first, key=lambda s: s.sample_id
+    )
+    assert [s.sample_id for s in index.samples_for_segment(b.segment_id)] == ["new"]
+    # Any difference is a new outcome, attrs included.
+    c = seg(0, 5, 5, lease.epoch, samples=1)
+    changed = ok_sample("row", "img", c.segment_id, w=4)
+    index.commit_segment(commit_of(c, [], [changed]))
+    assert index.sample("row") == changed
+
+
 def test_existing_items_and_known_samples_with_10k_ids(index: Index) -> None:
     lease = index.acquire_partition(TOPIC, 0, "me")
     s = seg(0, 0, 4999, lease.epoch, items=5000, samples=5000)

@@ -64,9 +64,19 @@ INSERT_SEGMENT_SQL = (
 ADVANCE_SQL = (
     'UPDATE partitions SET next_offset = ?, updated_at = ? WHERE topic = ? AND "partition" = ?'
 )
-# "Latest outcome wins": every column but the key takes the incoming row's value.
-SAMPLE_UPSERT_SET = "ON CONFLICT (sample_id) DO UPDATE SET " + ", ".join(
-    f"{c} = excluded.{c}" for c in SAMPLE_COLUMNS[1:]
+# "Latest outcome wins": every column but the key takes the incoming row's value, when the
+# outcome differs. The same outcome again is a redelivery (a fetcher that died before
+# committing its `urls` offsets fetches its rows again): the row stays in the segment that
+# first recorded it, so each row is in exactly one segment's metadata parquet.
+_OUTCOME = ("url", "caption", "status", "error", "item_id")
+SAMPLE_UPSERT_SET = (
+    "ON CONFLICT (sample_id) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in SAMPLE_COLUMNS[1:])
+    # COALESCE: NULL-safe and the same text on both engines (no IS DISTINCT FROM in SQLite
+    # before 3.39), at the price of taking '' for NULL. attrs is NOT NULL (JSONB on Postgres).
+    + " WHERE "
+    + " OR ".join(f"COALESCE(samples.{c}, '') <> COALESCE(excluded.{c}, '')" for c in _OUTCOME)
+    + " OR samples.attrs <> excluded.attrs"
 )
 # "An item already indexed keeps its first location".
 ITEM_KEEP_FIRST = "ON CONFLICT (item_id) DO NOTHING"
