@@ -53,4 +53,11 @@ def run(ns: argparse.Namespace) -> int:
         return 130
     print(summary.render())
     print(f"output: {os.path.abspath(opts.output_folder)}")
+    if summary.input_error:
+        print(
+            f"img2dataset: {summary.input_error}; the rows before it are recorded: repair the "
+            "list and run the same command again to fetch the rest",
+            file=sys.stderr,
+        )
+        return 2
     return 0

@@ -22,6 +22,7 @@ from typing import IO
 
 from i2d_appender.service import AppenderService
 from i2d_appender.settings import AppenderSettings
+from i2d_cli.errors import InputError
 from i2d_cli.inputs import RowReader, carried_columns, count_rows
 from i2d_cli.options import DownloadOptions
 from i2d_cli.progress import Progress
@@ -61,6 +62,7 @@ class Summary:
     status_counts: dict[str, int] = field(default_factory=dict)
     error_counts: dict[str, int] = field(default_factory=dict)
     segments: int = 0
+    input_error: str | None = None  # the url list could not be read to its end
 
     @property
     def images_per_second(self) -> float:
@@ -112,8 +114,12 @@ class EmbeddedDownload:
         self.fetcher_settings = fetcher_settings
         self.folder = Path(opts.output_folder)
         self.stop_requested = threading.Event()
+        self.total: int | None = None  # rows in the list, when cheap to count
 
     def run(self) -> Summary:
+        # Before anything starts or is written: a list that is missing, empty or unreadable
+        # is one clear error.
+        self.total = count_rows(self.opts.url_list, self.opts.input_format)
         with folder_lock(self.folder):
             if self.opts.incremental_mode == "overwrite":
                 _clear_output(self.folder, self.opts.index_name)
@@ -191,8 +197,7 @@ class EmbeddedDownload:
 
         summary = Summary()
         started = time.monotonic()
-        total = count_rows(self.opts.url_list, self.opts.input_format)
-        progress = Progress(total=total, enabled=self.opts.progress)
+        progress = Progress(total=self.total, enabled=self.opts.progress)
         try:
             produced = self._enqueue(bus, index, fetcher, summary, progress)
             progress.set_total(summary.rows_skipped + produced)
@@ -268,13 +273,18 @@ class EmbeddedDownload:
                 time.sleep(0.05)
                 self._truncate_consumed(bus)
 
-        for row in reader.rows(self.opts.url_list):
-            if self.stop_requested.is_set():
-                break
-            summary.rows_read += 1
-            batch.append(row)
-            if len(batch) >= SKIP_BATCH:
-                flush_batch()
+        try:
+            for row in reader.rows(self.opts.url_list):
+                if self.stop_requested.is_set():
+                    break
+                summary.rows_read += 1
+                batch.append(row)
+                if len(batch) >= SKIP_BATCH:
+                    flush_batch()
+        except InputError as e:
+            # A list damaged part way (a truncated gzip): the rows read before it are still
+            # downloaded and committed, and the run ends with the error.
+            summary.input_error = str(e)
         if batch and not self.stop_requested.is_set():
             flush_batch()
         producer.flush()

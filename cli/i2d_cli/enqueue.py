@@ -12,6 +12,7 @@ import time
 
 from pydantic import Field, field_validator
 
+from i2d_cli.errors import InputError
 from i2d_cli.flags import add_model_flags, model_kwargs
 from i2d_cli.inputs import RowReader, carried_columns, count_rows
 from i2d_cli.options import additional_columns
@@ -83,6 +84,9 @@ def enqueue(settings: EnqueueSettings) -> int:
                     progress.update(count)
             producer.flush()
             progress.update(count)
+        except InputError as e:  # damaged part way: what was read before it is delivered
+            producer.flush()
+            raise InputError(f"{e}; the {count} rows before it are enqueued") from e
         finally:
             progress.close()
         producer.close()

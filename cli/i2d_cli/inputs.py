@@ -9,10 +9,12 @@ import csv
 import gzip
 import json
 import math
+import zlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from i2d_cli.errors import InputError
@@ -41,9 +43,19 @@ def input_files(url_list: str | Path, input_format: str) -> list[Path]:
         if not files:
             raise InputError(f"no *.{input_format} file in folder {path}")
         return files
-    if not path.is_file():
+    if not path.exists():
         raise InputError(f"url_list {path} does not exist")
+    if not path.is_file():
+        raise InputError(f"url_list {path} is not a file or a folder")
     return [path]
+
+
+# What reading a damaged list raises: not gzip, truncated gzip, corrupt deflate data, a csv
+# field over the limit, a parquet file that does not parse.
+_READ_ERRORS = (OSError, EOFError, zlib.error, csv.Error, pa.ArrowException)
+# A caption may be long, but a missing closing quote must not swallow the rest of the file
+# into one field: 16 MiB, well past any caption, far under the memory of a worker.
+csv.field_size_limit(16 << 20)
 
 
 def _open_text(path: Path) -> IO[str]:
@@ -117,8 +129,11 @@ class RowReader:
         keys = Img2datasetKeys(self.number_sample_per_shard, self.oom_shard_count)
         for path in input_files(url_list, self.input_format):
             position = 0
-            for position, rec in enumerate(self._records(path), start=1):
-                yield self._row(rec, keys.key(position - 1))
+            try:
+                for position, rec in enumerate(self._records(path), start=1):
+                    yield self._row(rec, keys.key(position - 1))
+            except _READ_ERRORS as e:
+                raise InputError(f"{path}: unreadable after {position} rows: {e}") from e
             keys.end_file(position)
 
     def _records(self, path: Path) -> Iterator[Any]:
@@ -228,7 +243,10 @@ def count_rows(url_list: str | Path, input_format: str) -> int | None:
     """A cheap total for the progress bar: lines of txt lists, rows of parquet; else None."""
     files = input_files(url_list, input_format)
     if input_format == "parquet":
-        return sum(pq.ParquetFile(p).metadata.num_rows for p in files)
+        try:
+            return sum(pq.ParquetFile(p).metadata.num_rows for p in files)
+        except _READ_ERRORS as e:
+            raise InputError(f"not a readable parquet file: {e}") from e
     if input_format != "txt":
         return None
     total = 0

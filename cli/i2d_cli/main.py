@@ -113,9 +113,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(module.run(ns))
     except ValidationError as e:
         for error in e.errors():
-            flag = "--" + ".".join(str(part) for part in error["loc"])
+            # loc: (field,) or (field, index) for a list; () for a check over several fields
+            flag = f" --{error['loc'][0]}" if error["loc"] else ""
             reason = error["msg"].removeprefix("Value error, ")
-            print(f"img2dataset: invalid option {flag}: {reason}", file=sys.stderr)
+            print(f"img2dataset: invalid option{flag}: {reason}", file=sys.stderr)
         return 2
     except InputError as e:
         print(f"img2dataset: {e}", file=sys.stderr)

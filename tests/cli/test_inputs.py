@@ -183,3 +183,27 @@ def test_a_json_file_that_does_not_parse_is_a_clear_error(tmp_path: Path) -> Non
     (tmp_path / "list.json").write_text('[{"url": "http://127.0.0.1/a.jpg"}, {url: 1}]')
     with pytest.raises(InputError, match=r"list.json: not a valid JSON file: Expecting property"):
         list(RowReader("json").rows(tmp_path / "list.json"))
+
+
+def test_a_damaged_list_is_a_clear_error_after_the_rows_before_it(tmp_path: Path) -> None:
+    urls = "".join(f"http://127.0.0.1/{i}.jpg\n" for i in range(3000)).encode()
+    (tmp_path / "cut.txt.gz").write_bytes(gzip.compress(urls)[:-2000])
+    (tmp_path / "plain.txt.gz").write_bytes(urls)  # named .gz, not gzip
+    (tmp_path / "bad.parquet").write_text("hello")
+    rows: list[UrlRow | UnparsedRow] = []
+    with pytest.raises(InputError, match=r"cut\.txt\.gz: unreadable after \d+ rows: Compressed"):
+        rows.extend(RowReader("txt.gz").rows(tmp_path / "cut.txt.gz"))
+    assert len(rows) > 1000  # everything before the damage was read
+    with pytest.raises(InputError, match=r"plain\.txt\.gz: unreadable after 0 rows: Not a gzip"):
+        list(RowReader("txt.gz").rows(tmp_path / "plain.txt.gz"))
+    with pytest.raises(InputError, match="not a readable parquet file"):
+        count_rows(tmp_path / "bad.parquet", "parquet")
+    with pytest.raises(InputError, match="is not a file or a folder"):
+        count_rows("/dev/null", "txt")
+
+
+def test_a_long_caption_is_read(tmp_path: Path) -> None:
+    caption = "x" * 300_000  # over the csv module's default field limit (128 KiB)
+    (tmp_path / "list.csv").write_text(f"url,text\nhttp://127.0.0.1/a.jpg,{caption}\n")
+    [row] = RowReader("csv", caption_col="text").rows(tmp_path / "list.csv")
+    assert isinstance(row, UrlRow) and row.caption == caption

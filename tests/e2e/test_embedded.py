@@ -3,6 +3,7 @@ WebDataset segments with metadata, and resume after SIGKILL equal to an uninterr
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
 import signal
@@ -287,3 +288,43 @@ def test_rows_without_a_url_are_failed_samples_with_their_key(
     capsys.readouterr()
     assert main(argv) == 0
     assert "5 rows skipped (already recorded)" in capsys.readouterr().out
+
+
+def test_a_list_damaged_part_way_keeps_the_rows_before_it(
+    images: ImageServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    urls = make_url_list(images.base_url, 600, seed=19)
+    whole = gzip.compress(("\n".join(urls) + "\n").encode())
+    damaged = tmp_path / "urls.txt.gz"
+    damaged.write_bytes(whole[: len(whole) * 2 // 3])  # cut off: a truncated download
+    out = tmp_path / "out"
+    argv = [
+        "download",
+        f"--url_list={damaged}",
+        "--input_format=txt.gz",
+        f"--output_folder={out}",
+        "--image_size=32",
+        "--progress=False",
+        "--allowed_networks=127.0.0.1/32",  # the local image server
+    ]
+    assert main(argv) == 2
+    printed = capsys.readouterr()
+    assert "urls.txt.gz: unreadable after" in printed.err and "run the same command" in printed.err
+    index = SqliteIndex(out / "index.sqlite")
+    try:
+        recorded = sum(index.status_counts().values())
+    finally:
+        index.close()
+    assert 0 < recorded < len(urls)
+    assert main(argv) == 2  # a rerun on the same damaged list redoes nothing
+    assert f"{recorded} rows skipped (already recorded)" in capsys.readouterr().out
+
+
+def test_a_missing_list_is_one_error_before_anything_is_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for url_list in (tmp_path / "nope.txt", tmp_path):  # missing; a folder without lists
+        out = tmp_path / "out"
+        assert main(["download", f"--url_list={url_list}", f"--output_folder={out}"]) == 2
+        assert capsys.readouterr().err.startswith("img2dataset: ")
+        assert not out.exists()
