@@ -314,7 +314,24 @@ def test_decompression_bomb_is_rejected_before_decoding(monkeypatch: pytest.Monk
 
 def test_giant_declared_size_is_rejected() -> None:
     err = rejected(synth.png_bomb(40000, 40000), FetchOptions())
-    assert "decompression bomb" in err.message
+    limit = FetchOptions().max_decoded_pixels
+    assert err.message == (
+        "decompression bomb: 40000x40000 image would decode to 1600000000 pixels, over the "
+        f"limit of {limit}"
+    )  # the user's limit, in one message, however far over it the image is
+
+
+def test_a_raised_pixel_limit_is_honoured(monkeypatch: pytest.MonkeyPatch) -> None:
+    # 196 Mpx: over twice Pillow's own threshold, under the limit the user set. Decoding is
+    # replaced by a spy: reaching it proves nothing refused the image before.
+    def spy_load(self: ImageFile.ImageFile) -> object:
+        raise RuntimeError(f"would decode {self.size}")
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", spy_load)
+    bomb = synth.png_bomb(14000, 14000)
+    assert "decompression bomb" in rejected(bomb, FetchOptions()).message
+    err = rejected(bomb, FetchOptions(max_decoded_pixels=200_000_000))
+    assert err.message == "Image decoding error"  # the spy's error: decoding was reached
 
 
 def test_pixel_limit_counts_the_reduced_decode() -> None:
