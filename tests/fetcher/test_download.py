@@ -392,3 +392,32 @@ def test_tls_is_verified_unless_ignore_ssl_certificate(tmp_path: Path) -> None:
     err, got = run(main())
     assert (err.message, err.transient) == ("TLS error: invalid certificate or handshake", False)
     assert got.data == b"\xff\xd8hello"
+
+
+def test_a_malformed_response_is_a_short_reason() -> None:
+    """What the server sent is not quoted into the sample's error (a header of 9000 bytes
+    would otherwise be copied into every metadata row and the failures-by-reason list)."""
+
+    async def main() -> FetchFailed:
+        app = web.Application()
+
+        async def big_header(request: web.Request) -> web.Response:
+            return web.Response(body=b"\xff\xd8", headers={"X-Big": "a" * 9000})
+
+        app.router.add_get("/x.jpg", big_header)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        url = f"http://127.0.0.1:{runner.addresses[0][1]}/x.jpg"
+        try:
+            async with open_client(FAST, 4, StaticLookup({})) as client:
+                with pytest.raises(FetchFailed) as info:
+                    await download(client, url, FAST, max_bytes=MB)
+        finally:
+            await runner.cleanup()
+        return info.value
+
+    err = run(main())
+    assert err.message == "bad response: Got more than 8190 bytes when reading"
+    assert not err.transient

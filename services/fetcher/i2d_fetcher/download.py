@@ -27,6 +27,7 @@ import dataclasses
 import itertools
 import os
 import random
+import re
 import socket
 import time
 from collections.abc import Mapping
@@ -299,7 +300,7 @@ async def _request(
                     raise FetchFailed("invalid redirect location", transient=False) from None
             if not 200 <= resp.status < 300:
                 raise FetchFailed(
-                    f"HTTP Error {resp.status}: {resp.reason}",
+                    _bounded(f"HTTP Error {resp.status}: {resp.reason}"),  # img2dataset's text
                     transient=resp.status in TRANSIENT_STATUSES or resp.status >= 500,
                     retry_after=_retry_after(resp.headers),
                     status=resp.status,
@@ -381,8 +382,16 @@ def classify(e: Exception, opts: FetchOptions) -> FetchFailed:
     if isinstance(e, aiohttp.ClientConnectionError | OSError):
         return FetchFailed(f"connection error: {_reason(e)}", transient=True, host_failure=True)
     if isinstance(e, aiohttp.ClientResponseError):  # a malformed response
-        return FetchFailed(f"bad response: {e.message}", transient=False)
-    return FetchFailed(f"{type(e).__name__}: {e}", transient=False)
+        return FetchFailed(f"bad response: {_bounded(e.message)}", transient=False)
+    return FetchFailed(_bounded(f"{type(e).__name__}: {e}"), transient=False)
+
+
+def _bounded(message: str, limit: int = 160) -> str:
+    """A parser's message may quote what the server sent (8 KiB of header bytes): an error
+    message stays a short reason, and says nothing of libraries to install."""
+    message = message.split(". Please install", 1)[0]
+    message = re.split(r":? b['\"]", message, maxsplit=1)[0]  # the bytes it quotes
+    return message if len(message) <= limit else message[: limit - 3] + "..."
 
 
 def _reason(e: BaseException) -> str:
