@@ -201,23 +201,32 @@ class RowReader:
         if not isinstance(rec, dict):
             return UnparsedRow.of("the row is not an object", row_key, {"record": rec})
         url = rec.get(self.url_col)
-        if isinstance(url, str) and not _utf8(url):
-            held = {k: v for k, v in rec.items() if k not in ("url", self.url_col)}
-            return UnparsedRow.of(NOT_UTF8, row_key, {**held, "not_a_url": url})
+        key = _key(rec.get("key"))
+        bad = None
         if not isinstance(url, str) or not url.strip():
-            reason = f"no {self.url_col!r} string in the row"
+            bad = f"no {self.url_col!r} string in the row"
+        elif not _utf8(url):
+            bad = NOT_UTF8
+        if bad is not None:
+            # The row's own key, when it has one, stays its metadata key: users find it by it.
             held = {k: v for k, v in rec.items() if k not in ("url", self.url_col)}
-            return UnparsedRow.of(reason, row_key, {**held, "not_a_url": url})
+            return UnparsedRow.of(bad, key or row_key, {**held, "not_a_url": url})
+        assert isinstance(url, str)  # for mypy: `bad` covers every other case
         caption = rec.get(self.caption_col) if self.caption_col else None
-        key = rec.get("key")
         extra = {c: rec.get(c) for c in self.extra_cols}
         return UrlRow(
             url=url.strip(),
             caption=None if caption is None else str(caption),
-            key=None if key is None else str(key),
+            key=key,
             row_key=row_key,
             extra=extra,
         )
+
+
+def _key(value: Any) -> str | None:
+    """A `key` cell as the row's key: an empty cell is no key (the row keeps its generated
+    one and its url identity), not a key "" every such row would share."""
+    return None if value is None or value == "" else str(value)
 
 
 class _Invalid:

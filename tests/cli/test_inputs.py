@@ -207,3 +207,19 @@ def test_a_long_caption_is_read(tmp_path: Path) -> None:
     (tmp_path / "list.csv").write_text(f"url,text\nhttp://127.0.0.1/a.jpg,{caption}\n")
     [row] = RowReader("csv", caption_col="text").rows(tmp_path / "list.csv")
     assert isinstance(row, UrlRow) and row.caption == caption
+
+
+def test_a_rows_own_key_survives_a_missing_url_and_an_empty_key_is_no_key(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "list.jsonl"
+    lines = [{"key": "mine", "url": None}, {"key": "", "url": "http://127.0.0.1/a.jpg"}]
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    bad, empty = RowReader("jsonl").rows(path)
+    assert isinstance(bad, UnparsedRow) and isinstance(empty, UrlRow)
+    outcome = parse(encode_url_row(bad), "url", "caption")
+    assert isinstance(outcome, Outcome) and decode_append(outcome.value).meta.key == "mine"
+    assert empty.key is None and empty.metadata_key == "000000001"
+    assert (
+        empty.sample_id == parse_url_value('{"url": "http://127.0.0.1/a.jpg", "key": ""}').sample_id
+    )  # type: ignore[union-attr]

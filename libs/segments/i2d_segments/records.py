@@ -127,7 +127,7 @@ def parse_url_value(
     return UrlRow(
         url=url.strip(),
         caption=None if caption is None else str(caption),
-        key=None if key is None else str(key),
+        key=None if key is None or key == "" else str(key),
         row_key=None if row_key is None else str(row_key),
         extra=obj,
     )
