@@ -27,6 +27,7 @@ from i2d_segments.bus.base import (
     Bus,
     BusError,
     Consumer,
+    HeldPartitions,
     Message,
     Producer,
     RebalanceListener,
@@ -475,3 +476,15 @@ def test_kafka_member_that_stops_polling_loses_its_partitions_through_on_lost(
         assert ("c", "revoke", tuple(all_partitions(name, 2))) not in events
     finally:
         bus.close()
+
+
+def test_held_partitions_are_the_members_assignment(bus: Bus, clients: Clients, name: str) -> None:
+    """What readiness reads: the partitions a member was given, from the rebalance callbacks."""
+    bus.create_topics({name: 2})
+    held = HeldPartitions()
+    consumer = clients.consumer(bus, f"{name}-g")
+    assert held.held() == []  # not joined yet: not ready
+    consumer.subscribe([name], listener=held)
+    poll_until(consumer, lambda _: len(held.held()) == 2)
+    assert held.held() == [TopicPartition(name, 0), TopicPartition(name, 1)]
+    assert sorted(consumer.assignment()) == held.held()

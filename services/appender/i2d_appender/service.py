@@ -69,6 +69,10 @@ class AppenderService(RebalanceListener):
         self._rewound: set[TopicPartition] = set()
         self.health.add_check("partition_loop", lambda: self.failed is None)
         self.health.add_check("partitions", lambda: not self.stopped_partitions())
+        # Owned: assigned by the group and leased in the index (so both are reachable).
+        self.health.add_check(
+            "partitions_owned", lambda: any(s.epoch is not None for s in list(self.owned.values()))
+        )
 
     def stopped_partitions(self) -> dict[TopicPartition, str]:
         return {tp: s.stopped for tp, s in self.owned.items() if s.stopped is not None}

@@ -25,7 +25,7 @@ from i2d_fetcher.offsets import OffsetTracker
 from i2d_fetcher.outcome import Outcome
 from i2d_fetcher.settings import FetcherSettings
 from i2d_fetcher.workers import RowFetcher, WorkerConfig, open_fetcher
-from i2d_segments.bus import Bus, BusError, Message, RebalanceListener, TopicPartition
+from i2d_segments.bus import Bus, BusError, HeldPartitions, Message, TopicPartition
 from i2d_segments.naming import staging_name
 from i2d_segments.records import AppendRecord, SampleStatus, decode_append
 from i2d_segments.runtime import Health
@@ -34,7 +34,7 @@ from i2d_segments.store import SegmentStore
 log = logging.getLogger(__name__)
 
 
-class FetcherService(RebalanceListener):
+class FetcherService(HeldPartitions):
     def __init__(
         self,
         bus: Bus,
@@ -42,10 +42,12 @@ class FetcherService(RebalanceListener):
         store: SegmentStore | None = None,
         health: Health | None = None,
     ) -> None:
+        super().__init__()
         self.settings = settings
         self.options = settings.fetch_options()
         self.store = store  # for claim checks of payloads over the inline limit
         self.health = health or Health()
+        self.health.add_check("partitions_assigned", lambda: bool(self.held()))
         self.consumer = bus.consumer(settings.group_id)
         self.producer = bus.producer()
         self.offsets = OffsetTracker()
@@ -62,9 +64,11 @@ class FetcherService(RebalanceListener):
         if done:
             self.consumer.commit(done)
         self.offsets.forget(list(partitions))
+        super().on_revoke(partitions)
 
     def on_lost(self, partitions: Sequence[TopicPartition]) -> None:
         self.offsets.forget(list(partitions))
+        super().on_lost(partitions)
 
     # ------------------------------------------------------------------ loop
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 from prometheus_client import Counter
 
-from i2d_segments.bus import Bus, Consumer, Message, TopicPartition
+from i2d_segments.bus import Bus, Consumer, HeldPartitions, Message, TopicPartition
 from i2d_segments.index import Index, IndexError_, SampleRow, SegmentRow
 from i2d_segments.reader import DatasetReader, Item
 from i2d_segments.records import MalformedRecord, SegmentClosed
@@ -109,6 +109,8 @@ class ConsumerRunner:
         self.group_id = group_id or consumer.group_id
         self.ctx = ConsumerContext(store, index)
         self.health = health or Health()
+        self.held = HeldPartitions()
+        self.health.add_check("partitions_assigned", lambda: bool(self.held.held()))
         self.poll_timeout = poll_timeout
         self.max_batch = max_batch
         self.retry_attempts = retry_attempts
@@ -122,7 +124,7 @@ class ConsumerRunner:
             raise RuntimeError("run() needs a bus; use catch_up() or replay() without one")
         if catch_up:
             self.catch_up()
-        self._bus_consumer.subscribe([self.topic])
+        self._bus_consumer.subscribe([self.topic], listener=self.held)
         try:
             # At least one poll, even if `stop` came during the catch-up: events already
             # waiting are handled and committed rather than redelivered to the next run.

@@ -14,6 +14,7 @@ Semantics follow Kafka, so code written against the port behaves the same on bot
 
 from __future__ import annotations
 
+import threading
 import zlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
@@ -85,6 +86,36 @@ class RebalanceListener:
 
     def on_lost(self, partitions: Sequence[TopicPartition]) -> None:
         """Called when ownership was lost without an orderly revoke: commit nothing for them."""
+
+
+class HeldPartitions(RebalanceListener):
+    """A listener that keeps the partitions its member holds, for readiness: a member the
+    group has not given a partition (not joined yet, the broker unreachable, or more members
+    than partitions) has nothing to do and is not ready. Read from any thread. A subclass that
+    overrides a callback calls this one too."""
+
+    def __init__(self) -> None:
+        self._held: set[TopicPartition] = set()
+        self._held_lock = threading.Lock()
+
+    def on_assign(
+        self, partitions: Sequence[TopicPartition]
+    ) -> Mapping[TopicPartition, int] | None:
+        with self._held_lock:
+            self._held.update(partitions)
+        return None
+
+    def on_revoke(self, partitions: Sequence[TopicPartition]) -> None:
+        with self._held_lock:
+            self._held.difference_update(partitions)
+
+    def on_lost(self, partitions: Sequence[TopicPartition]) -> None:
+        with self._held_lock:
+            self._held.difference_update(partitions)
+
+    def held(self) -> list[TopicPartition]:
+        with self._held_lock:
+            return sorted(self._held)
 
 
 class Producer(ABC):
