@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from typing import Any
 
 from i2d_appender.service import AppenderService
@@ -49,20 +50,24 @@ def serve(name: str, settings: ConnectionSettings) -> None:
     bus = open_kafka_bus(settings)
     service: Any
     try:
-        if settings.create_topics:
-            bus.create_topics(settings.topic_partitions())
-        store = store_from(settings)
-        if isinstance(settings, FetcherSettings):
-            service = FetcherService(bus, settings, store=store, health=health)
-        else:
-            index = index_from(settings)
-            health.add_check("index", lambda: index.partitions() is not None)
-            if isinstance(settings, AppenderSettings):
-                service = AppenderService(bus, store, index, settings, health=health)
-            elif isinstance(settings, MaterializerSettings):
-                service = MaterializerService(bus, store, index, settings, health=health)
+        try:
+            if settings.create_topics:
+                bus.create_topics(settings.topic_partitions())
+            store = store_from(settings)
+            if isinstance(settings, FetcherSettings):
+                service = FetcherService(bus, settings, store=store, health=health)
             else:
-                raise ValueError(f"unknown service {name!r}")
+                index = index_from(settings)
+                health.add_check("index", lambda: index.partitions() is not None)
+                if isinstance(settings, AppenderSettings):
+                    service = AppenderService(bus, store, index, settings, health=health)
+                elif isinstance(settings, MaterializerSettings):
+                    service = MaterializerService(bus, store, index, settings, health=health)
+                else:
+                    raise ValueError(f"unknown service {name!r}")
+        except Exception as e:  # a dependency missing at start: one line, and the exit code
+            log.debug("start-up failed", exc_info=True)
+            raise StartupError(" ".join(str(e).split()) or type(e).__name__) from e
         log.info("%s serving (owner %s)", name, settings.owner)
         service.run(stop)
         log.info("%s stopped cleanly", name)
@@ -70,6 +75,10 @@ def serve(name: str, settings: ConnectionSettings) -> None:
         bus.close()
         if server is not None:
             server.stop()
+
+
+class StartupError(Exception):
+    """Kafka, the store or the index cannot be reached, or is not as configured, at start."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -80,5 +89,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(ns: argparse.Namespace) -> int:
     cls = SETTINGS[ns.service]
-    serve(ns.service, cls(**model_kwargs(ns, cls)))
+    try:
+        serve(ns.service, cls(**model_kwargs(ns, cls)))
+    except StartupError as e:
+        # The orchestrator restarts the service; the log says why in one line.
+        print(f"img2dataset serve {ns.service}: cannot start: {e}", file=sys.stderr)
+        return 1
     return 0

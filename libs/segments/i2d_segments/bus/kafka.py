@@ -18,12 +18,15 @@ Choices, and why:
 - Topics are created with `max.message.bytes` = `max_message_bytes`, since a broker's default
   (1 MiB on Apache Kafka) is below the size of many image records. Clients never auto-create
   topics: a typo must fail, not create a topic with the broker's default partition count.
-- librdkafka's own log lines go to the Python logger of this module instead of stderr.
+- librdkafka's own log lines go to the Python logger of this module instead of stderr, at
+  most once per `_Quieter.interval` for the same message: an unreachable broker is reported
+  every reconnect attempt by every client, many times a second.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -75,6 +78,39 @@ def _to_message(msg: Any) -> Message:
     )
 
 
+_DIGITS = re.compile(r"\d+")
+
+
+class _Quieter(logging.Filter):
+    """Lets a message through once per `interval` (keyed on its text without its numbers,
+    which change from one attempt to the next: "after 3ms"), with the count it held back."""
+
+    interval = 30.0
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._seen: dict[str, tuple[float, int]] = {}
+        self._lock = threading.Lock()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = _DIGITS.sub("#", record.getMessage())
+        now = time.monotonic()
+        with self._lock:
+            last, held = self._seen.get(key, (-self.interval, 0))
+            if now - last < self.interval:
+                self._seen[key] = (last, held + 1)
+                return False
+            self._seen[key] = (now, 0)
+        if held:
+            record.msg = f"{record.msg} ({held} more like it in the last {self.interval:.0f}s)"
+        return True
+
+
+_librdkafka_log = logging.getLogger(__name__ + ".librdkafka")
+_librdkafka_log.addFilter(_Quieter())
+log.addFilter(_Quieter())  # our own "consumer error" lines repeat the same way
+
+
 class KafkaBus(Bus):
     """`config` holds extra librdkafka settings merged over the defaults of every client
     (producer, consumer, admin); `group.id` is always the one given to `consumer`."""
@@ -99,7 +135,7 @@ class KafkaBus(Bus):
             "bootstrap.servers": bootstrap_servers,
             "client.id": client_id,
             "allow.auto.create.topics": False,
-            "logger": log,
+            "logger": _librdkafka_log,
         }
         self._extra = dict(config or {})
         self._admin_client: AdminClient | None = None
@@ -136,6 +172,12 @@ class KafkaBus(Bus):
         for name, future in futures.items():
             try:
                 future.result(timeout=self._timeout)
+            except TimeoutError:
+                servers = self._base["bootstrap.servers"]
+                raise BusError(
+                    f"cannot create topic {name!r}: no answer from Kafka at {servers} within "
+                    f"{self._timeout}s"
+                ) from None
             except KafkaException as e:
                 if e.args and e.args[0].code() == KafkaError.TOPIC_ALREADY_EXISTS:
                     continue
