@@ -10,7 +10,8 @@ SEGMENTS = Counter(
 SECONDS = Histogram("img2dataset_materializer_segment_seconds", "Time to materialize one segment.")
 LAG_SECONDS = Gauge(
     "img2dataset_materializer_lag_seconds",
-    "Age of the last materialized segment when it was handled (commit to materialization).",
+    "Time from the opening of the last materialized segment to its materialization "
+    "(including the time the segment took to fill).",
 )
 MANIFEST_SECONDS = Histogram(
     "img2dataset_materializer_manifest_seconds",
