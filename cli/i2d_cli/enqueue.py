@@ -101,7 +101,9 @@ def enqueue(settings: EnqueueSettings) -> int:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_model_flags(parser, EnqueueSettings)
+    # It only writes to Kafka: no store, index, metrics port or owner identity.
+    unused = ("store_url", "s3_endpoint_url", "s3_region", "index_url", "metrics_host")
+    add_model_flags(parser, EnqueueSettings, skip=(*unused, "metrics_port", "owner"))
 
 
 def run(ns: argparse.Namespace) -> int:

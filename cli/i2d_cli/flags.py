@@ -58,10 +58,17 @@ def add_model_flags(
             continue
         shown = " (required)"
         if not field.is_required():
-            # A default_factory's value is shown as well (call_default_factory=False gives
-            # PydanticUndefined for it), as long as it is a plain value.
+            # A default_factory's value is shown when it is a container (a fresh list per
+            # model); a computed value (this host and pid) belongs to the run, not the help.
             default = field.get_default(call_default_factory=True, validated_data={})
-            shown = "" if default is None or callable(default) else f" (default: {default!r})"
+            computed = field.default_factory is not None and not isinstance(
+                default, list | dict | tuple | set | frozenset
+            )
+            shown = (
+                ""
+                if default is None or callable(default) or computed
+                else f" (default: {default!r})"
+            )
         target.add_argument(
             f"--{name}",
             dest=name,

@@ -35,6 +35,21 @@ SETTINGS: dict[str, type[ConnectionSettings]] = {
 }
 
 
+# Shared connection settings a service has no use for: not offered as its flags.
+UNUSED = {
+    # one port (http_port) for the dashboard, API, /metrics and health; it creates no topic
+    "status": (
+        "metrics_host",
+        "metrics_port",
+        "create_topics",
+        "urls_partitions",
+        "append_partitions",
+        "closed_partitions",
+        "kafka_max_message_bytes",
+    ),
+}
+
+
 def serve(name: str, settings: ConnectionSettings) -> None:
     stop = stop_event_on_signals()
     if isinstance(settings, StatusSettings):
@@ -84,7 +99,9 @@ class StartupError(Exception):
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     services = parser.add_subparsers(dest="service", required=True)
     for name, cls in SETTINGS.items():
-        add_model_flags(services.add_parser(name, help=f"the {name}"), cls)
+        add_model_flags(
+            services.add_parser(name, help=f"the {name}"), cls, skip=UNUSED.get(name, ())
+        )
 
 
 def run(ns: argparse.Namespace) -> int:

@@ -7,7 +7,7 @@ from pydantic import ValidationError
 
 from i2d_cli.enqueue import EnqueueSettings
 from i2d_cli.flags import model_kwargs, parse_value
-from i2d_cli.main import build_parser, normalize_argv
+from i2d_cli.main import build_parser, main, normalize_argv
 from i2d_cli.options import DownloadOptions
 from i2d_fetcher.settings import FetcherSettings
 
@@ -143,3 +143,19 @@ def test_additional_columns_cannot_overwrite_metadata_columns() -> None:
             DownloadOptions(url_list="u", save_additional_columns=["license", reserved])
     with pytest.raises(ValidationError, match="cannot be additional columns"):
         EnqueueSettings(url_list="u", save_additional_columns="caption")
+
+
+def test_a_command_offers_only_the_flags_it_uses(capsys: pytest.CaptureFixture[str]) -> None:
+    def help_of(*argv: str) -> str:
+        with pytest.raises(SystemExit):
+            main([*argv, "--help"])
+        return capsys.readouterr().out
+
+    status = help_of("serve", "status")
+    assert "--http_port" in status and "--metrics_port" not in status
+    assert "--create_topics" not in status
+    enqueue = help_of("enqueue")
+    assert "--urls_topic" in enqueue
+    assert "--store_url" not in enqueue and "--index_url" not in enqueue
+    appender = help_of("serve", "appender")
+    assert "--owner" in appender and "This instance's identity. (default" not in appender
