@@ -9,18 +9,17 @@ import logging
 import sys
 from typing import Any
 
-from i2d_appender.service import AppenderService
 from i2d_appender.settings import AppenderSettings
 from i2d_cli.flags import add_model_flags, model_kwargs
-from i2d_fetcher.service import FetcherService
 from i2d_fetcher.settings import FetcherSettings
-from i2d_materializer.service import MaterializerService
 from i2d_materializer.settings import MaterializerSettings
 from i2d_segments.connect import index_from, open_kafka_bus, store_from
 from i2d_segments.runtime import Health, HealthServer, stop_event_on_signals
 from i2d_segments.settings import ConnectionSettings
-from i2d_status.server import serve_status
 from i2d_status.settings import StatusSettings
+
+# The services themselves are imported by `serve` for the one it runs: importing a service
+# registers its metrics, and each service's /metrics should show its own families only.
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +52,8 @@ UNUSED = {
 def serve(name: str, settings: ConnectionSettings) -> None:
     stop = stop_event_on_signals()
     if isinstance(settings, StatusSettings):
+        from i2d_status.server import serve_status
+
         # Read-only, one port for the dashboard, API, /metrics and health; no topic creation.
         serve_status(settings, stop)
         return
@@ -70,13 +71,19 @@ def serve(name: str, settings: ConnectionSettings) -> None:
                 bus.create_topics(settings.topic_partitions())
             store = store_from(settings)
             if isinstance(settings, FetcherSettings):
+                from i2d_fetcher.service import FetcherService
+
                 service = FetcherService(bus, settings, store=store, health=health)
             else:
                 index = index_from(settings)
                 health.add_check("index", lambda: index.partitions() is not None)
                 if isinstance(settings, AppenderSettings):
+                    from i2d_appender.service import AppenderService
+
                     service = AppenderService(bus, store, index, settings, health=health)
                 elif isinstance(settings, MaterializerSettings):
+                    from i2d_materializer.service import MaterializerService
+
                     service = MaterializerService(bus, store, index, settings, health=health)
                 else:
                     raise ValueError(f"unknown service {name!r}")

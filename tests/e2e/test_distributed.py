@@ -129,6 +129,10 @@ def test_three_services_end_to_end(
             assert b"img2dataset_" in http_get(base + "/metrics")[1], name
         metrics = http_get(f"http://127.0.0.1:{ports['fetcher']}/metrics")[1].decode()
         assert 'img2dataset_fetcher_rows_total{status="success"}' in metrics
+        assert "img2dataset_appender_" not in metrics  # each service exports its own families
+        appender = http_get(f"http://127.0.0.1:{ports['appender']}/metrics")[1].decode()
+        assert "img2dataset_appender_segments_closed_total" in appender
+        assert "img2dataset_fetcher_" not in appender
 
         # SIGTERM: each service stops cleanly, by itself, in time.
         for p in procs.values():
