@@ -108,6 +108,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     logging.getLogger("aiohttp").setLevel(logging.WARNING)
+    # "Found credentials in environment variables" on every command says nothing to act on.
+    logging.getLogger("botocore").setLevel(logging.WARNING)
     module = next(m for m in _commands(ns.command) if ns.command == m.NAME)
     try:
         return int(module.run(ns))
