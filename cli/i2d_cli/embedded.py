@@ -23,7 +23,7 @@ from typing import IO
 from i2d_appender.service import AppenderService
 from i2d_appender.settings import AppenderSettings
 from i2d_cli.errors import InputError
-from i2d_cli.inputs import RowReader, carried_columns, count_rows
+from i2d_cli.inputs import carried_columns, count_rows
 from i2d_cli.options import DownloadOptions
 from i2d_cli.progress import Progress
 from i2d_fetcher.service import FetcherService
@@ -243,13 +243,9 @@ class EmbeddedDownload:
         """Produce every row not recorded yet; returns how many were produced."""
         topic = self.fetcher_settings.urls_topic
         producer = bus.producer()
-        reader = RowReader(
-            self.opts.input_format,
-            self.opts.url_col,
-            self.opts.caption_col,
+        reader = self.opts.row_reader(
             carried_columns(self.opts.save_additional_columns, self.fetcher_settings),
             self.opts.number_sample_per_shard,
-            self.opts.oom_shard_count,
         )
         skip_known = self.opts.incremental_mode == "incremental"
         produced = 0

@@ -10,12 +10,12 @@ import argparse
 import sys
 import time
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from i2d_cli.errors import InputError
 from i2d_cli.flags import add_model_flags, model_kwargs
-from i2d_cli.inputs import RowReader, carried_columns, count_rows
-from i2d_cli.options import additional_columns
+from i2d_cli.inputs import carried_columns, count_rows
+from i2d_cli.options import UrlListOptions
 from i2d_cli.progress import Progress
 from i2d_fetcher.options import FetchOptions
 from i2d_segments.connect import open_kafka_bus
@@ -26,25 +26,13 @@ NAME = "enqueue"
 HELP = "Write a url list to the Kafka urls topic."
 
 
-class EnqueueSettings(ConnectionSettings):
-    url_list: str = Field(description="A url file, or a folder of them.")
-    input_format: str = Field("txt", description="txt, csv, tsv, json, jsonl (.gz), parquet.")
-    url_col: str = Field("url", description="Column holding the url.")
-    caption_col: str | None = Field(None, description="Column holding the caption.")
-    save_additional_columns: list[str] | None = Field(
-        None, description="More input columns carried with each row."
-    )
+class EnqueueSettings(ConnectionSettings, UrlListOptions):
     number_sample_per_shard: int = Field(
         10000,
         ge=1,
         description="Numbers the rows' img2dataset `key` metadata column as img2dataset's "
         "shards of this many rows would (the appender sizes the segments).",
     )
-    oom_shard_count: int = Field(
-        5, ge=1, le=20, description="Digits of the shard number in the rows' `key`."
-    )
-    _columns = field_validator("save_additional_columns", mode="before")(additional_columns)
-    progress: bool = Field(True, description="Show a progress bar with rate and ETA.")
     # The fetchers' options that read input columns: the columns must travel with the rows.
     bbox_col: str | None = Field(None, description="Column of boxes to blur (bbox_col).")
     verify_hash: list[str] | None = Field(
@@ -62,13 +50,9 @@ def enqueue(settings: EnqueueSettings) -> int:
             bbox_col=settings.bbox_col,
             verify_hash=tuple(settings.verify_hash) if settings.verify_hash else None,
         )
-        reader = RowReader(
-            settings.input_format,
-            settings.url_col,
-            settings.caption_col,
+        reader = settings.row_reader(
             carried_columns(settings.save_additional_columns, carried),
             settings.number_sample_per_shard,
-            settings.oom_shard_count,
         )
         started = time.monotonic()
         count = 0

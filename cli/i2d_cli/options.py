@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+if TYPE_CHECKING:
+    from i2d_cli.inputs import RowReader
 
 # Metadata columns of every row: an input column of the same name would overwrite them.
 RESERVED_COLUMNS = frozenset(
@@ -27,11 +31,10 @@ def additional_columns(value: Any) -> Any:
     return value
 
 
-class DownloadOptions(BaseModel):
-    model_config = ConfigDict(frozen=True)
+class UrlListOptions(BaseModel):
+    """How a url list is read (img2dataset's names): shared by `download` and `enqueue`."""
 
     url_list: str = Field(description="A url file, or a folder of them.")
-    output_folder: str = Field("images", description="Where segments, index and metadata go.")
     input_format: str = Field(
         "txt", description="txt, csv, tsv, json, jsonl (each also .gz), or parquet."
     )
@@ -40,14 +43,36 @@ class DownloadOptions(BaseModel):
     save_additional_columns: list[str] | None = Field(
         None, description="More input columns kept in each sample's metadata."
     )
+    oom_shard_count: int = Field(
+        5, ge=1, le=20, description="Digits of the shard number in the rows' `key`."
+    )
+    progress: bool = Field(True, description="Show a progress bar with rate and ETA.")
+
+    _columns = field_validator("save_additional_columns", mode="before")(additional_columns)
+
+    def row_reader(self, carried: Sequence[str], number_sample_per_shard: int) -> RowReader:
+        """The reader of this list, carrying `carried` columns (inputs.carried_columns)."""
+        from i2d_cli.inputs import RowReader  # pyarrow: only once a list is read
+
+        return RowReader(
+            self.input_format,
+            self.url_col,
+            self.caption_col,
+            carried,
+            number_sample_per_shard,
+            self.oom_shard_count,
+        )
+
+
+class DownloadOptions(UrlListOptions):
+    model_config = ConfigDict(frozen=True)
+
+    output_folder: str = Field("images", description="Where segments, index and metadata go.")
     number_sample_per_shard: int = Field(
         10000,
         ge=1,
         description="Input rows per segment (segments also close by size); also numbers the "
         "rows' img2dataset `key` as its shards do.",
-    )
-    oom_shard_count: int = Field(
-        5, ge=1, le=20, description="Digits of the shard number in the rows' `key`."
     )
     incremental_mode: Literal["incremental", "overwrite", "extend"] = Field(
         "incremental",
@@ -58,6 +83,3 @@ class DownloadOptions(BaseModel):
     segment_max_bytes: int = Field(
         512 * 1024 * 1024, ge=1024, description="Close a segment once it holds this many bytes."
     )
-    progress: bool = Field(True, description="Show a progress bar with rate and ETA.")
-
-    _columns = field_validator("save_additional_columns", mode="before")(additional_columns)
