@@ -55,7 +55,7 @@ def run(ns: argparse.Namespace) -> int:
             print(f"MISMATCH {m}")
 
     try:
-        bar = Progress(len(index.segments()), unit="segments")
+        bar = Progress(index.totals().segments, unit="segments")  # one aggregate query
         report = verify_dataset(store, index, sample=sample, seed=opts.seed, on_segment=progress)
     except ValueError as e:
         print(f"img2dataset: {e}", file=sys.stderr)

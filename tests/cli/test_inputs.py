@@ -220,6 +220,5 @@ def test_a_rows_own_key_survives_a_missing_url_and_an_empty_key_is_no_key(
     outcome = parse(encode_url_row(bad), "url", "caption")
     assert isinstance(outcome, Outcome) and decode_append(outcome.value).meta.key == "mine"
     assert empty.key is None and empty.metadata_key == "000000001"
-    assert (
-        empty.sample_id == parse_url_value('{"url": "http://127.0.0.1/a.jpg", "key": ""}').sample_id
-    )  # type: ignore[union-attr]
+    on_the_topic = parse_url_value('{"url": "http://127.0.0.1/a.jpg", "key": ""}')
+    assert on_the_topic is not None and on_the_topic.key is None  # the same on the urls topic
