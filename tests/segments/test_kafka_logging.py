@@ -19,9 +19,13 @@ def test_a_repeated_broker_error_is_one_line_with_its_count(
     for ms in range(50):  # the same error, but for the numbers in it
         logger.error("FAIL [rdkafka#%d]: Connect to 127.0.0.1:1 failed (after %dms)", 1, ms)
     logger.error("another error")
+    logger.info("assigned urls [0]")
+    logger.info("assigned urls [1]")  # information is never held back
     assert [r.getMessage() for r in caplog.records] == [
         "FAIL [rdkafka#1]: Connect to 127.0.0.1:1 failed (after 0ms)",
         "another error",
+        "assigned urls [0]",
+        "assigned urls [1]",
     ]
     later = time.monotonic() + 31
     monkeypatch.setattr(kafka.time, "monotonic", lambda: later)

@@ -93,6 +93,8 @@ class _Quieter(logging.Filter):
         self._lock = threading.Lock()
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:  # information (assignments...) is never held
+            return True
         key = _DIGITS.sub("#", record.getMessage())
         now = time.monotonic()
         with self._lock:
