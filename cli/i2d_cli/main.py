@@ -99,7 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Its fetch workers start from a fork server that takes ~0.6 s to import their code:
         # started first thing, it does so on the other core while this process imports its
         # own (the download's start-up is that much shorter).
-        from i2d_fetcher.forkserver import start_early
+        from i2d_fetcher.pool.forkserver import start_early
 
         start_early()
     ns = build_parser(command).parse_args(args)

@@ -17,12 +17,12 @@ import yaml
 from PIL import Image
 from prometheus_client import REGISTRY
 
-from i2d_fetcher import metrics, process
-from i2d_fetcher.download import FetchFailed
-from i2d_fetcher.imaging import ProcessedImage, process_image
+from i2d_fetcher import metrics, row
+from i2d_fetcher.http.client import FetchFailed
+from i2d_fetcher.imaging.pipeline import ProcessedImage, process_image
 from i2d_fetcher.options import FetchOptions
 from i2d_fetcher.outcome import RowStats
-from i2d_fetcher.process import fetch_row
+from i2d_fetcher.row import fetch_row
 from i2d_segments.records import AppendRecord, SampleStatus, UrlRow
 from tests.deploy.helpers import (
     CHART,
@@ -200,14 +200,14 @@ def test_fetch_latency_and_bytes_move_when_a_url_is_fetched(
     count = _sample("img2dataset_fetcher_fetch_seconds_count")
     seconds = _sample("img2dataset_fetcher_fetch_seconds_sum")
     received = _sample("img2dataset_fetcher_bytes_total")
-    monkeypatch.setattr(process, "download", downloaded)
+    monkeypatch.setattr(row, "download", downloaded)
     record = fetch("http://images.example/a.jpg")
     assert record.meta.status is SampleStatus.SUCCESS
     assert record.meta.original_size == len(body)
     assert _sample("img2dataset_fetcher_bytes_total") == received + len(body)
     assert _sample("img2dataset_fetcher_fetch_seconds_count") == count + 1
     assert _sample("img2dataset_fetcher_fetch_seconds_sum") >= seconds + 0.01
-    monkeypatch.setattr(process, "download", refused)
+    monkeypatch.setattr(row, "download", refused)
     assert fetch("http://images.example/b.jpg").meta.status is SampleStatus.FAILED_TO_DOWNLOAD
     assert _sample("img2dataset_fetcher_fetch_seconds_count") == count + 2
     assert _sample("img2dataset_fetcher_bytes_total") == received + len(body)

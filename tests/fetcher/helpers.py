@@ -9,9 +9,9 @@ import urllib.request
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
-from i2d_fetcher.download import HttpClient, open_client
+from i2d_fetcher.http.client import HttpClient, open_client
+from i2d_fetcher.http.resolver import Lookup, StaticLookup
 from i2d_fetcher.options import FetchOptions
-from i2d_fetcher.resolver import Lookup, StaticLookup
 from i2d_imageserver import ImageServer
 
 T = TypeVar("T")

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image, JpegImagePlugin
 
-from i2d_fetcher.blur import InvalidBoxes, blur_boxes, parse_boxes
-from i2d_fetcher.imaging import process_image
+from i2d_fetcher.imaging.blur import InvalidBoxes, blur_boxes, parse_boxes
+from i2d_fetcher.imaging.pipeline import process_image
 from i2d_fetcher.options import FetchOptions
 from i2d_imageserver import synth
 

@@ -16,16 +16,16 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from i2d_fetcher.download import (
+from i2d_fetcher.http.client import (
     Downloaded,
     FetchFailed,
     backoff_delay,
     download,
     open_client,
 )
+from i2d_fetcher.http.resolver import StaticLookup
+from i2d_fetcher.http.robots import DISALLOWED_MESSAGE, is_disallowed
 from i2d_fetcher.options import FetchOptions
-from i2d_fetcher.resolver import StaticLookup
-from i2d_fetcher.robots import DISALLOWED_MESSAGE, is_disallowed
 from i2d_imageserver import ImageServer
 from tests.fetcher.helpers import fresh_seed, local_options, run, with_session
 from tests.servers.proc import free_port

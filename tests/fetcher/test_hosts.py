@@ -12,12 +12,12 @@ from collections.abc import Iterator
 
 import pytest
 
-from i2d_fetcher.download import HttpClient, download
-from i2d_fetcher.hosts import CIRCUIT_OPEN_MESSAGE, CircuitOpen, HostLimiter
-from i2d_fetcher.imaging import ProcessedImage, process_image
+from i2d_fetcher.http.client import HttpClient, download
+from i2d_fetcher.http.hosts import CIRCUIT_OPEN_MESSAGE, CircuitOpen, HostLimiter
+from i2d_fetcher.http.resolver import StaticLookup
+from i2d_fetcher.imaging.pipeline import ProcessedImage, process_image
 from i2d_fetcher.options import FetchOptions
-from i2d_fetcher.process import fetch_row
-from i2d_fetcher.resolver import StaticLookup
+from i2d_fetcher.row import fetch_row
 from i2d_imageserver import ImageServer
 from i2d_segments.records import SampleStatus, UrlRow
 from tests.fetcher.helpers import fresh_seed, local_options, run, with_session

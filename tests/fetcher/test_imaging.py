@@ -16,7 +16,7 @@ import pytest
 from PIL import Image, ImageFile, JpegImagePlugin
 from pydantic import ValidationError
 
-from i2d_fetcher.imaging import ImageRejected, ProcessedImage, process_image
+from i2d_fetcher.imaging.pipeline import ImageRejected, ProcessedImage, process_image
 from i2d_fetcher.options import FetchOptions
 from i2d_imageserver import synth
 from i2d_segments.records import SampleStatus
@@ -292,7 +292,7 @@ def test_small_jpegs_and_upscales_are_decoded_in_full(monkeypatch: pytest.Monkey
 # --------------------------------------------------------------------------- bombs and junk
 
 
-# pytest resets warning filters per test; in production imaging.py silences Pillow's warning
+# pytest resets warning filters per test; in production imaging/pipeline.py silences Pillow's warning
 # because its own guard (max_decoded_pixels) decides.
 @pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
 def test_decompression_bomb_is_rejected_before_decoding(monkeypatch: pytest.MonkeyPatch) -> None:

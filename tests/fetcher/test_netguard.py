@@ -16,11 +16,11 @@ import aiohttp
 import pytest
 from yarl import URL
 
-from i2d_fetcher.download import Downloaded, FetchFailed, HttpClient, download
-from i2d_fetcher.netguard import AddressPolicy, BlockedAddress, category, literal_address
+from i2d_fetcher.http.client import Downloaded, FetchFailed, HttpClient, download
+from i2d_fetcher.http.netguard import AddressPolicy, BlockedAddress, category, literal_address
+from i2d_fetcher.http.resolver import StaticLookup
 from i2d_fetcher.options import FetchOptions
-from i2d_fetcher.process import fetch_row
-from i2d_fetcher.resolver import StaticLookup
+from i2d_fetcher.row import fetch_row
 from i2d_imageserver import ImageServer
 from i2d_segments.records import SampleStatus, UrlRow
 from tests.fetcher.helpers import fresh_seed, local_options, with_session

@@ -10,9 +10,9 @@ from concurrent.futures.process import BrokenProcessPool
 import pytest
 from PIL import Image
 
-from i2d_fetcher.imaging import ProcessedImage, process_image
+from i2d_fetcher.imaging.pipeline import ProcessedImage, process_image
 from i2d_fetcher.options import FetchOptions
-from i2d_fetcher.process import fetch_row
+from i2d_fetcher.row import fetch_row
 from i2d_imageserver import ImageServer
 from i2d_segments.records import (
     AppendRecord,

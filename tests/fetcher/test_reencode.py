@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile, JpegImagePlugin
 
-from i2d_fetcher.imaging import ImageRejected, process_image
+from i2d_fetcher.imaging.pipeline import ImageRejected, process_image
 from i2d_fetcher.options import FetchOptions
 from i2d_imageserver import synth
 

@@ -10,8 +10,8 @@ import socket
 
 import pytest
 
-from i2d_fetcher.netguard import AddressPolicy, BlockedAddress
-from i2d_fetcher.resolver import (
+from i2d_fetcher.http.netguard import AddressPolicy, BlockedAddress
+from i2d_fetcher.http.resolver import (
     AiodnsLookup,
     Answer,
     CachingResolver,

@@ -19,15 +19,10 @@ from collections.abc import Callable
 import pytest
 
 from i2d_fetcher.outcome import Outcome
+from i2d_fetcher.pool.config import WorkerConfig, share, worker_options
+from i2d_fetcher.pool.supervisor import WORKER_DIED, FetchWorkers
 from i2d_fetcher.service import FetcherService
 from i2d_fetcher.settings import FetcherSettings
-from i2d_fetcher.workers import (
-    WORKER_DIED,
-    FetchWorkers,
-    WorkerConfig,
-    share,
-    worker_options,
-)
 from i2d_imageserver import ImageServer
 from i2d_segments.bus.memory import MemoryBus
 from i2d_segments.records import AppendRecord, SampleStatus, UrlRow, decode_append

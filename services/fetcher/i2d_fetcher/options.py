@@ -2,7 +2,7 @@
 
 One frozen model shared by the fetcher service settings (which extend it, so every field is
 also an `I2D_<FIELD>` environment variable) and by the CLI (which turns every field into a
-`--field` flag). It is sent once to each worker process that fetches rows (workers.py).
+`--field` flag). It is sent once to each worker process that fetches rows (pool/).
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
-from i2d_fetcher import formats
-from i2d_fetcher.netguard import parse_networks
+from i2d_fetcher.http.netguard import parse_networks
+from i2d_fetcher.imaging import formats
 
 ResizeMode = Literal["no", "border", "keep_ratio", "keep_ratio_largest", "center_crop"]
 EncodeFormat = Literal["jpg", "png", "webp"]

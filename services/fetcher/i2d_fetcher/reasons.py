@@ -11,7 +11,8 @@ from __future__ import annotations
 import re
 
 # (reason, pattern at the start of the message). The messages are this fetcher's own: see
-# download.py, imaging.py, formats.py, blur.py, robots.py, process.py and outcome.py.
+# http/client.py, http/robots.py, imaging/pipeline.py, imaging/formats.py, imaging/blur.py,
+# row.py and outcome.py.
 _RULES: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
     (reason, re.compile(pattern))
     for reason, pattern in (

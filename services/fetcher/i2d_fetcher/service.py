@@ -1,7 +1,7 @@
 """The fetcher loop: `urls` records in, one APPEND record per input row out.
 
     poll (consumer thread)  ->  fetch (a worker process downloads, processes and encodes;
-    workers.py)  ->  produce APPEND  ->  delivery acknowledged  ->  commit `urls` offsets
+    pool/)  ->  produce APPEND  ->  delivery acknowledged  ->  commit `urls` offsets
 
 This process only dispatches records and produces what the workers encoded, observing the
 figures they send back into its metrics. Back-pressure is explicit: no more than
@@ -23,8 +23,8 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 from i2d_fetcher import metrics
 from i2d_fetcher.offsets import OffsetTracker
 from i2d_fetcher.outcome import Outcome
+from i2d_fetcher.pool import RowFetcher, WorkerConfig, open_fetcher
 from i2d_fetcher.settings import FetcherSettings
-from i2d_fetcher.workers import RowFetcher, WorkerConfig, open_fetcher
 from i2d_segments.bus import Bus, BusError, HeldPartitions, Message, TopicPartition
 from i2d_segments.naming import staging_name
 from i2d_segments.records import AppendRecord, SampleStatus, decode_append

@@ -30,7 +30,7 @@ from typing import Protocol
 
 from aiohttp.abc import AbstractResolver, ResolveResult
 
-from i2d_fetcher.netguard import AddressPolicy, BlockedAddress, IPAddress, literal_address
+from i2d_fetcher.http.netguard import AddressPolicy, BlockedAddress, IPAddress, literal_address
 
 MIN_TTL = 1.0  # seconds: a TTL-0 record still serves the burst of rows that asked for it
 MAX_ENTRIES = 100_000

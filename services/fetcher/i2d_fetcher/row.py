@@ -18,9 +18,9 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
-from i2d_fetcher.blur import InvalidBoxes, boxed_item_id, parse_boxes
-from i2d_fetcher.download import FetchFailed, HttpClient, download
-from i2d_fetcher.imaging import ImageRejected, ProcessedImage
+from i2d_fetcher.http.client import FetchFailed, HttpClient, download
+from i2d_fetcher.imaging.blur import InvalidBoxes, boxed_item_id, parse_boxes
+from i2d_fetcher.imaging.pipeline import ImageRejected, ProcessedImage
 from i2d_fetcher.options import FetchOptions
 from i2d_fetcher.outcome import Outcome, RowStats, failure, parse, row_fields
 from i2d_segments.records import AppendMeta, AppendRecord, SampleStatus, UrlRow

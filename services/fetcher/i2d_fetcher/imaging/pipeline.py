@@ -33,9 +33,9 @@ from typing import Any
 import numpy as np
 from PIL import Image, JpegImagePlugin
 
-from i2d_fetcher import formats
-from i2d_fetcher.blur import Box, blur_boxes
-from i2d_fetcher.exif import extract_exif, header_exif
+from i2d_fetcher.imaging import formats
+from i2d_fetcher.imaging.blur import Box, blur_boxes
+from i2d_fetcher.imaging.exif import extract_exif, header_exif
 from i2d_fetcher.options import FetchOptions
 from i2d_segments.records import SampleStatus
 

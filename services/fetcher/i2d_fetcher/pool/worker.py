@@ -11,16 +11,15 @@ import logging
 import signal
 import socket
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 
-from i2d_fetcher.blur import Box
-from i2d_fetcher.download import HttpClient, open_client
-from i2d_fetcher.imaging import ProcessedImage, process_image
+from i2d_fetcher.http.client import open_client
+from i2d_fetcher.imaging.blur import Box
+from i2d_fetcher.imaging.pipeline import ProcessedImage, process_image
 from i2d_fetcher.options import FetchOptions
-from i2d_fetcher.outcome import Outcome, failed_value
-from i2d_fetcher.process import fetch_value
-from i2d_fetcher.wire import Channel
-from i2d_fetcher.workers import WorkerConfig
+from i2d_fetcher.outcome import failed_value
+from i2d_fetcher.pool.config import WorkerConfig
+from i2d_fetcher.pool.wire import Channel
+from i2d_fetcher.row import fetch_value
 
 log = logging.getLogger(__name__)
 
@@ -80,27 +79,3 @@ async def _serve(sock: socket.socket, config: WorkerConfig) -> None:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-
-
-class InlineFetcher:
-    """processes_count=0: rows fetched on the caller's loop, images processed on a thread."""
-
-    def __init__(self, client: HttpClient, config: WorkerConfig) -> None:
-        self.client = client
-        self.config = config
-        self._thread = ThreadPoolExecutor(1, thread_name_prefix="imaging")
-
-    async def _run_cpu(
-        self, data: bytes, opts: FetchOptions, boxes: Sequence[Box] = ()
-    ) -> ProcessedImage:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._thread, process_image, data, opts, boxes)
-
-    async def fetch(self, value: bytes) -> Outcome | None:
-        c = self.config
-        return await fetch_value(
-            self.client, value, c.options, self._run_cpu, c.url_col, c.caption_col
-        )
-
-    def close(self) -> None:
-        self._thread.shutdown(wait=True, cancel_futures=True)

@@ -34,62 +34,22 @@ aiohttp or Pillow.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import socket
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable
-from dataclasses import dataclass
 from multiprocessing.process import BaseProcess
-from typing import Protocol
 
-from i2d_fetcher import forkserver
-from i2d_fetcher.options import FetchOptions
 from i2d_fetcher.outcome import Outcome, failed_value
-from i2d_fetcher.wire import Channel
+from i2d_fetcher.pool import forkserver
+from i2d_fetcher.pool.config import WorkerConfig, worker_options
+from i2d_fetcher.pool.wire import Channel
 
 log = logging.getLogger(__name__)
 
 WORKER_DIED = "fetch worker died"
 STOP_TIMEOUT = 10.0  # seconds a worker gets to exit once its connection is closed
 RESTART_DELAY = 1.0  # seconds between attempts to start a replacement that failed to start
-
-
-class RowFetcher(Protocol):
-    def fetch(self, value: bytes) -> Awaitable[Outcome | None]:
-        """The outcome of one `urls` record; None for a blank line."""
-        ...
-
-
-@dataclass(frozen=True)
-class WorkerConfig:
-    """Everything a worker needs, sent once when it starts."""
-
-    options: FetchOptions
-    concurrency: int  # rows it may be given at once: its connection pool's size
-    url_col: str = "url"
-    caption_col: str | None = "caption"
-    log_level: int = logging.WARNING
-
-
-def share(total: int, workers: int, index: int) -> int:
-    """Worker `index`'s part of `total` split over `workers`: the parts add up to `total`
-    (when total >= workers), and each is at least 1."""
-    return max(1, total // workers + (1 if index < total % workers else 0))
-
-
-def worker_options(opts: FetchOptions, workers: int, index: int) -> FetchOptions:
-    """`opts` for worker `index` of `workers`: its part of the per-host limits."""
-    return opts.model_copy(
-        update={
-            "max_connections_per_host": share(opts.max_connections_per_host, workers, index),
-            "host_rate_limit": opts.host_rate_limit / workers,
-        }
-    )
-
-
-# --------------------------------------------------------------------------- main side
 
 
 class _Worker:
@@ -253,7 +213,7 @@ class FetchWorkers:
 def _worker_entry(sock: socket.socket, config: WorkerConfig) -> None:
     """The worker process's target, named here so that pickling it does not import the
     worker's code (aiohttp, Pillow...) into this process; the fork server has it loaded."""
-    from i2d_fetcher.worker import worker_main
+    from i2d_fetcher.pool.worker import worker_main
 
     worker_main(sock, config)
 
@@ -264,25 +224,3 @@ def _reap(process: BaseProcess) -> None:
         log.warning("fetch worker %s did not stop in %ss: killed", process.pid, STOP_TIMEOUT)
         process.kill()
         process.join()
-
-
-@contextlib.asynccontextmanager
-async def open_fetcher(config: WorkerConfig, processes: int) -> AsyncIterator[RowFetcher]:
-    """`processes` worker processes (FetchWorkers), or this process when 0 (InlineFetcher)."""
-    if processes <= 0:
-        from i2d_fetcher.download import open_client
-        from i2d_fetcher.worker import InlineFetcher
-
-        async with open_client(config.options, config.concurrency) as client:
-            inline = InlineFetcher(client, config)
-            try:
-                yield inline
-            finally:
-                inline.close()
-        return
-    workers = FetchWorkers(config, processes)
-    try:
-        await workers.start()
-        yield workers
-    finally:
-        await workers.close()

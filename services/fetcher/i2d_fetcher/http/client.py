@@ -39,11 +39,11 @@ from aiohttp import http_exceptions
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from i2d_fetcher.hosts import CIRCUIT_OPEN_MESSAGE, CircuitOpen, HostLimiter
-from i2d_fetcher.netguard import BLOCKED_PREFIX, AddressPolicy, BlockedAddress, literal_address
+from i2d_fetcher.http.hosts import CIRCUIT_OPEN_MESSAGE, CircuitOpen, HostLimiter
+from i2d_fetcher.http.netguard import BLOCKED_PREFIX, AddressPolicy, BlockedAddress, literal_address
+from i2d_fetcher.http.resolver import AiodnsLookup, CachingResolver, Lookup
+from i2d_fetcher.http.robots import DISALLOWED_MESSAGE, is_disallowed
 from i2d_fetcher.options import FetchOptions
-from i2d_fetcher.resolver import AiodnsLookup, CachingResolver, Lookup
-from i2d_fetcher.robots import DISALLOWED_MESSAGE, is_disallowed
 from i2d_segments import __version__
 
 PROJECT_URL = "https://github.com/rom1504/img2dataset"

@@ -1,4 +1,4 @@
-"""The fork server the fetch worker processes start from (workers.py).
+"""The fork server the fetch worker processes start from (supervisor.py).
 
 `forkserver`, not `fork`: forking a process that already runs librdkafka and aiohttp threads
 is unsafe; the fork server is a clean single-threaded process. It imports the worker code once
@@ -13,7 +13,7 @@ import multiprocessing
 from multiprocessing import forkserver
 from multiprocessing.context import ForkServerContext
 
-WORKER_MODULE = "i2d_fetcher.worker"
+WORKER_MODULE = "i2d_fetcher.pool.worker"
 
 
 def context() -> ForkServerContext:

@@ -1,0 +1,46 @@
+"""What the pool and its callers agree on: the configuration a worker starts with, how the
+per-host limits are split across workers, and the `RowFetcher` interface both kinds of pool
+(worker processes, or this process) offer."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from typing import Protocol
+
+from i2d_fetcher.options import FetchOptions
+from i2d_fetcher.outcome import Outcome
+
+
+class RowFetcher(Protocol):
+    def fetch(self, value: bytes) -> Awaitable[Outcome | None]:
+        """The outcome of one `urls` record; None for a blank line."""
+        ...
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """Everything a worker needs, sent once when it starts."""
+
+    options: FetchOptions
+    concurrency: int  # rows it may be given at once: its connection pool's size
+    url_col: str = "url"
+    caption_col: str | None = "caption"
+    log_level: int = logging.WARNING
+
+
+def share(total: int, workers: int, index: int) -> int:
+    """Worker `index`'s part of `total` split over `workers`: the parts add up to `total`
+    (when total >= workers), and each is at least 1."""
+    return max(1, total // workers + (1 if index < total % workers else 0))
+
+
+def worker_options(opts: FetchOptions, workers: int, index: int) -> FetchOptions:
+    """`opts` for worker `index` of `workers`: its part of the per-host limits."""
+    return opts.model_copy(
+        update={
+            "max_connections_per_host": share(opts.max_connections_per_host, workers, index),
+            "host_rate_limit": opts.host_rate_limit / workers,
+        }
+    )
