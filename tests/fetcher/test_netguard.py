@@ -88,6 +88,15 @@ def failure(url: str, opts: FetchOptions = FAST) -> FetchFailed:
         ("192.0.2.1", "special-purpose"),  # documentation
         ("198.18.0.1", "special-purpose"),  # benchmarking
         ("2001:db8::1", "special-purpose"),
+        # Forms that carry an IPv4 address a translator or an old stack would reach.
+        ("64:ff9b:1::7f00:1", "local-use NAT64"),  # RFC 8215, prefix length unknown
+        ("64:ff9b:1:7f00:1::", "local-use NAT64"),
+        ("64:ff9b:1::808:808", "local-use NAT64"),  # even a public IPv4 behind it
+        ("fec0::1", "site-local"),
+        ("::127.0.0.1", "ipv4-compatible"),
+        ("::8.8.8.8", "ipv4-compatible"),
+        ("::ffff:0:127.0.0.1", "ipv4-translated"),
+        ("::ffff:0:8.8.8.8", "ipv4-translated"),
     ],
 )
 def test_non_public_addresses_are_refused_with_their_reason(address: str, reason: str) -> None:
@@ -97,7 +106,16 @@ def test_non_public_addresses_are_refused_with_their_reason(address: str, reason
 
 
 @pytest.mark.parametrize(
-    "address", ["8.8.8.8", "1.1.1.1", "172.32.0.1", "100.128.0.1", "2606:4700::1111"]
+    "address",
+    [
+        "8.8.8.8",
+        "1.1.1.1",
+        "172.32.0.1",
+        "100.128.0.1",
+        "2606:4700::1111",
+        "64:ff9b::8.8.8.8",  # the well-known NAT64 prefix of a public address
+        "2002:808:808::1",  # 6to4 of a public address
+    ],
 )
 def test_public_addresses_pass(address: str) -> None:
     assert category(ipaddress.ip_address(address)) is None

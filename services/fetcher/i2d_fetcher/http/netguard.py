@@ -45,7 +45,15 @@ _CATEGORIES: tuple[tuple[IPNetwork, str], ...] = tuple(
         ("::/128", "unspecified"),
         ("::1/128", "loopback"),
         ("::ffff:0:0/96", "ipv4-mapped"),  # ::ffff:127.0.0.1 is 127.0.0.1 on a dual stack
+        # SIIT's IPv4-translated form (RFC 2765) and the deprecated IPv4-compatible one
+        # (RFC 4291): both name an IPv4 host a translator or an old stack would reach.
+        ("::ffff:0:0:0/96", "ipv4-translated"),
+        ("::/96", "ipv4-compatible"),
+        # Local-use NAT64 (RFC 8215): a translator inside the operator's own network, with an
+        # IPv4 address at an offset only its operator knows: never a public destination.
+        ("64:ff9b:1::/48", "local-use NAT64"),
         ("fe80::/10", "link-local"),
+        ("fec0::/10", "site-local"),  # deprecated (RFC 3879), still routed inside some sites
         ("fc00::/7", "unique local"),
         ("ff00::/8", "multicast"),
     )
