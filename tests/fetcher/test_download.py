@@ -3,6 +3,7 @@ help (server counters tell), an honest User-Agent; against the local image serve
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import gzip
 import ipaddress
@@ -26,6 +27,7 @@ from i2d_fetcher.http.client import (
 from i2d_fetcher.http.resolver import StaticLookup
 from i2d_fetcher.http.robots import DISALLOWED_MESSAGE, is_disallowed
 from i2d_fetcher.options import FetchOptions
+from i2d_fetcher.reasons import one_line
 from i2d_imageserver import ImageServer
 from tests.fetcher.helpers import fresh_seed, local_options, run, with_session
 from tests.servers.proc import free_port
@@ -421,3 +423,40 @@ def test_a_malformed_response_is_a_short_reason() -> None:
     err = run(main())
     assert err.message == "bad response: Got more than 8190 bytes when reading"
     assert not err.transient
+
+
+def test_a_reason_is_one_line_whatever_the_server_sent() -> None:
+    """A header with line breaks in its value must not put them into the sample's error (the
+    parser's message quotes it: `Empty Content-Length:\\n\\n `); it stays one line."""
+
+    async def main() -> FetchFailed:
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: \n\n 1\r\n\r\n\xff\xd8")
+            await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/x.jpg"
+        try:
+            async with open_client(FAST, 4, StaticLookup({})) as client:
+                with pytest.raises(FetchFailed) as info:
+                    await download(client, url, FAST, max_bytes=MB)
+        finally:
+            server.close()
+            await server.wait_closed()
+        return info.value
+
+    err = run(main())
+    assert err.message.startswith("bad response: ")
+    assert err.message == err.message.strip()
+    assert not any(c in err.message for c in "\r\n\t\x0b")
+
+
+def test_one_line_folds_whitespace_and_bounds_length() -> None:
+    assert one_line("Invalid character in Content-Length:\n\n ") == (
+        "Invalid character in Content-Length:"
+    )
+    assert one_line("a\r\n\tb\x00c") == "a b c"
+    long = one_line("x" * 1000)
+    assert len(long) == 160 and long.endswith("...")

@@ -43,6 +43,16 @@ _RULES: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
     )
 )
 REASONS = (*(reason for reason, _ in _RULES), "other")
+MESSAGE_LIMIT = 160  # characters of a failure message: a reason, not a dump
+_SPACES = re.compile(r"[\s\x00-\x1f\x7f]+")
+
+
+def one_line(message: str, limit: int = MESSAGE_LIMIT) -> str:
+    """`message` as one short line: runs of whitespace and control characters (a parser's
+    message may quote header bytes, `Invalid character in Content-Length:\\n\\n `) become one
+    space, and it is cut at `limit` characters. A message is counted and grepped by users."""
+    message = _SPACES.sub(" ", message).strip()
+    return message if len(message) <= limit else message[: limit - 3] + "..."
 
 
 def reason_of(message: str | None) -> str:

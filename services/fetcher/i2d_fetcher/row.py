@@ -23,6 +23,7 @@ from i2d_fetcher.imaging.blur import InvalidBoxes, boxed_item_id, parse_boxes
 from i2d_fetcher.imaging.pipeline import ImageRejected, ProcessedImage
 from i2d_fetcher.options import FetchOptions
 from i2d_fetcher.outcome import Outcome, RowStats, failure, parse, row_fields
+from i2d_fetcher.reasons import one_line
 from i2d_segments.records import AppendMeta, AppendRecord, SampleStatus, UrlRow
 
 log = logging.getLogger(__name__)
@@ -140,4 +141,4 @@ def _expected_hash(row: UrlRow, column: str) -> str | None:
 
 def _describe(e: BaseException) -> str:
     text = str(e)
-    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+    return one_line(f"{type(e).__name__}: {text}" if text else type(e).__name__)

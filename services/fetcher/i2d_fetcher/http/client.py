@@ -44,6 +44,7 @@ from i2d_fetcher.http.netguard import BLOCKED_PREFIX, AddressPolicy, BlockedAddr
 from i2d_fetcher.http.resolver import AiodnsLookup, CachingResolver, Lookup
 from i2d_fetcher.http.robots import DISALLOWED_MESSAGE, is_disallowed
 from i2d_fetcher.options import FetchOptions
+from i2d_fetcher.reasons import one_line
 from i2d_segments import __version__
 
 PROJECT_URL = "https://github.com/rom1504/img2dataset"
@@ -68,6 +69,7 @@ class FetchFailed(Exception):
         host_failure: bool = False,
         status: int | None = None,
     ) -> None:
+        message = one_line(message)
         super().__init__(message, transient, retry_after)
         self.message = message
         self.transient = transient
@@ -386,12 +388,12 @@ def classify(e: Exception, opts: FetchOptions) -> FetchFailed:
     return FetchFailed(_bounded(f"{type(e).__name__}: {e}"), transient=False)
 
 
-def _bounded(message: str, limit: int = 160) -> str:
+def _bounded(message: str) -> str:
     """A parser's message may quote what the server sent (8 KiB of header bytes): an error
     message stays a short reason, and says nothing of libraries to install."""
     message = message.split(". Please install", 1)[0]
     message = re.split(r":? b['\"]", message, maxsplit=1)[0]  # the bytes it quotes
-    return message if len(message) <= limit else message[: limit - 3] + "..."
+    return one_line(message)
 
 
 def _reason(e: BaseException) -> str:
