@@ -292,8 +292,8 @@ def test_small_jpegs_and_upscales_are_decoded_in_full(monkeypatch: pytest.Monkey
 # --------------------------------------------------------------------------- bombs and junk
 
 
-# pytest resets warning filters per test; in production imaging/pipeline.py silences Pillow's warning
-# because its own guard (max_decoded_pixels) decides.
+# pytest resets warning filters per test; in production imaging/pipeline.py silences
+# Pillow's warning because its own guard (max_decoded_pixels) decides.
 @pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
 def test_decompression_bomb_is_rejected_before_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
     bomb = synth.png_bomb(12000, 12000)  # 144 Mpx (~144 MB decoded), 140 KB on the wire
