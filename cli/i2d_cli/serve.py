@@ -90,6 +90,8 @@ def serve(name: str, settings: ConnectionSettings) -> None:
         except Exception as e:  # a dependency missing at start: one line, and the exit code
             log.debug("start-up failed", exc_info=True)
             raise StartupError(" ".join(str(e).split()) or type(e).__name__) from e
+        # Its checks are registered: readiness is theirs from now on (503 until then).
+        health.started()
         log.info("%s serving (owner %s)", name, settings.owner)
         service.run(stop)
         log.info("%s stopped cleanly", name)

@@ -26,6 +26,8 @@ def healthcheck(*args: str, env: dict[str, str] | None = None) -> int:
 @pytest.fixture
 def served() -> Iterator[tuple[Health, int]]:
     health = Health(stall_seconds=60)
+    health.add_check("partitions", lambda: True)
+    health.started()
     server = HealthServer(health, "127.0.0.1", 0).start()
     try:
         yield health, server.port
@@ -55,6 +57,17 @@ def test_failing_readiness_check_fails_readyz_only(served: tuple[Health, int]) -
     health.add_check("index", lambda: False)
     assert healthcheck("--port", str(port), "--path", "/readyz") == 1
     assert healthcheck("--port", str(port)) == 0
+
+
+def test_a_service_not_built_yet_fails_readyz_only() -> None:
+    health = Health(stall_seconds=60)
+    health.add_check("index", lambda: True)  # the runner's check; the service's come later
+    server = HealthServer(health, "127.0.0.1", 0).start()
+    try:
+        assert healthcheck("--port", str(server.port), "--path", "/readyz") == 1
+        assert healthcheck("--port", str(server.port)) == 0
+    finally:
+        server.stop()
 
 
 def test_nothing_listening_fails() -> None:

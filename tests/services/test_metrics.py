@@ -50,6 +50,7 @@ def test_services_export_metrics_health_and_readiness(
     health = Health()
     ready = {"index": True}
     health.add_check("index", lambda: ready["index"])
+    health.started()
     server = HealthServer(health, "127.0.0.1", 0).start()
     base = f"http://127.0.0.1:{server.port}"
     try:
@@ -81,7 +82,11 @@ def test_services_export_metrics_health_and_readiness(
         assert value("img2dataset_segment_consumer_events_total", outcome="handled") >= 2
 
         assert http_get(base + "/healthz")[:2] == (200, b"ok\n")
-        assert get_json(base + "/readyz") == {"ready": True, "checks": {"index": True}}
+        assert get_json(base + "/readyz") == {
+            "ready": True,
+            "started": True,
+            "checks": {"index": True},
+        }
         ready["index"] = False  # a dependency down: not ready, still alive
         status, body, _ = http_get(base + "/readyz")
         assert status == 503 and b'"index": false' in body

@@ -173,7 +173,8 @@ def test_health_and_metrics(server: str) -> None:
     # 503 that says so, so wait for it rather than race it.
     status, body, _ = http_get(server + "/readyz")
     if status == 503:
-        assert json.loads(body) == {"ready": False, "checks": ANY} and b'"refreshed": false' in body
+        assert json.loads(body) == {"ready": False, "started": True, "checks": ANY}
+        assert b'"refreshed": false' in body
     wait_until(lambda: http_get(server + "/readyz")[0] == 200, 30, "the first refresh")
     ready = get_json(server + "/readyz")
     assert ready["ready"] is True and ready["checks"]["index"] and ready["checks"]["refreshed"]

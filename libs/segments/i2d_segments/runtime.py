@@ -2,8 +2,11 @@
 
 - `/healthz` (liveness): the service loop has beaten within `stall_seconds`; a wedged loop gets
   restarted by the orchestrator.
-- `/readyz` (readiness): every registered check passes (dependencies reachable, partitions
-  assigned, no partition stopped on a permanent error); it answers JSON with each check.
+- `/readyz` (readiness): the service is built (`Health.started()`: its checks are registered)
+  and every registered check passes (dependencies reachable, partitions assigned, no partition
+  stopped on a permanent error); it answers JSON with each check. The server starts before the
+  service is built (liveness and /metrics answer during a slow start-up), so until then, and
+  with no check at all, the answer is 503.
 - `/metrics`: prometheus-client's registry.
 """
 
@@ -32,6 +35,13 @@ class Health:
         self._last_beat = time.monotonic()
         self._checks: dict[str, Callable[[], bool]] = {}
         self._lock = threading.Lock()
+        self._started = False
+
+    def started(self) -> None:
+        """The service is built and has registered its own checks: from now on readiness is
+        theirs. Before this, whatever checks exist (a dependency registered by the runner),
+        the service is not ready."""
+        self._started = True
 
     def beat(self) -> None:
         self._last_beat = time.monotonic()
@@ -55,6 +65,19 @@ class Health:
                 out[name] = False
         return out
 
+    def ready(self, checks: dict[str, bool] | None = None) -> bool:
+        """Started, with at least one check, and every check passing (`checks`: a result of
+        `readiness()` to judge instead of asking again)."""
+        if checks is None:
+            checks = self.readiness()
+        return self._started and bool(checks) and all(checks.values())
+
+    def ready_body(self) -> tuple[bool, dict[str, object]]:
+        """/readyz's verdict and JSON body: `ready`, `started` and each check."""
+        checks = self.readiness()
+        ok = self.ready(checks)
+        return ok, {"ready": ok, "started": self._started, "checks": checks}
+
 
 class _Handler(BaseHTTPRequestHandler):
     health: Health  # set on the per-server subclass
@@ -67,10 +90,8 @@ class _Handler(BaseHTTPRequestHandler):
             ok = self.health.alive()
             self._send(200 if ok else 503, b"ok\n" if ok else b"stalled\n", "text/plain")
         elif path == "/readyz":
-            checks = self.health.readiness()
-            ok = all(checks.values())
-            body = json.dumps({"ready": ok, "checks": checks}).encode()
-            self._send(200 if ok else 503, body, "application/json")
+            ok, body = self.health.ready_body()
+            self._send(200 if ok else 503, json.dumps(body).encode(), "application/json")
         else:
             self._send(404, b"not found\n", "text/plain")
 

@@ -63,6 +63,7 @@ def run_consumer(consumer: SegmentConsumer, settings: ConsumerSettings) -> int:
             health=health,
             poll_timeout=settings.poll_timeout_seconds,
         )
+        health.started()  # its checks are registered: readiness is theirs from now on
         log.info("consumer %s running", runner.group_id)
         runner.run(stop)
         return 0

@@ -56,6 +56,7 @@ class StatusApp:
         self.health.add_check("index", lambda: source.index_ok)
         self.health.add_check("bus", lambda: source.bus_ok)
         self.health.add_check("refreshed", lambda: self.latest is not None)
+        self.health.started()  # every check of this service is registered
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()
@@ -121,9 +122,7 @@ class StatusApp:
         return web.Response(text="ok\n" if ok else "stalled\n", status=200 if ok else 503)
 
     async def readyz(self, _: web.Request) -> web.Response:
-        checks = self.health.readiness()
-        ok = all(checks.values())
-        body: dict[str, Any] = {"ready": ok, "checks": checks}
+        ok, body = self.health.ready_body()
         if self.last_error:
             body["error"] = self.last_error
         return _json(body, status=200 if ok else 503)
