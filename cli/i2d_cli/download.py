@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import signal
 import sys
 
 from tqdm.contrib.logging import logging_redirect_tqdm
@@ -15,6 +14,7 @@ from i2d_cli.flags import add_model_flags, model_kwargs
 from i2d_cli.options import DownloadOptions
 from i2d_fetcher.settings import FetcherSettings
 from i2d_segments.settings import ConnectionSettings
+from i2d_segments.signals import stop_event_on_signals
 
 NAME = "download"
 HELP = "Download a url list into a local folder (embedded mode)."
@@ -38,18 +38,17 @@ def run(ns: argparse.Namespace) -> int:
     for name in ("url_col", "caption_col"):
         fetcher_kwargs.pop(name, None)
     fetcher = FetcherSettings(**fetcher_kwargs, metrics_port=0, create_topics=False)
-    # Ctrl-C and SIGTERM end the run cleanly: in-flight work is committed, a rerun resumes.
-    # (SIGINT is set explicitly: a shell starts background jobs with it ignored.)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    # Ctrl-C or SIGTERM once ends the run cleanly: in-flight work is committed, a rerun
+    # resumes. Twice: the process exits at once, and a rerun resumes all the same (signals.py).
+    # (Installed explicitly: a shell starts background jobs with SIGINT ignored.)
+    stop = stop_event_on_signals()
     # Log lines (segments closing...) print above the progress bar instead of through it.
     redirect = logging_redirect_tqdm() if opts.progress else contextlib.nullcontext()
     try:
         with redirect:
-            summary = EmbeddedDownload(opts, fetcher).run()
-    except (KeyboardInterrupt, DownloadInterrupted) as e:
-        detail = str(e) if isinstance(e, DownloadInterrupted) else ""
-        print(f"\ninterrupted; run the same command again to resume.\n{detail}", file=sys.stderr)
+            summary = EmbeddedDownload(opts, fetcher, stop=stop).run()
+    except DownloadInterrupted as e:
+        print(f"\ninterrupted; run the same command again to resume.\n{e}", file=sys.stderr)
         return 130
     print(summary.render())
     print(f"output: {os.path.abspath(opts.output_folder)}")

@@ -109,11 +109,18 @@ def _clear_output(folder: Path, index_name: str) -> None:
 
 
 class EmbeddedDownload:
-    def __init__(self, opts: DownloadOptions, fetcher_settings: FetcherSettings) -> None:
+    def __init__(
+        self,
+        opts: DownloadOptions,
+        fetcher_settings: FetcherSettings,
+        stop: threading.Event | None = None,
+    ) -> None:
         self.opts = opts
         self.fetcher_settings = fetcher_settings
         self.folder = Path(opts.output_folder)
-        self.stop_requested = threading.Event()
+        # Set by SIGINT/SIGTERM (the caller's event) or by a failing service: the run stops
+        # reading, lets the services finish and commit what is in flight, and ends.
+        self.stop_requested = stop if stop is not None else threading.Event()
         self.total: int | None = None  # rows in the list, when cheap to count
 
     def run(self) -> Summary:

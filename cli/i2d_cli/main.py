@@ -15,16 +15,16 @@ to list them.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
 import sys
 from collections.abc import Sequence
 from types import ModuleType
 
-from pydantic import ValidationError
-
 from i2d_cli.errors import InputError
 from i2d_segments import __version__
+from i2d_segments.signals import stop_signals
 
 COMMANDS = (
     "i2d_cli.download",
@@ -92,9 +92,27 @@ def normalize_argv(argv: Sequence[str]) -> list[str]:
     return args
 
 
+# The long-running commands: a first SIGTERM/SIGINT stops them cleanly, a second at once.
+STOPPABLE = ("download", "serve")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = normalize_argv(sys.argv[1:] if argv is None else argv)
     command = chosen_command(args)
+    # First thing (before the heavy imports): a signal during start-up is neither lost nor
+    # a KeyboardInterrupt traceback; the command starts with its stop already asked for.
+    # As the process's entry point (no argv), the handlers stay for its shutdown; a caller
+    # passing argv (tests, embedding) gets its own back.
+    signals = (
+        stop_signals(restore=argv is not None) if command in STOPPABLE else contextlib.nullcontext()
+    )
+    with signals:
+        return _run(args, command)
+
+
+def _run(args: list[str], command: str | None) -> int:
+    from pydantic import ValidationError
+
     if command == "download" and not {"-h", "--help"} & set(args):
         # Its fetch workers start from a fork server that takes ~0.6 s to import their code:
         # started first thing, it does so on the other core while this process imports its

@@ -8,13 +8,14 @@
   service is built (liveness and /metrics answer during a slow start-up), so until then, and
   with no check at all, the answer is 503.
 - `/metrics`: prometheus-client's registry.
+- Signals (`stop_event_on_signals`, from `signals`): the first SIGTERM or SIGINT sets a stop
+  event (the loop finishes the work in flight and commits it); a second one exits at once.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import signal
 import threading
 import time
 from collections.abc import Callable
@@ -22,6 +23,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TypeVar
 
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+
+from i2d_segments.signals import stop_event_on_signals
+
+__all__ = ["Health", "HealthServer", "retry_call", "stop_event_on_signals"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -128,19 +133,6 @@ class HealthServer:
     def stop(self) -> None:
         self._server.shutdown()
         self._server.server_close()
-
-
-def stop_event_on_signals() -> threading.Event:
-    """An event set by SIGTERM or SIGINT: the service loop finishes its work and exits."""
-    stop = threading.Event()
-
-    def handler(signum: int, _frame: object) -> None:
-        log.info("received %s, shutting down", signal.Signals(signum).name)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
-    return stop
 
 
 def retry_call(
