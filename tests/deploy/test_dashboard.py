@@ -18,8 +18,8 @@ from PIL import Image
 from prometheus_client import REGISTRY
 
 from i2d_fetcher import metrics, row
+from i2d_fetcher.http.budget import ByteBudget
 from i2d_fetcher.http.client import FetchFailed
-from i2d_fetcher.imaging.pipeline import ProcessedImage, process_image
 from i2d_fetcher.options import FetchOptions
 from i2d_fetcher.outcome import RowStats
 from i2d_fetcher.row import fetch_row
@@ -185,15 +185,16 @@ def test_fetch_latency_and_bytes_move_when_a_url_is_fetched(
     async def refused(*_args: Any, **_kwargs: Any) -> Any:
         raise FetchFailed("connection refused", transient=False)
 
-    async def in_process(data: bytes, o: FetchOptions, *_boxes: Any) -> ProcessedImage:
-        return process_image(data, o)
+    async def here(fn: Any, *args: Any) -> Any:
+        return fn(*args)
 
-    no_client: Any = None  # the stubbed download never uses it
+    # The stubbed download never uses the client; the row still reserves its body's memory.
+    no_client: Any = SimpleNamespace(budget=ByteBudget(1 << 30))
 
     def fetch(url: str) -> AppendRecord:
         stats = RowStats()
-        row = UrlRow(url=url)
-        record = asyncio.run(fetch_row(no_client, row, FetchOptions(), in_process, stats))
+        url_row = UrlRow(url=url)
+        record = asyncio.run(fetch_row(no_client, url_row, FetchOptions(), here, stats))
         metrics.observe(stats)  # as the service does with each row's result
         return record
 

@@ -58,3 +58,8 @@ def with_session(
             return await body(client)
 
     return run(main())
+
+
+async def run_here(fn: Callable[..., T], /, *args: Any) -> T:
+    """A `row.RunCpu` that runs the CPU step on the caller's loop (tests need no thread)."""
+    return fn(*args)

@@ -15,12 +15,11 @@ import pytest
 from i2d_fetcher.http.client import HttpClient, download
 from i2d_fetcher.http.hosts import CIRCUIT_OPEN_MESSAGE, CircuitOpen, HostLimiter
 from i2d_fetcher.http.resolver import StaticLookup
-from i2d_fetcher.imaging.pipeline import ProcessedImage, process_image
 from i2d_fetcher.options import FetchOptions
 from i2d_fetcher.row import fetch_row
 from i2d_imageserver import ImageServer
 from i2d_segments.records import SampleStatus, UrlRow
-from tests.fetcher.helpers import fresh_seed, local_options, run, with_session
+from tests.fetcher.helpers import fresh_seed, local_options, run, run_here, with_session
 
 
 class FakeTime:
@@ -170,14 +169,10 @@ def dead_port() -> Iterator[int]:
     yield port
 
 
-async def in_process(data: bytes, opts: FetchOptions) -> ProcessedImage:
-    return process_image(data, opts)
-
-
 def batch(client_opts: FetchOptions, rows: list[UrlRow], names: dict[str, list[str]]) -> list:
     async def main(client: HttpClient) -> list:
         return list(
-            await asyncio.gather(*(fetch_row(client, r, client_opts, in_process) for r in rows))
+            await asyncio.gather(*(fetch_row(client, r, client_opts, run_here) for r in rows))
         )
 
     return with_session(client_opts, main, StaticLookup(names))

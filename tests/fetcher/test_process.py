@@ -6,13 +6,13 @@ import hashlib
 import io
 import json
 from concurrent.futures.process import BrokenProcessPool
+from typing import Any
 
 import pytest
 from PIL import Image
 
-from i2d_fetcher.imaging.pipeline import ProcessedImage, process_image
 from i2d_fetcher.options import FetchOptions
-from i2d_fetcher.row import fetch_row
+from i2d_fetcher.row import RunCpu, fetch_row
 from i2d_imageserver import ImageServer
 from i2d_segments.records import (
     AppendRecord,
@@ -22,16 +22,12 @@ from i2d_segments.records import (
     encode_append,
     parse_url_value,
 )
-from tests.fetcher.helpers import fresh_seed, local_options, served, with_session
+from tests.fetcher.helpers import fresh_seed, local_options, run_here, served, with_session
 
 FAST = local_options(timeout=5, retry_backoff=0.01)
 
 
-async def in_process(data: bytes, opts: FetchOptions) -> ProcessedImage:
-    return process_image(data, opts)
-
-
-def fetch_one(row: UrlRow, opts: FetchOptions = FAST, run_cpu=in_process) -> AppendRecord:
+def fetch_one(row: UrlRow, opts: FetchOptions = FAST, run_cpu: RunCpu = run_here) -> AppendRecord:
     return with_session(opts, lambda s: fetch_row(s, row, opts, run_cpu))
 
 
@@ -132,7 +128,7 @@ def test_image_failures_become_failed_to_resize(image_server: ImageServer) -> No
 
 
 def test_a_crashed_worker_costs_one_row_not_the_fetcher(image_server: ImageServer) -> None:
-    async def broken(data: bytes, opts: FetchOptions) -> ProcessedImage:
+    async def broken(*_args: Any) -> Any:
         raise BrokenProcessPool("a process in the pool was terminated abruptly")
 
     row = UrlRow(url=image_server.url_for(fresh_seed(), 300, 200))
@@ -176,11 +172,11 @@ def test_bbox_col_reaches_the_worker_and_blurs(image_server: ImageServer) -> Non
     seed = fresh_seed()
     url = image_server.url_for(seed, 640, 480)
     opts = FAST.model_copy(update={"bbox_col": "faces"})
-    calls: list[tuple[object, ...]] = []
+    calls: list[object] = []
 
-    async def spy(data: bytes, o: FetchOptions, *boxes: object) -> ProcessedImage:
+    async def spy(fn: Any, data: bytes, o: FetchOptions, boxes: object, *rest: Any) -> Any:
         calls.append(boxes)
-        return process_image(data, o, *boxes)  # type: ignore[arg-type]
+        return fn(data, o, boxes, *rest)
 
     plain = fetch_one(UrlRow(url=url), opts, spy)
     # as a JSON record on the urls topic carries it: any field not url/caption/key is a column
@@ -188,7 +184,7 @@ def test_bbox_col_reaches_the_worker_and_blurs(image_server: ImageServer) -> Non
     assert topic_row is not None
     boxed = fetch_one(topic_row, opts, spy)
     as_text = fetch_one(UrlRow(url=url, extra={"faces": "[[0.25, 0.25, 0.75, 0.75]]"}), opts, spy)
-    assert calls == [(), (((0.25, 0.25, 0.75, 0.75),),), (((0.25, 0.25, 0.75, 0.75),),)]
+    assert calls == [(), ((0.25, 0.25, 0.75, 0.75),), ((0.25, 0.25, 0.75, 0.75),)]
     assert plain.payload is not None and boxed.payload is not None
     assert boxed.payload != plain.payload
     assert as_text.payload == boxed.payload

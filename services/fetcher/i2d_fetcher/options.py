@@ -131,6 +131,13 @@ class FetchOptions(BaseModel):
     max_body_bytes: int = Field(
         64 * 1024 * 1024, ge=1, description="Downloads larger than this (decoded) fail."
     )
+    max_body_bytes_in_flight: int = Field(
+        256 * 1024 * 1024,
+        ge=1,
+        description="Memory for downloaded bodies held at once (being read, waiting for or in "
+        "decoding), in total over the worker processes; rows wait for room before reading "
+        "more. Bounds memory whatever servers send (thread_count x max_body_bytes otherwise).",
+    )
     max_decoded_pixels: int = Field(
         DEFAULT_MAX_DECODED_PIXELS,
         ge=1,

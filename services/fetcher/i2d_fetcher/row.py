@@ -1,26 +1,29 @@
-"""One input row in, one APPEND record out: download, hash, decode/resize/encode.
+"""One input row in, one APPEND record out: download on the event loop, then hash,
+decode/resize/encode on the imaging thread (`run_cpu`).
 
 Never raises for a bad row: every failure becomes a record with img2dataset's status
 (failed_to_download or failed_to_resize) and a clear error message, so the pipeline goes on
 and the user sees why. Only cancellation propagates.
 
 `fetch_value` is the whole of a row's work, from the `urls` record to the encoded APPEND
-record (outcome.py): the worker processes run it (worker.py) and hand the main process bytes
+record (outcome.py): the worker processes run it (pool/worker.py) and hand the main process bytes
 it only has to produce. Nothing here touches Prometheus: metrics observed in a worker process
 would never reach the main process's /metrics, so the figures travel back as `RowStats`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
 
+from i2d_fetcher.http.budget import BASE_RESERVATION
 from i2d_fetcher.http.client import FetchFailed, HttpClient, download
-from i2d_fetcher.imaging.blur import InvalidBoxes, boxed_item_id, parse_boxes
-from i2d_fetcher.imaging.pipeline import ImageRejected, ProcessedImage
+from i2d_fetcher.imaging.blur import Box, InvalidBoxes, boxed_item_id, parse_boxes
+from i2d_fetcher.imaging.pipeline import ImageRejected, ProcessedImage, process_image
 from i2d_fetcher.options import FetchOptions
 from i2d_fetcher.outcome import Outcome, RowStats, failure, parse, row_fields
 from i2d_fetcher.reasons import one_line
@@ -28,11 +31,29 @@ from i2d_segments.records import AppendMeta, AppendRecord, SampleStatus, UrlRow
 
 log = logging.getLogger(__name__)
 
-# `run_cpu(data, opts)`, or `run_cpu(data, opts, boxes)` for a row with boxes to blur: only
-# those rows pass the third argument, so a two-argument runner serves rows without boxes.
-RunCpu = Callable[..., Awaitable[ProcessedImage]]
+T = TypeVar("T")
+
+
+class RunCpu(Protocol):
+    """Runs CPU work off the event loop: `await run_cpu(fn, *args)` is `fn(*args)` on the
+    worker's imaging thread. The loop only waits for sockets, so a heavy image never delays
+    another row's download nor eats into its timeout."""
+
+    def __call__(self, fn: Callable[..., T], /, *args: Any) -> Awaitable[T]: ...
+
+
 HASH_MISMATCH = "hash mismatch"  # img2dataset's error string
-HASH_OFF_LOOP_BYTES = 1 << 20  # hashing a larger body would stall the event loop
+
+
+@dataclass(frozen=True, slots=True)
+class Processed:
+    """What the CPU step made of a body: its hashes, and the image or why it was refused."""
+
+    item_id: str
+    hashes: dict[str, str]
+    image: ProcessedImage | None
+    failure: tuple[SampleStatus, str] | None
+    seconds: float  # time the step took on its thread (decode, resize, encode, hashing)
 
 
 async def fetch_value(
@@ -58,50 +79,46 @@ async def fetch_row(
     run_cpu: RunCpu,
     stats: RowStats | None = None,
 ) -> AppendRecord:
-    """`run_cpu(data, opts[, boxes])` runs `imaging.process_image` (inline in a worker
-    process, on a thread in the main one); `stats`, if given, gets the row's figures."""
+    """Download on this loop, then hash, decode, resize and encode through `run_cpu`;
+    `stats`, if given, gets the row's figures. The body's bytes are held in the client's
+    budget (http/budget.py) from the request until its image is encoded."""
     stats = stats if stats is not None else RowStats()
     try:
         # Before the download: a row whose boxes cannot be read is not worth fetching.
         boxes = parse_boxes(row.extra.get(opts.bbox_col)) if opts.bbox_col else ()
     except InvalidBoxes as e:
         return failure(row, SampleStatus.FAILED_TO_RESIZE, str(e))
-    started = time.monotonic()
-    try:
-        downloaded = await download(client, row.url, opts, max_bytes=opts.max_body_bytes)
-    except FetchFailed as e:
-        return failure(row, SampleStatus.FAILED_TO_DOWNLOAD, e.message)
-    except Exception as e:  # a bug must cost one row, not the fetcher
-        log.exception("unexpected download error for %s", row.url)
-        return failure(row, SampleStatus.FAILED_TO_DOWNLOAD, _describe(e))
-    finally:
-        stats.fetch_seconds = time.monotonic() - started
-    data = downloaded.data
-    stats.downloaded_bytes = len(data)
-    verify = opts.verify_hash
-    item_id, hashes = await _hashes(data, opts)
-    if verify is not None and hashes.get(verify[1]) != _expected_hash(row, verify[0]):
-        return failure(row, SampleStatus.FAILED_TO_DOWNLOAD, HASH_MISMATCH)
-    # Timed here, around the call: in a worker process run_cpu runs inline, so this is the
-    # CPU work alone (with processes_count=0 it includes waiting for the imaging thread).
-    started = time.perf_counter()
-    try:
-        image = await (run_cpu(data, opts, boxes) if boxes else run_cpu(data, opts))
-    except ImageRejected as e:
-        return failure(row, e.status, e.message)
-    except Exception as e:  # a bug in a decoder must cost one row, not the worker
-        log.exception("unexpected imaging error for %s", row.url)
-        return failure(row, SampleStatus.FAILED_TO_RESIZE, _describe(e))
-    finally:
-        stats.resize_seconds = time.perf_counter() - started
-    if verify is not None and verify[1] != opts.compute_hash:
-        hashes = {k: v for k, v in hashes.items() if k == opts.compute_hash}
-    if boxes:
-        item_id = boxed_item_id(item_id, boxes)
+    async with client.budget.reservation() as reservation:
+        started = time.monotonic()
+        try:
+            await reservation.reserve(BASE_RESERVATION)
+            downloaded = await download(
+                client, row.url, opts, max_bytes=opts.max_body_bytes, reservation=reservation
+            )
+        except FetchFailed as e:
+            return failure(row, SampleStatus.FAILED_TO_DOWNLOAD, e.message)
+        except Exception as e:  # a bug must cost one row, not the fetcher
+            log.exception("unexpected download error for %s", row.url)
+            return failure(row, SampleStatus.FAILED_TO_DOWNLOAD, _describe(e))
+        finally:
+            stats.fetch_seconds = time.monotonic() - started - reservation.waited
+        data = downloaded.data
+        stats.downloaded_bytes = len(data)
+        expected = _expected_hash(row, opts.verify_hash[0]) if opts.verify_hash else None
+        try:
+            done = await run_cpu(process_body, data, opts, tuple(boxes), expected)
+        except Exception as e:  # a bug in a decoder must cost one row, not the worker
+            log.exception("unexpected imaging error for %s", row.url)
+            return failure(row, SampleStatus.FAILED_TO_RESIZE, _describe(e))
+    stats.resize_seconds = done.seconds
+    if done.failure is not None:
+        return failure(row, *done.failure)
+    image = done.image
+    assert image is not None
     meta = AppendMeta(
         **row_fields(row),
         status=SampleStatus.SUCCESS,
-        item_id=item_id,
+        item_id=boxed_item_id(done.item_id, boxes) if boxes else done.item_id,
         ext=image.ext,
         mime=image.mime,
         width=image.width,
@@ -110,9 +127,32 @@ async def fetch_row(
         original_height=image.original_height,
         original_size=len(data),
         exif=image.exif,
-        hashes=hashes,
+        hashes=done.hashes,
     )
     return AppendRecord(meta=meta, payload=image.data)
+
+
+def process_body(
+    data: bytes, opts: FetchOptions, boxes: tuple[Box, ...], expected_hash: str | None
+) -> Processed:
+    """The CPU side of a row, on the imaging thread: hashes (item_id, the user's
+    `compute_hash`, `verify_hash`'s check), then decode, filter, resize, blur and encode."""
+    started = time.perf_counter()
+    verify = opts.verify_hash
+    names = tuple(dict.fromkeys(n for n in (opts.compute_hash, verify and verify[1]) if n))
+    item_id, hashes = _digests(data, names)
+    image: ProcessedImage | None = None
+    failed: tuple[SampleStatus, str] | None = None
+    if verify is not None and hashes.get(verify[1]) != expected_hash:
+        failed = (SampleStatus.FAILED_TO_DOWNLOAD, HASH_MISMATCH)
+    else:
+        try:
+            image = process_image(data, opts, boxes)
+        except ImageRejected as e:
+            failed = (e.status, e.message)
+        if verify is not None and verify[1] != opts.compute_hash:
+            hashes = {k: v for k, v in hashes.items() if k == opts.compute_hash}
+    return Processed(item_id, hashes, image, failed, time.perf_counter() - started)
 
 
 def _digests(data: bytes, names: tuple[str, ...]) -> tuple[str, dict[str, str]]:
@@ -123,15 +163,6 @@ def _digests(data: bytes, names: tuple[str, ...]) -> tuple[str, dict[str, str]]:
     item_id = hashlib.sha256(data).hexdigest()
     out = {n: item_id if n == "sha256" else hashlib.new(n, data).hexdigest() for n in names}
     return item_id, out
-
-
-async def _hashes(data: bytes, opts: FetchOptions) -> tuple[str, dict[str, str]]:
-    names = tuple(
-        dict.fromkeys(n for n in (opts.compute_hash, opts.verify_hash and opts.verify_hash[1]) if n)
-    )
-    if len(data) > HASH_OFF_LOOP_BYTES:  # hashlib releases the GIL on large buffers
-        return await asyncio.to_thread(_digests, data, names)
-    return _digests(data, names)
 
 
 def _expected_hash(row: UrlRow, column: str) -> str | None:

@@ -12,6 +12,9 @@ retried only when a retry can help.
   and a circuit breaker. Time waiting for the host is not counted against the timeout.
 - Size: bodies are counted as decoded (after Content-Encoding), reading stops past
   `max_bytes`, and a declared Content-Length over the cap fails before any body is read.
+- Memory: with a `Reservation` (budget.py), the body's bytes are reserved before they are
+  read, from the worker's budget of body bytes in flight; waiting for them is not counted
+  against the timeout either (the server is not the one being slow).
 - X-Robots-Tag is checked as soon as the headers arrive; a disallowed body is never read.
 - Retries: only for transient failures (timeouts, connection errors, truncated bodies, 408,
   429, 5xx), with exponential backoff and jitter, honouring a short Retry-After. Never for a
@@ -39,6 +42,7 @@ from aiohttp import http_exceptions
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
+from i2d_fetcher.http.budget import ByteBudget, Reservation
 from i2d_fetcher.http.hosts import CIRCUIT_OPEN_MESSAGE, CircuitOpen, HostLimiter
 from i2d_fetcher.http.netguard import BLOCKED_PREFIX, AddressPolicy, BlockedAddress, literal_address
 from i2d_fetcher.http.resolver import AiodnsLookup, CachingResolver, Lookup
@@ -108,7 +112,8 @@ def client_timeout(opts: FetchOptions, total: float | None = None) -> aiohttp.Cl
 
 class HttpClient:
     """The fetcher's HTTP side: one aiohttp session whose connector can only reach addresses
-    the policy allows, the caching resolver behind it, and the per-host limiter."""
+    the policy allows, the caching resolver behind it, the per-host limiter, and the budget
+    of body bytes in flight."""
 
     def __init__(
         self,
@@ -117,8 +122,10 @@ class HttpClient:
         policy: AddressPolicy,
         hosts: HostLimiter,
         proxy: str | None,
+        budget: ByteBudget,
     ) -> None:
         self.session = session
+        self.budget = budget
         self.resolver = resolver
         self.policy = policy
         self.hosts = hosts
@@ -197,19 +204,25 @@ def open_client(opts: FetchOptions, concurrency: int, lookup: Lookup | None = No
         opts.host_failure_threshold,
         opts.host_cooldown,
     )
-    return HttpClient(session, resolver, policy, hosts, opts.proxy)
+    budget = ByteBudget(opts.max_body_bytes_in_flight)
+    return HttpClient(session, resolver, policy, hosts, opts.proxy, budget)
 
 
 async def download(
-    client: HttpClient, url: str, opts: FetchOptions, *, max_bytes: int
+    client: HttpClient,
+    url: str,
+    opts: FetchOptions,
+    *,
+    max_bytes: int,
+    reservation: Reservation | None = None,
 ) -> Downloaded:
     """The body of `url`, or FetchFailed; transient failures are tried `opts.retries` more
-    times."""
+    times. With a `reservation`, the body's bytes are reserved in it as they are read."""
     attempt = 0
     while True:
         attempt += 1
         try:
-            return await _attempt(client, url, opts, max_bytes, attempt)
+            return await _attempt(client, url, opts, max_bytes, attempt, reservation)
         except FetchFailed as e:
             if not e.transient or attempt > opts.retries:
                 raise
@@ -230,9 +243,15 @@ def backoff_delay(base: float, attempt: int, retry_after: float | None = None) -
 
 
 async def _attempt(
-    client: HttpClient, url: str, opts: FetchOptions, max_bytes: int, attempt: int
+    client: HttpClient,
+    url: str,
+    opts: FetchOptions,
+    max_bytes: int,
+    attempt: int,
+    reservation: Reservation | None,
 ) -> Downloaded:
-    budget = opts.timeout  # spent by DNS and requests, not by waiting for a host slot
+    # Spent by DNS and requests; not by waiting for a host slot or for memory.
+    budget = opts.timeout
     target = parse_url(url)
     for hop in itertools.count():
         started = time.monotonic()
@@ -248,8 +267,9 @@ async def _attempt(
         try:
             async with client.hosts.slot(key) as slot:
                 started = time.monotonic()
+                waited = reservation.waited if reservation is not None else 0.0
                 try:
-                    result = await _request(client, target, opts, max_bytes, budget)
+                    result = await _request(client, target, opts, max_bytes, budget, reservation)
                 except FetchFailed as e:
                     slot.failed() if e.host_failure else slot.answered()
                     if e.retry_after and e.status in PAUSING_STATUSES:
@@ -257,6 +277,8 @@ async def _attempt(
                     raise
                 slot.answered()
                 budget -= time.monotonic() - started
+                if reservation is not None:
+                    budget += reservation.waited - waited
         except CircuitOpen:
             raise FetchFailed(CIRCUIT_OPEN_MESSAGE, transient=False) from None
         if isinstance(result, Downloaded):
@@ -284,16 +306,25 @@ def parse_url(url: str | URL) -> URL:
 
 
 async def _request(
-    client: HttpClient, url: URL, opts: FetchOptions, max_bytes: int, budget: float
+    client: HttpClient,
+    url: URL,
+    opts: FetchOptions,
+    max_bytes: int,
+    budget: float,
+    reservation: Reservation | None,
 ) -> Downloaded | URL:
-    """One hop: the body, or where a redirect points."""
+    """One hop: the body, or where a redirect points. The hop has `budget` seconds, plus
+    whatever it spends waiting for its body's memory (the deadline moves by that much)."""
     try:
-        async with client.session.get(
-            url,
-            allow_redirects=False,  # followed by _attempt, each hop checked
-            timeout=client_timeout(opts, total=budget),
-            proxy=client.proxy,
-        ) as resp:
+        async with (
+            asyncio.timeout(budget) as deadline,
+            client.session.get(
+                url,
+                allow_redirects=False,  # followed by _attempt, each hop checked
+                timeout=_hop_timeout(opts),
+                proxy=client.proxy,
+            ) as resp,
+        ):
             location = resp.headers.get("Location")
             if resp.status in REDIRECT_STATUSES and location:
                 try:
@@ -319,6 +350,9 @@ async def _request(
             if declared is not None and declared > max_bytes and not encoded:
                 resp.close()
                 raise FetchFailed(_too_large(max_bytes), transient=False)
+            memory = _BodyMemory(reservation, deadline)
+            if declared is not None and not encoded:
+                await memory.need(declared)
             data = bytearray()
             # Decoded chunks (after Content-Encoding): a gzip bomb is stopped at the cap.
             async for chunk in resp.content.iter_any():
@@ -326,6 +360,7 @@ async def _request(
                 if len(data) > max_bytes:
                     resp.close()  # stop now: nothing more of this body is wanted
                     raise FetchFailed(_too_large(max_bytes), transient=False)
+                await memory.need(len(data), grow=min(max_bytes, 2 * len(data)))
             return Downloaded(
                 data=bytes(data),
                 content_type=resp.headers.get("Content-Type"),
@@ -338,6 +373,39 @@ async def _request(
         raise
     except Exception as e:
         raise classify(e, opts) from None
+
+
+def _hop_timeout(opts: FetchOptions) -> aiohttp.ClientTimeout:
+    """A hop's total is the deadline `_request` keeps (it moves while waiting for memory);
+    aiohttp only watches connecting and the gaps between reads."""
+    return aiohttp.ClientTimeout(
+        total=None, sock_connect=opts.connect_timeout, sock_read=opts.read_timeout
+    )
+
+
+class _BodyMemory:
+    """A body's bytes, reserved in the row's reservation before they are held; the time spent
+    waiting for them moves the hop's deadline."""
+
+    def __init__(self, reservation: Reservation | None, deadline: asyncio.Timeout) -> None:
+        self.reservation = reservation
+        self.deadline = deadline
+
+    async def need(self, n: int, grow: int | None = None) -> None:
+        r = self.reservation
+        if r is None or n <= r.held:
+            return
+        when = self.deadline.when()
+        if r.fits(max(n, grow or n)) or when is None:
+            await r.reserve(max(n, grow or n))
+            return
+        loop = asyncio.get_running_loop()
+        left = when - loop.time()
+        self.deadline.reschedule(None)  # the clock stops while we wait for our own memory
+        try:
+            await r.reserve(max(n, grow or n))
+        finally:
+            self.deadline.reschedule(loop.time() + left)
 
 
 def _timed_out(opts: FetchOptions) -> FetchFailed:

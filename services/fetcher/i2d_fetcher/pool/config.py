@@ -37,10 +37,12 @@ def share(total: int, workers: int, index: int) -> int:
 
 
 def worker_options(opts: FetchOptions, workers: int, index: int) -> FetchOptions:
-    """`opts` for worker `index` of `workers`: its part of the per-host limits."""
+    """`opts` for worker `index` of `workers`: its part of the per-host limits and of the
+    memory budget for bodies in flight."""
     return opts.model_copy(
         update={
             "max_connections_per_host": share(opts.max_connections_per_host, workers, index),
             "host_rate_limit": opts.host_rate_limit / workers,
+            "max_body_bytes_in_flight": share(opts.max_body_bytes_in_flight, workers, index),
         }
     )

@@ -10,14 +10,11 @@ import asyncio
 import logging
 import signal
 import socket
-from collections.abc import Sequence
 
 from i2d_fetcher.http.client import open_client
-from i2d_fetcher.imaging.blur import Box
-from i2d_fetcher.imaging.pipeline import ProcessedImage, process_image
-from i2d_fetcher.options import FetchOptions
 from i2d_fetcher.outcome import failed_value
 from i2d_fetcher.pool.config import WorkerConfig
+from i2d_fetcher.pool.cpu import ImagingThread
 from i2d_fetcher.pool.wire import Channel
 from i2d_fetcher.row import fetch_value
 
@@ -38,23 +35,18 @@ def worker_main(sock: socket.socket, config: WorkerConfig) -> None:
     asyncio.run(_serve(sock, config))
 
 
-async def _run_inline(data: bytes, opts: FetchOptions, boxes: Sequence[Box] = ()) -> ProcessedImage:
-    """process_image on the worker's loop: this process exists to do it, and a thread would
-    only add a hand-off (the GIL is held for most of it anyway)."""
-    return process_image(data, opts, boxes)
-
-
 async def _serve(sock: socket.socket, config: WorkerConfig) -> None:
     loop = asyncio.get_running_loop()
     lost = loop.create_future()
     tasks: set[asyncio.Task[None]] = set()
     opts = config.options
+    imaging = ImagingThread()
     async with open_client(opts, config.concurrency) as client:
 
         async def handle(task_id: int, value: bytes) -> None:
             try:
                 outcome = await fetch_value(
-                    client, value, opts, _run_inline, config.url_col, config.caption_col
+                    client, value, opts, imaging, config.url_col, config.caption_col
                 )
             except Exception as e:  # a bug: the row must still be answered, or it waits forever
                 log.exception("unexpected error fetching %r", value[:200])
@@ -79,3 +71,4 @@ async def _serve(sock: socket.socket, config: WorkerConfig) -> None:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+    imaging.close()
