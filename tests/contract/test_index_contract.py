@@ -30,6 +30,7 @@ from i2d_segments.index import (
     PostgresIndex,
     SampleRow,
     SegmentCommit,
+    SegmentMove,
     SegmentRow,
     SqliteIndex,
 )
@@ -437,6 +438,74 @@ def test_the_same_outcome_again_stays_in_the_segment_that_first_recorded_it(
     assert index.sample("row") == changed
 
 
+def test_a_new_outcome_moves_the_row_and_the_commit_records_where_from(index: Index) -> None:
+    """A row delivered again with a different outcome (first a timeout, then a success) moves
+    to the newer segment, and that commit records which older segment lost it: the older
+    segment's metadata is written again without it, so each row is in one segment only."""
+    lease = index.acquire_partition(TOPIC, 0, "me")
+    a = seg(0, 0, 2, lease.epoch, samples=3)
+    first = [
+        failed_sample("row", a.segment_id, "timeout"),
+        failed_sample("other", a.segment_id, "timeout"),
+        failed_sample("kept", a.segment_id, "404"),
+    ]
+    assert index.commit_segment(commit_of(a, [], first)) == []
+    b = seg(0, 3, 5, lease.epoch, items=2, samples=3)
+    later = [
+        ok_sample("row", "img", b.segment_id),
+        ok_sample("other", "img2", b.segment_id),
+        failed_sample("kept", b.segment_id, "404"),  # the same outcome again: stays in a
+    ]
+    items = [item("img", b.segment_id, 512), item("img2", b.segment_id, 2048)]
+    moved = [SegmentMove(b.segment_id, a.segment_id, 2)]
+    assert index.commit_segment(commit_of(b, items, later)) == moved
+    assert index.moves_into(b.segment_id) == moved
+    assert index.moves_out_of(a.segment_id) == moved
+    assert index.moves_into(a.segment_id) == index.moves_out_of(b.segment_id) == []
+    assert [s.sample_id for s in index.samples_for_segment(a.segment_id)] == ["kept"]
+    assert [s.sample_id for s in index.samples_for_segment(b.segment_id)] == ["other", "row"]
+    assert index.sample("row") == later[0]  # the latest outcome wins
+
+    # Moving on again (another partition, a failure after the success): b lost "row" to c.
+    other = index.acquire_partition(TOPIC, 1, "me")
+    c = seg(1, 0, 0, other.epoch, samples=1)
+    again = failed_sample("row", c.segment_id, "HTTP 500")
+    assert index.commit_segment(commit_of(c, [], [again])) == [
+        SegmentMove(c.segment_id, b.segment_id, 1)
+    ]
+    assert index.moves_out_of(b.segment_id) == [SegmentMove(c.segment_id, b.segment_id, 1)]
+    assert index.moves_out_of(a.segment_id) == moved  # a's record stays
+    assert index.sample("row") == again
+    # Each row in exactly one segment.
+    held = [r.sample_id for s in index.segments() for r in index.samples_for_segment(s.segment_id)]
+    assert sorted(held) == ["kept", "other", "row"]
+
+
+def test_a_retried_commit_returns_the_moves_it_recorded(index: Index) -> None:
+    lease = index.acquire_partition(TOPIC, 0, "me")
+    a = seg(0, 0, 0, lease.epoch, samples=1)
+    index.commit_segment(commit_of(a, [], [failed_sample("row", a.segment_id, "timeout")]))
+    b = seg(0, 1, 1, lease.epoch, items=1, samples=1)
+    commit = commit_of(b, [item("img", b.segment_id, 512)], [ok_sample("row", "img", b.segment_id)])
+    moved = [SegmentMove(b.segment_id, a.segment_id, 1)]
+    assert index.commit_segment(commit) == moved
+    # The caller lost its connection during COMMIT and retries: nothing written twice.
+    assert index.commit_segment(commit) == moved
+    assert index.moves_into(b.segment_id) == moved
+
+
+def test_a_fenced_commit_records_no_move(index: Index) -> None:
+    zombie = index.acquire_partition(TOPIC, 0, "zombie")
+    a = seg(0, 0, 0, zombie.epoch, samples=1)
+    index.commit_segment(commit_of(a, [], [failed_sample("row", a.segment_id, "timeout")]))
+    index.acquire_partition(TOPIC, 0, "heir")
+    b = seg(0, 1, 1, zombie.epoch, samples=1)
+    with pytest.raises(FencedError):
+        index.commit_segment(commit_of(b, [], [ok_sample("row", "img", b.segment_id)]))
+    assert index.moves_out_of(a.segment_id) == []
+    assert [s.sample_id for s in index.samples_for_segment(a.segment_id)] == ["row"]
+
+
 def test_existing_items_and_known_samples_with_10k_ids(index: Index) -> None:
     lease = index.acquire_partition(TOPIC, 0, "me")
     s = seg(0, 0, 4999, lease.epoch, items=5000, samples=5000)
@@ -741,3 +810,69 @@ def test_owners_of_different_partitions_commit_concurrently(index: Index, target
         (p, n * 10) for p in range(writers) for n in range(segments)
     ]
     assert [r.next_offset for r in index.partitions()] == [segments * 10] * writers
+
+
+def _outcome_writer(
+    target: Target, partition: int, segments: int, rows: int, barrier: Any, errors: Any
+) -> None:
+    """Commits the same sample ids as the other writer, on its own partition: partition 0
+    with failures (a timeout), partition 1 with successes (the row fetched again)."""
+    try:
+        idx = open_index(target)
+        try:
+            lease = idx.acquire_partition(TOPIC, partition, f"writer-{partition}")
+            barrier.wait(PROC_TIMEOUT)
+            for n in range(segments):
+                s = seg(partition, n * rows, n * rows + rows - 1, lease.epoch, samples=rows)
+                ids = [f"row-{n}-{i}" for i in range(rows)]
+                if partition == 0:
+                    samples = [failed_sample(sid, s.segment_id, "timeout") for sid in ids]
+                    idx.commit_segment(commit_of(s, [], samples))
+                else:
+                    samples = [ok_sample(sid, f"img-{sid}", s.segment_id) for sid in ids]
+                    items = [
+                        item(f"img-{sid}", s.segment_id, 512 * (i + 1)) for i, sid in enumerate(ids)
+                    ]
+                    idx.commit_segment(commit_of(s, items, samples))
+        finally:
+            idx.close()
+    except BaseException:
+        errors.put(traceback.format_exc())
+        barrier.abort()
+        raise
+
+
+def test_concurrent_outcomes_of_the_same_rows_record_every_move(
+    index: Index, target: Target
+) -> None:
+    """Two owners (two partitions: a failure is keyed by sample, a success by item) commit
+    outcomes of the same rows at the same time. Whichever lands last holds each row, and the
+    segment that lost it is always recorded, even when both inserted it at once."""
+    segments, rows = 20, 30
+    barrier, errors = SPAWN.Barrier(2), SPAWN.Queue()
+    procs = [
+        SPAWN.Process(target=_outcome_writer, args=(target, p, segments, rows, barrier, errors))
+        for p in range(2)
+    ]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(PROC_TIMEOUT)
+    failures = drain(errors)
+    assert not failures, "\n".join(failures)
+    assert [p.exitcode for p in procs] == [0, 0]
+    by_segment = {s.segment_id: s for s in index.segments()}
+    assert len(by_segment) == 2 * segments
+    moved_from = {
+        (m.segment_id, m.from_segment_id): m.samples
+        for sid in by_segment
+        for m in index.moves_into(sid)
+    }
+    for n in range(segments):
+        pair = [segment_id_of(segment_object_name(p, n * rows, 1)) for p in (0, 1)]
+        held = {sid: len(index.samples_for_segment(sid)) for sid in pair}
+        assert sum(held.values()) == rows  # every row in exactly one of the two
+        for holder, loser in (pair, pair[::-1]):
+            if held[holder] and held[loser] < rows:
+                # The loser's rows that the holder now has: recorded as moved.
+                assert moved_from.get((holder, loser)) == rows - held[loser], (holder, loser)

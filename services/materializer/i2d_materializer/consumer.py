@@ -16,6 +16,11 @@ does the rest, the same way for every consumer:
 
 Context: `ctx.samples(segment_id)` (index rows), `ctx.items(segment_id)` (the images, streamed
 from the segment once), `ctx.store` / `ctx.index` for anything else.
+
+A segment's sample rows can only shrink after its commit: a row delivered again with a
+different outcome moves to the newer segment (latest wins). `ctx.index.moves_into(segment_id)`
+names the older segments that lost rows to the one being handled: a consumer with per-segment
+outputs of sample rows writes those again, as the materializer does with its metadata parquet.
 """
 
 from __future__ import annotations

@@ -3,10 +3,20 @@ dataset manifests (`manifests/`) kept current.
 
 It is a `SegmentConsumer` run by the same `ConsumerRunner` users' consumers run on. Idempotent:
 every output is a pure function of the index rows, written with overwrite, so an event handled
-twice (at-least-once delivery) yields the same files. Offsets are committed after the outputs
-are written. Manifests cover the whole dataset, so they are rewritten at most every
-`manifest_interval_seconds` while events flow, and always when the stream goes idle, after a
-catch-up and at shutdown.
+twice (at-least-once delivery) yields the same files.
+
+A row delivered again with a different outcome moves to the newer segment (latest wins), and
+the index records which older segments lost rows to it (`Index.moves_into`). Handling a
+segment therefore first writes those older segments' parquet and stats again, from the index,
+so that each row is in exactly one segment's metadata; its own stats come last, the mark that
+it is done (`is_done`), so a crash anywhere in between redoes all of it. A segment's rows only
+ever leave it through a recorded move: if one was recorded while its files were being written
+(another materializer handling the newer segment, in the distributed mode), they are written
+again.
+
+Offsets are committed after the outputs are written. Manifests cover the whole dataset, so
+they are rewritten at most every `manifest_interval_seconds` while events flow, and always
+when the stream goes idle, after a catch-up and at shutdown.
 """
 
 from __future__ import annotations
@@ -44,16 +54,30 @@ class Materializer(SegmentConsumer):
 
     def handle(self, segment: SegmentRow, ctx: ConsumerContext) -> None:
         started = time.monotonic()
-        sid = segment.segment_id
-        samples = ctx.index.samples_for_segment(sid)
-        items = ctx.index.items_for_segment(sid)
-        ctx.store.put(sidecar_name(sid, METADATA_SUFFIX), parquet_bytes(metadata_table(samples)))
-        body = json.dumps(stats(segment, samples, items), indent=2, sort_keys=True).encode()
-        ctx.store.put(sidecar_name(sid, STATS_SUFFIX), body)
+        for move in ctx.index.moves_into(segment.segment_id):
+            older = ctx.index.segment(move.from_segment_id)
+            if older is not None:
+                self.write_sidecars(older, ctx)
+        self.write_sidecars(segment, ctx)
         self._manifests_dirty = True
         metrics.SEGMENTS.inc()
         metrics.SECONDS.observe(time.monotonic() - started)
         metrics.LAG_SECONDS.set(max(0.0, time.time() - segment.created_at))
+
+    def write_sidecars(self, segment: SegmentRow, ctx: ConsumerContext) -> None:
+        """The segment's metadata parquet, then its stats, from the rows it holds now."""
+        sid = segment.segment_id
+        while True:
+            moves = ctx.index.moves_out_of(sid)
+            samples = ctx.index.samples_for_segment(sid)
+            items = ctx.index.items_for_segment(sid)
+            table = metadata_table(samples)
+            ctx.store.put(sidecar_name(sid, METADATA_SUFFIX), parquet_bytes(table))
+            body = json.dumps(stats(segment, samples, items), indent=2, sort_keys=True).encode()
+            ctx.store.put(sidecar_name(sid, STATS_SUFFIX), body)
+            if ctx.index.moves_out_of(sid) == moves:
+                return
+            log.info("%s lost rows to a newer segment while written: writing it again", sid)
 
     def is_done(self, segment: SegmentRow, ctx: ConsumerContext) -> bool:
         return ctx.store.exists(sidecar_name(segment.segment_id, STATS_SUFFIX))

@@ -18,6 +18,7 @@ from i2d_segments.index.base import (
     PartitionRow,
     SampleRow,
     SegmentCommit,
+    SegmentMove,
     SegmentRow,
 )
 from i2d_segments.index.sqlite import SqliteIndex
@@ -45,6 +46,7 @@ __all__ = [
     "PostgresIndex",
     "SampleRow",
     "SegmentCommit",
+    "SegmentMove",
     "SegmentRow",
     "SqliteIndex",
 ]

@@ -101,6 +101,17 @@ class IndexTotals:
 
 
 @dataclass(frozen=True, slots=True)
+class SegmentMove:
+    """Sample rows an older segment lost to a newer one: a row delivered again with a different
+    outcome (latest wins) belongs to the segment that committed the newer outcome, so the older
+    segment's metadata must no longer list it. Recorded by that commit, in its transaction."""
+
+    segment_id: str  # the newer segment, which took the rows
+    from_segment_id: str  # the older one, which held them
+    samples: int  # how many rows moved
+
+
+@dataclass(frozen=True, slots=True)
 class SegmentCommit:
     """One segment's transaction. `items` and `samples` have unique ids within the commit."""
 
@@ -121,11 +132,25 @@ class Index(ABC):
         """Take ownership: epoch := epoch + 1 (a new row starts at epoch 1, next_offset 0)."""
 
     @abstractmethod
-    def commit_segment(self, commit: SegmentCommit) -> None:
+    def commit_segment(self, commit: SegmentCommit) -> list[SegmentMove]:
         """In one transaction: check the partition's epoch equals `commit.epoch` (else
         FencedError, nothing written) and that `commit.segment.first_offset >= next_offset`;
         insert the segment; insert items that are not stored yet (an item already indexed keeps
-        its first location); upsert samples (latest outcome wins); set next_offset."""
+        its first location); upsert samples (latest outcome wins: a row already recorded with a
+        different outcome moves to this segment; the same outcome again stays where it is);
+        record which older segments lost rows to this one (`moves_into`); set next_offset.
+        Returns those moves (a retried commit that had landed returns what it recorded)."""
+
+    @abstractmethod
+    def moves_into(self, segment_id: str) -> list[SegmentMove]:
+        """The older segments that lost sample rows to `segment_id` at its commit, by
+        from_segment_id: their metadata must be written again without those rows."""
+
+    @abstractmethod
+    def moves_out_of(self, segment_id: str) -> list[SegmentMove]:
+        """The newer segments that took sample rows from `segment_id`, by segment_id. Rows only
+        ever leave a committed segment, each time through one of these, so an unchanged answer
+        means an unchanged set of rows."""
 
     @abstractmethod
     def partition(self, topic: str, partition: int) -> PartitionRow | None: ...

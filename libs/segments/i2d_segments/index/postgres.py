@@ -3,9 +3,10 @@
 `commit_segment` is one transaction: lock the partition row (`SELECT ... FOR UPDATE`), check the
 epoch and the offset, insert the segment, COPY items and samples into session temp tables and
 move them with one `INSERT ... SELECT ... ON CONFLICT` each (items: keep the first location;
-samples: latest outcome wins), advance `next_offset`. COPY is the fast path for the ~10k rows a
-segment carries; the `ORDER BY` on the key makes concurrent transactions that touch the same
-sample rows take their locks in the same order, so they queue instead of deadlocking.
+samples: latest outcome wins), record the rows taken from older segments (`segment_moves`),
+advance `next_offset`. COPY is the fast path for the ~10k rows a segment carries; the
+`ORDER BY` on the key makes concurrent transactions that touch the same sample rows take their
+locks in the same order, so they queue instead of deadlocking.
 
 Connection loss (a Postgres restart, a failover, an idle connection cut by a proxy):
 - reads, `acquire_partition` and `migrate` reconnect and retry once, and a later call reconnects
@@ -31,7 +32,7 @@ from typing import Any, TypeVar
 
 import psycopg
 
-from i2d_segments.index.base import IndexError_, PartitionLease, SegmentCommit
+from i2d_segments.index.base import IndexError_, PartitionLease, SegmentCommit, SegmentMove
 from i2d_segments.index.rows import (
     ITEM_COLUMNS,
     SAMPLE_COLUMNS,
@@ -47,12 +48,15 @@ from i2d_segments.index.sqlbase import (
     ADVANCE_SQL,
     INSERT_SEGMENT_SQL,
     ITEM_KEEP_FIRST,
+    MOVES_INTO_SQL,
     PARTITION_STATE_SQL,
+    RECORD_MOVES_SQL,
     SAMPLE_UPSERT_SET,
     SEGMENT_EXISTS_SQL,
     SqlIndex,
     check_commit,
     commit_gate,
+    to_moves,
 )
 
 T = TypeVar("T")
@@ -207,7 +211,7 @@ class PostgresIndex(SqlIndex):
         epoch, next_offset = self._run(bump, retry=True)
         return PartitionLease(topic, partition, int(epoch), int(next_offset))
 
-    def commit_segment(self, commit: SegmentCommit) -> None:
+    def commit_segment(self, commit: SegmentCommit) -> list[SegmentMove]:
         check_commit(commit)
         seg_values = segment_values(commit.segment)
         segment_id = seg_values[0]
@@ -216,7 +220,7 @@ class PostgresIndex(SqlIndex):
         samples = sample_rows(commit.samples, segment_id, now)
         key = (seg_values[1], commit.segment.partition)
 
-        def write(conn: Conn) -> None:
+        def write(conn: Conn) -> list[SegmentMove]:
             if not self._staging_ready:
                 for ddl in _CREATE_STAGING:
                     conn.execute(ddl)
@@ -228,21 +232,22 @@ class PostgresIndex(SqlIndex):
                     found = conn.execute(_pg(SEGMENT_EXISTS_SQL), (segment_id,)).fetchone()
                     return found is not None
 
-                if not commit_gate(commit, state, already_committed):
-                    return
-                conn.execute(_pg(INSERT_SEGMENT_SQL), seg_values)
-                with conn.cursor() as cur:
-                    if items:
-                        _copy(cur, _STAGE_ITEMS, ITEM_COLUMNS, items)
-                        cur.execute(_MOVE_ITEMS)
-                    if samples:
-                        _copy(cur, _STAGE_SAMPLES, SAMPLE_COLUMNS, samples)
-                        cur.execute(_MOVE_SAMPLES)
-                conn.execute(_pg(ADVANCE_SQL), (commit.next_offset, now, *key))
+                if commit_gate(commit, state, already_committed):
+                    conn.execute(_pg(INSERT_SEGMENT_SQL), seg_values)
+                    with conn.cursor() as cur:
+                        if items:
+                            _copy(cur, _STAGE_ITEMS, ITEM_COLUMNS, items)
+                            cur.execute(_MOVE_ITEMS)
+                        if samples:
+                            _copy(cur, _STAGE_SAMPLES, SAMPLE_COLUMNS, samples)
+                            cur.execute(_MOVE_SAMPLES)
+                    conn.execute(_pg(RECORD_MOVES_SQL), (segment_id,))
+                    conn.execute(_pg(ADVANCE_SQL), (commit.next_offset, now, *key))
+                return to_moves(conn.execute(_pg(MOVES_INTO_SQL), (segment_id,)).fetchall())
 
         # No retry: whether a lost COMMIT landed is unknown here; the caller retries the commit,
         # and a landed one is then recognised by its segment id.
-        self._run(write, retry=False)
+        return self._run(write, retry=False)
 
     def close(self) -> None:
         with self._lock:

@@ -20,6 +20,7 @@ from i2d_segments.index.base import (
     PartitionRow,
     SampleRow,
     SegmentCommit,
+    SegmentMove,
     SegmentRow,
 )
 from i2d_segments.index.rows import (
@@ -65,19 +66,35 @@ ADVANCE_SQL = (
     'UPDATE partitions SET next_offset = ?, updated_at = ? WHERE topic = ? AND "partition" = ?'
 )
 # "Latest outcome wins": every column but the key takes the incoming row's value, when the
-# outcome differs. The same outcome again is a redelivery (a fetcher that died before
-# committing its `urls` offsets fetches its rows again): the row stays in the segment that
-# first recorded it, so each row is in exactly one segment's metadata parquet.
+# outcome differs, and the row moves to the committing segment, remembering the segment it
+# leaves (previous_segment_id, read back by RECORD_MOVES_SQL in the same transaction: the SET
+# sees the row as it is when locked, which no read before the upsert could promise against a
+# concurrent commit of the same row on another partition). The same outcome again is a
+# redelivery (a fetcher that died before committing its `urls` offsets fetches its rows
+# again): the row stays in the segment that first recorded it. Either way each row is in
+# exactly one segment.
 _OUTCOME = ("url", "caption", "status", "error", "item_id")
 SAMPLE_UPSERT_SET = (
     "ON CONFLICT (sample_id) DO UPDATE SET "
     + ", ".join(f"{c} = excluded.{c}" for c in SAMPLE_COLUMNS[1:])
+    + ", previous_segment_id = samples.segment_id"
     # COALESCE: NULL-safe and the same text on both engines (no IS DISTINCT FROM in SQLite
     # before 3.39), at the price of taking '' for NULL. attrs is NOT NULL (JSONB on Postgres).
     + " WHERE "
     + " OR ".join(f"COALESCE(samples.{c}, '') <> COALESCE(excluded.{c}, '')" for c in _OUTCOME)
     + " OR samples.attrs <> excluded.attrs"
 )
+# After the upsert, in the commit's transaction: the rows this segment took from older ones
+# (inserted rows have no previous segment; rows left in place are not in this segment).
+RECORD_MOVES_SQL = (
+    "INSERT INTO segment_moves (segment_id, from_segment_id, samples) "
+    "SELECT segment_id, previous_segment_id, COUNT(*) FROM samples "
+    "WHERE segment_id = ? AND previous_segment_id IS NOT NULL "
+    "GROUP BY segment_id, previous_segment_id"
+)
+_MOVES = "SELECT segment_id, from_segment_id, samples FROM segment_moves"
+MOVES_INTO_SQL = f"{_MOVES} WHERE segment_id = ? ORDER BY from_segment_id"
+MOVES_OUT_OF_SQL = f"{_MOVES} WHERE from_segment_id = ? ORDER BY segment_id"
 # "An item already indexed keeps its first location".
 ITEM_KEEP_FIRST = "ON CONFLICT (item_id) DO NOTHING"
 
@@ -136,6 +153,10 @@ def fenced(commit: SegmentCommit, current: int | None) -> FencedError:
         f"partition {seg.topic}/{seg.partition} is at epoch {current}, "
         f"commit of {seg.segment_id} carries epoch {commit.epoch}"
     )
+
+
+def to_moves(rows: Sequence[Sequence[Any]]) -> list[SegmentMove]:
+    return [SegmentMove(str(r[0]), str(r[1]), int(r[2])) for r in rows]
 
 
 class SqlIndex(Index):
@@ -206,6 +227,12 @@ class SqlIndex(Index):
             (clean_text(topic), partition, min_last_offset),
         )
         return [to_segment(r) for r in rows]
+
+    def moves_into(self, segment_id: str) -> list[SegmentMove]:
+        return to_moves(self._fetch(MOVES_INTO_SQL, (clean_text(segment_id),)))
+
+    def moves_out_of(self, segment_id: str) -> list[SegmentMove]:
+        return to_moves(self._fetch(MOVES_OUT_OF_SQL, (clean_text(segment_id),)))
 
     def items_for_segment(self, segment_id: str) -> list[ItemRow]:
         rows = self._fetch(

@@ -27,7 +27,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from i2d_segments.index.base import IndexError_, PartitionLease, SegmentCommit
+from i2d_segments.index.base import IndexError_, PartitionLease, SegmentCommit, SegmentMove
 from i2d_segments.index.rows import (
     ITEM_COLUMNS,
     SAMPLE_COLUMNS,
@@ -43,12 +43,15 @@ from i2d_segments.index.sqlbase import (
     ADVANCE_SQL,
     INSERT_SEGMENT_SQL,
     ITEM_KEEP_FIRST,
+    MOVES_INTO_SQL,
     PARTITION_STATE_SQL,
+    RECORD_MOVES_SQL,
     SAMPLE_UPSERT_SET,
     SEGMENT_EXISTS_SQL,
     SqlIndex,
     check_commit,
     commit_gate,
+    to_moves,
 )
 
 _INSERT_ITEM = (
@@ -143,7 +146,7 @@ class SqliteIndex(SqlIndex):
             ).fetchone()
         return PartitionLease(topic, partition, int(epoch), int(next_offset))
 
-    def commit_segment(self, commit: SegmentCommit) -> None:
+    def commit_segment(self, commit: SegmentCommit) -> list[SegmentMove]:
         check_commit(commit)
         seg_values = segment_values(commit.segment)
         segment_id = seg_values[0]
@@ -157,12 +160,13 @@ class SqliteIndex(SqlIndex):
             def already_committed() -> bool:
                 return conn.execute(SEGMENT_EXISTS_SQL, (segment_id,)).fetchone() is not None
 
-            if not commit_gate(commit, state, already_committed):
-                return
-            conn.execute(INSERT_SEGMENT_SQL, seg_values)
-            conn.executemany(_INSERT_ITEM, items)
-            conn.executemany(_UPSERT_SAMPLE, samples)
-            conn.execute(ADVANCE_SQL, (commit.next_offset, now, *key))
+            if commit_gate(commit, state, already_committed):
+                conn.execute(INSERT_SEGMENT_SQL, seg_values)
+                conn.executemany(_INSERT_ITEM, items)
+                conn.executemany(_UPSERT_SAMPLE, samples)
+                conn.execute(RECORD_MOVES_SQL, (segment_id,))
+                conn.execute(ADVANCE_SQL, (commit.next_offset, now, *key))
+            return to_moves(conn.execute(MOVES_INTO_SQL, (segment_id,)).fetchall())
 
     def close(self) -> None:
         with self._lock:
