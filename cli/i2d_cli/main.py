@@ -24,7 +24,7 @@ from types import ModuleType
 
 from i2d_cli.errors import InputError
 from i2d_segments import __version__
-from i2d_segments.signals import stop_signals
+from i2d_segments.signals import children_ignore_stop_signals, stop_signals
 
 COMMANDS = (
     "i2d_cli.download",
@@ -110,16 +110,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run(args, command)
 
 
+def _runs_fetch_workers(args: list[str], command: str | None) -> bool:
+    """`download` and `serve fetcher` (not their help)."""
+    if {"-h", "--help"} & set(args):
+        return False
+    if command == "download":
+        return True
+    return command == "serve" and args[args.index("serve") + 1 :][:1] == ["fetcher"]
+
+
 def _run(args: list[str], command: str | None) -> int:
     from pydantic import ValidationError
 
-    if command == "download" and not {"-h", "--help"} & set(args):
+    if _runs_fetch_workers(args, command):
         # Its fetch workers start from a fork server that takes ~0.6 s to import their code:
         # started first thing, it does so on the other core while this process imports its
-        # own (the download's start-up is that much shorter).
+        # own (the download's start-up is that much shorter). It and the workers it forks
+        # ignore Ctrl-C, which a terminal sends to them too: this process stops them.
+        from multiprocessing import resource_tracker
+
         from i2d_fetcher.pool.forkserver import start_early
 
-        start_early()
+        # The fork server starts multiprocessing's resource tracker first, which protects
+        # itself but unblocks these signals on its way: started before, it leaves them alone.
+        resource_tracker.ensure_running()
+        with children_ignore_stop_signals():
+            start_early()
     ns = build_parser(command).parse_args(args)
     logging.basicConfig(
         level=getattr(logging, str(ns.log_level).upper(), logging.INFO),

@@ -83,3 +83,14 @@ def parquet_rows(files: Iterable[Path | bytes]) -> list[dict[str, object]]:
     for f in files:
         rows += pq.read_table(io.BytesIO(f) if isinstance(f, bytes) else f).to_pylist()
     return rows
+
+
+def stopped_by_second_signal(code: int | None, sig: int, printed: str) -> bool:
+    """The exit of a process that got `sig` twice: 128 + sig, having said it stops at once; or,
+    if its clean stop was over and only the interpreter's own shutdown was left (Python gives
+    the signals their default action back by then), killed by `sig` (-sig). Anything else is
+    not what the second signal does."""
+    name = signal.Signals(sig).name
+    if code == 128 + sig:
+        return f"{name} again: stopping now" in printed
+    return code == -sig

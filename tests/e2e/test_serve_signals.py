@@ -23,7 +23,13 @@ from i2d_imageserver import ImageServer, make_url_list
 from i2d_segments.index.postgres import PostgresIndex
 from i2d_segments.naming import sidecar_name
 from i2d_segments.store.s3 import S3Store
-from tests.e2e.signals import catches, group_members, parquet_rows, wait_group_gone
+from tests.e2e.signals import (
+    catches,
+    group_members,
+    parquet_rows,
+    stopped_by_second_signal,
+    wait_group_gone,
+)
 from tests.servers.kafka import KAFKA_TEST_CONFIG
 from tests.servers.proc import free_port, wait_for_port, wait_until
 from tests.servers.s3 import S3Server, s3_client, s3_env
@@ -130,8 +136,7 @@ def signal_twice(service: Service, sig: signal.Signals, gap: float) -> bool:
     printed = service.output()
     assert "Traceback" not in printed, f"{service.name}:\n{printed[-3000:]}"
     if twice:
-        assert code == 128 + sig, f"{service.name} exit {code}:\n{printed[-3000:]}"
-        assert f"{sig.name} again: stopping now" in printed
+        assert stopped_by_second_signal(code, sig, printed), (service.name, code, printed[-3000:])
     else:
         assert code == 0, f"{service.name} exit {code}:\n{printed[-3000:]}"
     wait_group_gone(service.proc.pid)

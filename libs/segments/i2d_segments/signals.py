@@ -97,3 +97,22 @@ def stop_event_on_signals() -> threading.Event:
     stop = threading.Event()
     _install(stop)
     return stop
+
+
+@contextlib.contextmanager
+def children_ignore_stop_signals() -> Iterator[None]:
+    """Processes started inside the block (main thread only) ignore SIGINT and SIGTERM, and so
+    do the ones they fork (a fork server and its workers): a terminal's Ctrl-C reaches the
+    whole foreground process group, and such a helper must be stopped by this process (which
+    closes its connection), not die half-way through its start-up. Ignored dispositions
+    survive exec, handlers do not, hence SIG_IGN while they start. The signals sent to this
+    process meanwhile are held (blocked), not lost: delivered to its own handlers on leaving.
+    Children inherit the blocked mask too, which changes nothing for signals they ignore."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
