@@ -30,6 +30,9 @@ FORMATS: dict[str, ImageFormat] = {
         ImageFormat("tiff", "TIFF", "tiff", "image/tiff"),
         ImageFormat("avif", "AVIF", "avif", "image/avif"),
         ImageFormat("ico", "ICO", "ico", "image/x-icon"),
+        # Not allowed by default; a user may allow them.
+        ImageFormat("cur", "CUR", "cur", "image/x-win-bitmap"),
+        ImageFormat("icns", "ICNS", "icns", "image/icns"),
     )
 }
 ALIASES = {"jpg": "jpeg", "tif": "tiff"}
@@ -58,6 +61,10 @@ def sniff(head: bytes) -> str | None:
         return "avif"  # ISO-BMFF: the major brand, or a compatible one, says AVIF
     if head[:4] == b"\x00\x00\x01\x00":
         return "ico"
+    if head[:4] == b"\x00\x00\x02\x00":
+        return "cur"
+    if head[:4] == b"icns":
+        return "icns"
     return None
 
 

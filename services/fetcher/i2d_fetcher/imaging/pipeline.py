@@ -15,27 +15,37 @@ pool. What it does, in order, and why:
    the target, and the last (< 2x) step uses a smooth filter (see `_filter`), so the output
    stays within a few dB of a full decode + area resize at about twice the speed.
 4. Refuse to decode more than `max_decoded_pixels` (a decompression bomb is a rejected
-   sample, never a memory blow-up); the check uses the header's size, before any pixel
-   buffer exists.
+   sample, never a memory blow-up). guard.py reads what the decode will hold from the
+   bytes, before `Image.open` (which decodes an ICO, and sets up WebP and AVIF decoders):
+   every frame, page, icon entry, AV1 sequence header; a progressive JPEG's full-size
+   coefficients whatever the reduced size. The limit bounds the largest pixel buffer, and
+   the decode's memory to that of an RGBA image of that many pixels (guard.memory_cap).
 5. Decode, composite alpha on white, resize (area to shrink, lanczos to enlarge by
    default), blur the `bbox_col` boxes, crop or pad, encode. With `skip_reencode`, an image
    that needs none of that and already is `encode_format` keeps its downloaded bytes.
+   A large image is converted and resized by strips (`_resize_by_strips`): its decoded pixels
+   stay the only full-size buffer (converting a palette or RGBA image whole would add one
+   or two more). A heavy decode first reserves its memory in the `DecodeGate` the worker
+   processes share, when one is given (gate.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
+import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from PIL import Image, JpegImagePlugin
+from PIL import Image, JpegImagePlugin, PngImagePlugin
 
-from i2d_fetcher.imaging import formats
+from i2d_fetcher.imaging import formats, guard
 from i2d_fetcher.imaging.blur import Box, blur_boxes
 from i2d_fetcher.imaging.exif import extract_exif, header_exif
+from i2d_fetcher.imaging.gate import DecodeGate
 from i2d_fetcher.options import FetchOptions
 from i2d_segments.records import SampleStatus
 
@@ -46,6 +56,13 @@ Image.MAX_IMAGE_PIXELS = None
 warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 DRAFT_MARGIN = 1  # a reduced-size decode keeps at least the target size on each axis
+# Decoded images at least this large (in Pillow's memory) are converted and resized by strips
+# of about STRIP_PIXELS source pixels.
+STRIPS_FROM_BYTES = 16 * guard.MiB
+STRIP_PIXELS = 1 << 20
+# What a strip costs at most per source pixel: its crop, a numpy copy or an RGBA conversion,
+# the RGB result, the alpha mask.
+_STRIP_BYTES = 24
 
 RESAMPLING = {
     "nearest": Image.Resampling.NEAREST,
@@ -60,6 +77,11 @@ FORMATS = {
     "webp": ("WEBP", "image/webp"),
 }
 WHITE = 255
+# Formats whose Image.open decodes the pixels already (IcoImagePlugin loads the entry).
+DECODED_BY_OPEN = frozenset({"ico"})
+# Pillow keeps up to 64 MB of PNG text chunks (decompressed) from Image.open on: metadata the
+# fetcher does not use, and memory no pixel limit counts. A PNG with more fails to open.
+PngImagePlugin.MAX_TEXT_MEMORY = 8 * PngImagePlugin.MAX_TEXT_CHUNK
 # Pillow can open more formats than the web uses, some through external programs (EPS runs
 # Ghostscript): a body is only ever opened by the one plugin its magic bytes name.
 Image.init()  # register every plugin now, so opening by format name finds it
@@ -159,48 +181,70 @@ def check_format(data: bytes, opts: FetchOptions) -> formats.ImageFormat:
     return formats.FORMATS[name]
 
 
-def process_image(data: bytes, opts: FetchOptions, boxes: Sequence[Box] = ()) -> ProcessedImage:
+def process_image(
+    data: bytes,
+    opts: FetchOptions,
+    boxes: Sequence[Box] = (),
+    gate: DecodeGate | None = None,
+) -> ProcessedImage:
     """Decode, filter, resize, blur `boxes` and encode; raises ImageRejected for a sample that
-    fails."""
+    fails. With a `gate`, a heavy decode first waits for its memory in the gate's budget."""
     fmt = check_format(data, opts)
     if opts.disable_all_reencoding:  # img2dataset: raw bytes, no filters, no sizes
         return ProcessedImage(
             data, fmt.ext, fmt.mime, None, None, None, None, _raw_exif(data, fmt, opts)
         )
     try:
-        img = Image.open(io.BytesIO(data), formats=(fmt.pillow,))
-    except Exception:
+        cost = guard.inspect(data, fmt.name)
+    except guard.Unreadable:
         raise _rejected(DECODING_ERROR) from None
-    with img:
-        width, height = img.size
-        check_filters(width, height, opts)
-        geo = plan(width, height, opts)
-        # skip_reencode: the bytes are kept, but still decoded once so a broken image fails
-        # as it would otherwise (a JPEG cheaply: at 1/8 size, which still reads every scan).
-        keep = (
-            opts.skip_reencode
-            and geo.size is None
-            and not boxes
-            and formats.ENCODED_AS[opts.encode_format] == fmt.name
-        )
-        scale = _reduce(img, geo, width, height, verify_only=keep)
-        dw, dh = img.size
-        if dw * dh > opts.max_decoded_pixels:
-            raise _rejected(
-                f"decompression bomb: {width}x{height} image would decode to {dw * dh} pixels,"
-                f" over the limit of {opts.max_decoded_pixels}"
-            )
-        # Only now: reading EXIF may decode the whole image (PNG keeps it after the pixels).
-        exif = extract_exif(img) if opts.extract_exif else None
+    # The least this decode can cost (a JPEG at 1/8), before Image.open: an ICO is decoded
+    # there, WebP and AVIF decoders are set up there.
+    check_cost(cost.at_scale(8), opts)
+    with contextlib.ExitStack() as reserved:
+        early = fmt.name in DECODED_BY_OPEN
+        if gate is not None and early:  # the most it can cost, decode and conversion
+            geo = plan(cost.width, cost.height, opts)
+            need = cost.nbytes + transform_bytes("RGBA", geo, 1, (cost.width, cost.height))
+            reserved.enter_context(gate.hold(need))
         try:
-            img.load()
-            pixels = img if keep else _flatten(img)
+            img = Image.open(io.BytesIO(data), formats=(fmt.pillow,))
         except Exception:
             raise _rejected(DECODING_ERROR) from None
-        if keep:
-            return ProcessedImage(data, fmt.ext, fmt.mime, width, height, width, height, exif)
-        out = _transform(pixels, geo, opts, scale, (width, height), boxes)
-        encoded = encode(out, opts)
+        with img:
+            width, height = img.size
+            check_filters(width, height, opts)
+            geo = plan(width, height, opts)
+            # skip_reencode: the bytes are kept, but still decoded once so a broken image
+            # fails as it would otherwise (a JPEG cheaply: at 1/8 size, which still reads
+            # every scan).
+            keep = (
+                opts.skip_reencode
+                and geo.size is None
+                and not boxes
+                and formats.ENCODED_AS[opts.encode_format] == fmt.name
+            )
+            scale = _reduce(img, geo, width, height, verify_only=keep)
+            cost = cost.at_scale(scale)
+            check_cost(cost, opts)
+            check_output(width, height, geo, opts)
+            if gate is not None and not early:
+                convert = 0 if keep else transform_bytes(img.mode, geo, scale, (width, height))
+                reserved.enter_context(gate.hold(cost.nbytes + convert))
+            # Only now: reading EXIF may decode the whole image (PNG keeps it after the
+            # pixels).
+            exif = extract_exif(img) if opts.extract_exif else None
+            try:
+                img.load()
+            except Exception:
+                raise _rejected(DECODING_ERROR) from None
+            if keep:
+                return ProcessedImage(data, fmt.ext, fmt.mime, width, height, width, height, exif)
+            try:
+                out = _transform(img, geo, opts, scale, (width, height), boxes)
+            except _ConversionError:
+                raise _rejected(DECODING_ERROR) from None
+            encoded = encode(out, opts)
     return ProcessedImage(
         data=encoded,
         ext=opts.encode_format,
@@ -213,9 +257,38 @@ def process_image(data: bytes, opts: FetchOptions, boxes: Sequence[Box] = ()) ->
     )
 
 
+def check_output(width: int, height: int, geo: Geometry, opts: FetchOptions) -> None:
+    """The pixel limit on the resize's result too: keep_ratio or center_crop enlarge an image
+    of an extreme aspect ratio to image_size on its short side (a 200x400000 strip would
+    become 256x512000)."""
+    out = geo.scaled or geo.size
+    if out is not None and out[0] * out[1] > opts.max_decoded_pixels:
+        raise _rejected(
+            f"decompression bomb: {width}x{height} image would resize to {out[0] * out[1]}"
+            f" pixels, over the limit of {opts.max_decoded_pixels}"
+        )
+
+
+def check_cost(cost: guard.Estimate, opts: FetchOptions) -> None:
+    """The pixel limit, on the largest buffer the decode holds, then on its memory."""
+    limit = opts.max_decoded_pixels
+    if cost.pixels > limit:
+        raise _rejected(
+            f"decompression bomb: {cost.width}x{cost.height} image would decode to"
+            f" {cost.pixels} pixels, over the limit of {limit}"
+        )
+    cap = guard.memory_cap(limit)
+    if cost.nbytes > cap:
+        raise _rejected(
+            f"decompression bomb: {cost.width}x{cost.height} image would need"
+            f" {cost.nbytes >> 20} MiB to decode, over the {cap >> 20} MiB the limit of"
+            f" {limit} pixels allows"
+        )
+
+
 def _raw_exif(data: bytes, fmt: formats.ImageFormat, opts: FetchOptions) -> str | None:
     """EXIF from the header alone; a body Pillow cannot even parse simply has none."""
-    if not opts.extract_exif:
+    if not opts.extract_exif or fmt.name in DECODED_BY_OPEN:  # no EXIF in an icon
         return None
     try:
         with Image.open(io.BytesIO(data), formats=(fmt.pillow,)) as img:
@@ -247,29 +320,192 @@ def _reduce(
     return scale
 
 
-def _flatten(img: Image.Image) -> Image.Image:
-    """RGB (or L for greyscale, as img2dataset keeps it); alpha composited on white."""
+Flatten = Callable[[Image.Image], Image.Image]
+
+
+class _ConversionError(Exception):
+    """Pillow could not convert the decoded pixels: a decoding error, as a failed decode."""
+
+
+def _flattener(img: Image.Image) -> Flatten:
+    """The conversion to RGB (or L for greyscale, as img2dataset keeps it), alpha composited
+    on white, for `img` or any region of it: what depends on the whole image (whether 16-bit
+    samples use their top byte) is decided here, once."""
+    try:
+        convert = _conversion(img)
+    except Exception as e:
+        raise _ConversionError(str(e)) from e
+
+    def flat(part: Image.Image) -> Image.Image:
+        try:
+            return convert(part)
+        except Exception as e:
+            raise _ConversionError(str(e)) from e
+
+    return flat
+
+
+def _conversion(img: Image.Image) -> Flatten:
     mode = img.mode
     if mode in ("RGB", "L"):
-        return img
+        return lambda part: part
     if mode == "P":
-        mode = "RGBA" if "transparency" in img.info else "RGB"
-        img = img.convert(mode)
+        target = "RGBA" if "transparency" in img.info else "RGB"
+        return lambda part: _on_white(part.convert(target))
     if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
-        arr = np.asarray(img)
-        if arr.max(initial=0) > 255:  # 16-bit samples: keep the top 8 bits, do not clip
-            arr = arr.astype(np.uint32) >> 8
-        return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "L")
+        top = img.getextrema()[1]
+        shift = isinstance(top, int | float) and top > 255
+        return lambda part: _to_l(part, shift)
     if mode in ("1", "F"):
-        return img.convert("L")
-    if mode in ("LA", "La", "PA", "RGBa"):
-        img = img.convert("RGBA")
-        mode = "RGBA"
-    if mode == "RGBA":
-        background = Image.new("RGB", img.size, (WHITE, WHITE, WHITE))
-        background.paste(img, mask=img.getchannel("A"))
-        return background
-    return img.convert("RGB")  # CMYK, YCbCr, LAB, HSV...
+        return lambda part: part.convert("L")
+    if mode in ("LA", "La", "PA", "RGBa", "RGBA"):
+        return lambda part: _on_white(part if part.mode == "RGBA" else part.convert("RGBA"))
+    return lambda part: part.convert("RGB")  # CMYK, YCbCr, LAB, HSV...
+
+
+def _to_l(part: Image.Image, shift: bool) -> Image.Image:
+    arr = np.asarray(part)
+    if shift:  # 16-bit samples: keep the top 8 bits, do not clip
+        arr = arr.astype(np.uint32) >> 8
+    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "L")
+
+
+def _on_white(img: Image.Image) -> Image.Image:
+    if img.mode != "RGBA":
+        return img
+    background = Image.new("RGB", img.size, (WHITE, WHITE, WHITE))
+    background.paste(img, mask=img.getchannel("A"))
+    return background
+
+
+def _flatten(img: Image.Image) -> Image.Image:
+    """The whole image converted (`_flattener`); a large one by strips into its result, so
+    the decoded image and the result are the only full-size buffers."""
+    if img.mode in ("RGB", "L"):
+        return img
+    flat = _flattener(img)
+    if not _by_strips(img.mode, img.size):
+        return flat(img)
+    rows = max(1, STRIP_PIXELS // max(1, img.width))
+    out: Image.Image | None = None
+    for top in range(0, img.height, rows):
+        part = flat(img.crop((0, top, img.width, min(img.height, top + rows))))
+        if out is None:
+            out = Image.new(part.mode, img.size)
+        out.paste(part, (0, top))
+    assert out is not None
+    return out
+
+
+def _by_strips(mode: str, size: tuple[int, int]) -> bool:
+    """Whether an image is converted by strips: one that needs converting (RGB and L need
+    none, and Pillow resizes them with no full-size copy), into at least STRIPS_FROM_BYTES."""
+    return mode not in ("RGB", "L") and size[0] * size[1] * 4 >= STRIPS_FROM_BYTES
+
+
+def _resize(
+    img: Image.Image,
+    size: tuple[int, int],
+    resample: Image.Resampling,
+    box: tuple[float, float, float, float] | None = None,
+) -> Image.Image:
+    """`img` converted (`_flattener`) and resized to `size` from `box` (all of it if None):
+    a large image by strips."""
+    if not _by_strips(img.mode, img.size):
+        return _flattener(img)(img).resize(size, resample, box=box)
+    return _resize_by_strips(img, size, resample, box)
+
+
+def _resize_by_strips(
+    img: Image.Image,
+    size: tuple[int, int],
+    resample: Image.Resampling,
+    box: tuple[float, float, float, float] | None,
+) -> Image.Image:
+    """Pillow's resize, by strips. Its two passes are separable: each pixel of the horizontal
+    pass depends on its own row only, and the vertical pass resamples the columns of that
+    intermediate. So each strip of rows is converted and resized horizontally into a
+    full-height intermediate `size[0]` pixels wide, which is then resized vertically, with
+    Pillow's own coordinates and weights. Only a strip is ever converted at once: no
+    full-size converted copy exists. The result is Pillow's whole-image resize to the bit
+    when Pillow also runs the horizontal pass first (it may pick the vertical one first for
+    some shapes: then the two differ by the rounding of the 8-bit intermediate, a level or
+    two on some pixels); nearest neighbour is always identical (rows and columns are picked
+    independently)."""
+    flat = _flattener(img)
+    x0, y0, x1, y1 = box or (0.0, 0.0, float(img.width), float(img.height))
+    ow = size[0]
+    rows = max(1, STRIP_PIXELS // img.width)
+    inter: Image.Image | None = None
+    for top in range(0, img.height, rows):
+        bottom = min(img.height, top + rows)
+        if img.width > STRIP_PIXELS:  # a row of over a million pixels: by pieces, too
+            part = _row_pass_by_pieces(img, flat, ow, resample, (x0, x1), (top, bottom))
+        else:
+            strip = flat(img.crop((0, top, img.width, bottom)))
+            part = strip.resize((ow, bottom - top), resample, box=(x0, 0, x1, bottom - top))
+        if inter is None:
+            inter = Image.new(part.mode, (ow, img.height))
+        inter.paste(part, (0, top))
+    assert inter is not None
+    return inter.resize(size, resample, box=(0, y0, ow, y1))
+
+
+def _row_pass_by_pieces(
+    img: Image.Image,
+    flat: Flatten,
+    ow: int,
+    resample: Image.Resampling,
+    span: tuple[float, float],
+    rows: tuple[int, int],
+) -> Image.Image:
+    """The horizontal pass of rows too wide to convert at once: by pieces of output columns,
+    each from the source columns its filter windows reach (Pillow clips a window at the
+    edges of what it is given: with that margin, the weights are the whole row's, up to
+    float rounding in the coordinates, at most 1 level on rare pixels)."""
+    (x0, x1), (top, bottom) = span, rows
+    sx = (x1 - x0) / ow
+    margin = _SUPPORT[resample] * max(sx, 1.0) + 2
+    cols = max(1, int(STRIP_PIXELS / max(sx, 1.0) / (bottom - top)))
+    out: Image.Image | None = None
+    for c0 in range(0, ow, cols):
+        c1 = min(ow, c0 + cols)
+        left, right = x0 + c0 * sx, (x1 if c1 == ow else x0 + c1 * sx)
+        t0 = max(0, math.floor(left - margin))
+        t1 = min(img.width, math.ceil(right + margin))
+        piece = flat(img.crop((t0, top, t1, bottom)))
+        region = (max(0.0, left - t0), 0.0, min(right - t0, float(t1 - t0)), bottom - top)
+        part = piece.resize((c1 - c0, bottom - top), resample, box=region)
+        if out is None:
+            out = Image.new(part.mode, (ow, bottom - top))
+        out.paste(part, (c0, 0))
+    assert out is not None
+    return out
+
+
+# Pillow's filter supports (source pixels each side of a sample, at scale 1).
+_SUPPORT = {
+    Image.Resampling.NEAREST: 0.5,
+    Image.Resampling.BOX: 0.5,
+    Image.Resampling.BILINEAR: 1.0,
+    Image.Resampling.HAMMING: 1.0,
+    Image.Resampling.BICUBIC: 2.0,
+    Image.Resampling.LANCZOS: 3.0,
+}
+
+
+def transform_bytes(mode: str, geo: Geometry, scale: int, original: tuple[int, int]) -> int:
+    """What converting, resizing and encoding the decoded image (`mode`, `original` size
+    decoded at 1/`scale`) costs on top of the decode."""
+    w, h = -(-original[0] // scale), -(-original[1] // scale)
+    convert = 0
+    if mode not in ("RGB", "L"):  # a strip at a time, or the whole image at once
+        convert = _STRIP_BYTES * (2 * STRIP_PIXELS if _by_strips(mode, (w, h)) else w * h)
+    if geo.size is None:  # the whole image kept: converted into a result, then encoded
+        return convert + (4 * w * h if convert else 0) + 4 * w * h
+    out = geo.scaled or geo.size
+    outputs = 3 * 4 * (out[0] * out[1] + (geo.canvas or 0) ** 2)  # result, padded, encoded
+    return convert + 4 * out[0] * h + outputs  # and Pillow's horizontal pass, full height
 
 
 def _transform(
@@ -281,6 +517,7 @@ def _transform(
     boxes: Sequence[Box] = (),
 ) -> Image.Image:
     if geo.size is None:
+        img = _flatten(img)
         return blur_boxes(img, boxes) if boxes else img
     if boxes:
         # img2dataset blurs the whole resized image, then crops or pads: resize it all first
@@ -289,7 +526,9 @@ def _transform(
         name = opts.downscale_interpolation if geo.downscale else opts.upscale_interpolation
         ratio = min(img.width / geo.scaled[0], img.height / geo.scaled[1])
         if img.size != geo.scaled:
-            img = img.resize(geo.scaled, _filter(name, ratio))
+            img = _resize(img, geo.scaled, _filter(name, ratio))
+        else:
+            img = _flatten(img)
         img = blur_boxes(img, boxes)
         if geo.box is not None:  # center_crop
             x0, y0 = (geo.scaled[0] - geo.size[0]) // 2, (geo.scaled[1] - geo.size[1]) // 2
@@ -302,7 +541,9 @@ def _transform(
     if geo.size != img.size or not whole:
         name = opts.downscale_interpolation if geo.downscale else opts.upscale_interpolation
         ratio = min((box[2] - box[0]) / geo.size[0], (box[3] - box[1]) / geo.size[1])
-        img = img.resize(geo.size, _filter(name, ratio), box=box)
+        img = _resize(img, geo.size, _filter(name, ratio), box=box)
+    else:
+        img = _flatten(img)
     return _pad(img, geo)
 
 
