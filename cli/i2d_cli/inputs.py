@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 
 from i2d_cli.errors import InputError
 from i2d_fetcher.options import FetchOptions
+from i2d_segments import safejson
 from i2d_segments.records import UnparsedRow, UrlRow
 
 INPUT_FORMATS = (
@@ -68,6 +69,13 @@ def _open_text(path: Path) -> IO[str]:
 
 
 NOT_UTF8 = "not UTF-8 text"
+# JSON rows nested too deep for the rest of the pipeline (safejson), or that Python's json
+# cannot read (an integer of 5000 digits), are failed samples of their own, like bad syntax.
+INVALID_JSON = "invalid JSON row"
+TOO_DEEP_JSON = f"{INVALID_JSON}: {safejson.TOO_DEEP}"
+TOO_DEEP_VALUE = f"a column value {safejson.TOO_DEEP}"
+# What a failed row keeps of its text (its sample's `url` shows as much): enough to find it.
+HELD_TEXT = 4096
 
 
 def _utf8(text: str) -> bool:
@@ -159,26 +167,31 @@ class RowReader:
                         yield _Invalid(line.strip(), NOT_UTF8)
                         continue
                     try:
-                        yield json.loads(line.strip())
+                        yield safejson.loads(line.strip())
+                    except safejson.JsonRejected as e:  # too deep, a number Python cannot read
+                        yield _TooDeep(line.strip(), f"{INVALID_JSON}: {e}")
                     except json.JSONDecodeError as e:
-                        yield _Invalid(line.strip(), f"invalid JSON row: {e}")
+                        yield _Invalid(line.strip(), f"{INVALID_JSON}: {e}")
         elif fmt == "json":
             # A JSON array has no streaming boundary short of a full parser; img2dataset loads
             # it whole too. Use jsonl for large lists.
             with _open_text(path) as f:
-                try:
-                    records = json.load(f)
-                except json.JSONDecodeError as e:
-                    raise InputError(f"{path}: not a valid JSON file: {e}") from None
-            if not isinstance(records, list):
-                raise InputError(f"{path}: a json input must hold an array of objects")
-            yield from records
+                text = f.read()
+            yield from _json_records(path, text)
         else:  # parquet
             pf = pq.ParquetFile(path)
             self._check_columns(path, pf.schema_arrow.names)
             columns = [c for c in self._wanted() if c in pf.schema_arrow.names]
+            # Nested columns (structs of structs...) may hold rows deeper than the pipeline
+            # takes; only a schema that deep needs each row checked.
+            deep = 1 + max((_type_depth(pf.schema_arrow.field(c).type) for c in columns), default=0)
             for batch in pf.iter_batches(batch_size=10_000, columns=columns):
-                yield from batch.to_pylist()
+                if deep <= safejson.MAX_DEPTH:
+                    yield from batch.to_pylist()
+                    continue
+                for rec in batch.to_pylist():
+                    too_deep = safejson.value_too_deep(rec)
+                    yield _TooDeep(rec, TOO_DEEP_VALUE) if too_deep else rec
 
     def _wanted(self) -> list[str]:
         cols = [self.url_col, *self.extra_cols]
@@ -198,6 +211,8 @@ class RowReader:
             return UrlRow(url=rec, row_key=row_key)
         if isinstance(rec, _Invalid):
             return UnparsedRow.of(rec.error, row_key, {"line": rec.text})
+        if isinstance(rec, _TooDeep):
+            return self._too_deep(rec, row_key)
         if not isinstance(rec, dict):
             return UnparsedRow.of("the row is not an object", row_key, {"record": rec})
         url = rec.get(self.url_col)
@@ -222,6 +237,61 @@ class RowReader:
             extra=extra,
         )
 
+    def _too_deep(self, rec: _TooDeep, row_key: str) -> UnparsedRow:
+        """A row holding a value nested too deep (or a number Python cannot read): a failed
+        sample with its own key when it has a plain one, and its url or text to find it by;
+        none of its nested values."""
+        held: dict[str, Any] = {}
+        if isinstance(rec.record, str):  # JSON text: what can be read of it without parsing
+            fields = safejson.scalar_members(rec.record)
+            held["line"] = rec.record[:HELD_TEXT]
+        else:
+            fields = rec.record if isinstance(rec.record, dict) else {}
+        own = fields.get("key")
+        key = None if isinstance(own, dict | list | tuple) else _key(own)
+        url = fields.get(self.url_col)
+        if isinstance(url, str) and not held:
+            held["row_url"] = url[:HELD_TEXT]
+        return UnparsedRow.of(rec.error, key or row_key, held)
+
+
+def _json_records(path: Path, text: str) -> Iterator[Any]:
+    """The records of a json list. Parsed whole at C speed; only if that fails on an item
+    too deep for Python's json (or a number it cannot read) are the items split and parsed
+    one by one, so such an item is a failed row and the others are read. Bad syntax or
+    anything but an array is one error for the file, before any row."""
+    try:
+        records = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise InputError(f"{path}: not a valid JSON file: {e}") from None
+    except (RecursionError, ValueError):
+        items: list[Any] = []
+        try:
+            for offset, item in safejson.array_items(text):
+                try:
+                    items.append(safejson.loads(item))
+                except safejson.JsonRejected as e:
+                    items.append(_TooDeep(item.strip(), f"{INVALID_JSON}: {e}"))
+                except json.JSONDecodeError as e:
+                    raise json.JSONDecodeError(e.msg, text, offset + e.pos) from None
+        except json.JSONDecodeError as e:
+            raise InputError(f"{path}: not a valid JSON file: {e}") from None
+        records = items
+    if not isinstance(records, list):
+        raise InputError(f"{path}: a json input must hold an array of objects")
+    for rec in records:
+        deep = isinstance(rec, dict | list) and safejson.value_too_deep(rec)
+        yield _TooDeep(rec, TOO_DEEP_JSON) if deep else rec
+
+
+def _type_depth(t: pa.DataType) -> int:
+    """How many levels of lists/structs/maps an arrow type nests (0: a scalar)."""
+    depth, level = 0, [t]
+    while level:
+        depth += 1
+        level = [n.field(i).type for n in level for i in range(n.num_fields)]
+    return depth - 1
+
 
 def _key(value: Any) -> str | None:
     """A `key` cell as the row's key: an empty cell is no key (the row keeps its generated
@@ -233,7 +303,15 @@ class _Invalid:
     """A jsonl line that is not JSON: kept, so it is reported as a failed sample."""
 
     def __init__(self, text: str, error: str) -> None:
-        self.text, self.error = text, error
+        self.text, self.error = text[:HELD_TEXT], error
+
+
+class _TooDeep:
+    """A record holding a value nested deeper than the pipeline takes, or the text of one
+    Python's json cannot read (too deep, a 5000-digit number): reported as a failed sample."""
+
+    def __init__(self, record: Any, error: str) -> None:
+        self.record, self.error = record, error
 
 
 def carried_columns(save_additional_columns: Sequence[str] | None, opts: FetchOptions) -> list[str]:

@@ -222,3 +222,110 @@ def test_a_rows_own_key_survives_a_missing_url_and_an_empty_key_is_no_key(
     assert empty.key is None and empty.metadata_key == "000000001"
     on_the_topic = parse_url_value('{"url": "http://127.0.0.1/a.jpg", "key": ""}')
     assert on_the_topic is not None and on_the_topic.key is None  # the same on the urls topic
+
+
+def nested(depth: int) -> object:
+    """A value of `depth` levels, objects and lists alternating."""
+    value: object = 1
+    for level in range(depth):
+        value = [value] if level % 2 else {"a": value}
+    return value
+
+
+TOO_DEEP = "malformed row: invalid JSON row: nested deeper than 32 levels"
+
+
+def failed(row: UrlRow | UnparsedRow) -> tuple[str | None, str | None]:
+    """What the fetcher records for a row it cannot fetch: (error_message, key)."""
+    assert isinstance(row, UnparsedRow)
+    outcome = parse(encode_url_row(row), "url", "caption")
+    assert isinstance(outcome, Outcome)
+    meta = decode_append(outcome.value).meta
+    return meta.error_message, meta.key
+
+
+def test_jsonl_lines_too_deep_or_unreadable_fail_alone(tmp_path: Path) -> None:
+    """A line of `[` x 100000 raised RecursionError out of the reader (the whole download
+    ended, 0 rows recorded); 40 levels parsed, then broke the metadata parquet downstream."""
+    lines = [
+        json.dumps({"url": "http://127.0.0.1/a.jpg"}),
+        "[" * 100_000,
+        json.dumps({"url": "http://127.0.0.1/b.jpg", "x": nested(40)}),
+        '{"url": "http://127.0.0.1/c.jpg", "n": ' + "1" * 5000 + "}",
+        json.dumps({"url": "http://127.0.0.1/d.jpg", "x": nested(31)}),  # 32 with the row
+        '{"key": "own", "url": "http://127.0.0.1/e.jpg", "x": ' + "[" * 100_000,
+    ]
+    (tmp_path / "list.jsonl").write_text("\n".join(lines) + "\n")
+    rows = list(RowReader("jsonl", save_additional_columns=["x"]).rows(tmp_path / "list.jsonl"))
+    assert len(rows) == 6
+    first, deep, deep40, huge, deepest, own = rows
+    assert failed(own) == (TOO_DEEP, "own")  # its own key, read beside the deep value
+    assert isinstance(first, UrlRow) and isinstance(deepest, UrlRow)
+    assert deepest.extra == {"x": nested(31)}
+    assert failed(deep) == (TOO_DEEP, "000000001")
+    assert failed(deep40) == (TOO_DEEP, "000000002")
+    message, key = failed(huge)
+    assert key == "000000003"
+    assert message == (
+        "malformed row: invalid JSON row: unreadable value: Exceeds the limit (4300 digits)"
+        " for integer string conversion"
+    )
+
+
+@pytest.mark.parametrize("deepest", [100_000, 40])  # past json's recursion; within it
+def test_a_json_list_keeps_its_other_items_when_one_is_too_deep(
+    tmp_path: Path, deepest: int
+) -> None:
+    deep_item = "[" * deepest + "]" * deepest
+    items = [
+        json.dumps({"url": "http://127.0.0.1/a.jpg"}),
+        deep_item,
+        json.dumps({"url": "http://127.0.0.1/b.jpg", "key": "mine", "x": nested(deepest)})
+        if deepest < 900
+        else '{"url": "http://127.0.0.1/b.jpg", "key": "mine", "x": ' + deep_item + "}",
+        '{"url": "http://127.0.0.1/c.jpg", "n": ' + "1" * 5000 + "}",
+        json.dumps({"url": "http://127.0.0.1/d.jpg"}),
+    ]
+    (tmp_path / "list.json").write_text("[" + ",\n".join(items) + "]")
+    rows = list(RowReader("json").rows(tmp_path / "list.json"))
+    assert [r.url for r in rows if isinstance(r, UrlRow)] == [
+        "http://127.0.0.1/a.jpg",
+        "http://127.0.0.1/d.jpg",
+    ]
+    assert failed(rows[1]) == (TOO_DEEP, "000000001")
+    assert failed(rows[2]) == (TOO_DEEP, "mine")  # its own key, read beside the deep value
+    message, key = failed(rows[3])
+    assert key == "000000003" and message is not None and "4300 digits" in message
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["[" * 100_000, '{"a": ' * 100_000, "[" * 100_000 + "]" * 100_000 + "]", '{"url": 1}'],
+)
+def test_a_json_file_that_is_not_one_array_is_one_error(tmp_path: Path, text: str) -> None:
+    (tmp_path / "list.json").write_text(text)
+    with pytest.raises(InputError, match=r"list\.json: (not a valid JSON file|a json input)"):
+        list(RowReader("json").rows(tmp_path / "list.json"))
+
+
+def test_parquet_rows_nested_too_deep_fail_alone(tmp_path: Path) -> None:
+    """Parquet opens structs nested up to 98 levels: such a row is refused like a JSON one."""
+    path = tmp_path / "list.parquet"
+    rows = [
+        {"url": "http://127.0.0.1/a.jpg", "key": "a", "x": None},
+        {"url": "http://127.0.0.1/b.jpg", "key": "b", "x": nested_struct(60)},
+        {"url": "http://127.0.0.1/c.jpg", "key": "c", "x": nested_struct(10, leaf=None)},
+    ]
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    first, deep, shallow = RowReader("parquet", save_additional_columns=["x"]).rows(path)
+    assert isinstance(first, UrlRow) and isinstance(shallow, UrlRow)
+    assert shallow.extra["x"]["a"]["a"] is not None
+    message, key = failed(deep)
+    assert (message, key) == ("malformed row: a column value nested deeper than 32 levels", "b")
+
+
+def nested_struct(depth: int, leaf: object = 1) -> object:
+    value = leaf
+    for _ in range(depth):
+        value = {"a": value}
+    return value

@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from i2d_segments import safejson
 from i2d_segments.ids import sample_id_for, sha256_hex
 
 
@@ -49,7 +50,10 @@ class UrlRow(BaseModel):
     def _valid_unicode(cls, value: Any) -> Any:
         """JSON may carry lone surrogates (`"\\ud800"`), which no UTF-8 member, manifest or
         index row can hold: replace them here, at the boundary, so every later stage can
-        encode strictly."""
+        encode strictly. The extra columns (the row's other fields) nest at most
+        `safejson.MAX_DEPTH` levels, so every later stage can serialize them."""
+        if isinstance(value, dict) and safejson.value_too_deep(value):
+            raise ValueError(safejson.TOO_DEEP)
         return _replace_surrogates(value)
 
     @property
@@ -109,8 +113,8 @@ def parse_url_value(
     if not text.startswith("{"):
         return UrlRow(url=text)
     try:
-        obj = json.loads(text)
-    except json.JSONDecodeError as e:
+        obj = safejson.loads(text)
+    except ValueError as e:  # bad syntax, nested too deep, a number Python cannot read
         raise MalformedRecord(f"invalid JSON row: {e}") from e
     if not isinstance(obj, dict):
         raise MalformedRecord("JSON row is not an object")
@@ -134,10 +138,14 @@ def parse_url_value(
 
 
 def row_key_of(value: bytes) -> str | None:
-    """The `row_key` of a malformed `urls` record, when it still is a JSON object with one."""
+    """The `row_key` of a malformed `urls` record, when it still is a JSON object with one
+    (read beside the values too deep to parse, if need be)."""
     try:
-        obj = json.loads(value)
-    except (ValueError, UnicodeDecodeError):
+        text = value.decode("utf-8")
+        obj = safejson.loads(text)
+    except safejson.JsonRejected:
+        obj = safejson.scalar_members(text)
+    except ValueError:  # bad syntax, UnicodeDecodeError
         return None
     row_key = obj.get("row_key") if isinstance(obj, dict) else None
     return row_key if isinstance(row_key, str) else None

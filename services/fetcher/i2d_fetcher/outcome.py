@@ -60,11 +60,17 @@ class Outcome:
 
 
 def parse(value: bytes, url_col: str, caption_col: str | None) -> UrlRow | Outcome | None:
-    """A `urls` record's row; or the outcome of a malformed one; None for a blank line."""
+    """A `urls` record's row; or the outcome of a malformed one; None for a blank line.
+
+    Never raises for the record's content: invalid UTF-8 or JSON, JSON nested too deep or
+    holding a number Python cannot read are a failed sample `malformed row: ...`, so the
+    record is answered and the fetcher goes on."""
     try:
         return parse_url_value(value, url_col, caption_col)
     except (MalformedRecord, UnicodeDecodeError) as e:
         return Outcome.of(failure_record(value, f"malformed row: {e}"))
+    except (ValueError, RecursionError) as e:  # a bound missed upstream: still one row's failure
+        return Outcome.of(failure_record(value, f"malformed row: {type(e).__name__}"))
 
 
 def failed_value(
