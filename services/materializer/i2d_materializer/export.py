@@ -9,8 +9,14 @@ each get a copy). Rows are selected by
 
 Reading follows the segments: per segment, the selected rows' images come from one streaming
 read of the segment, or from ranged reads when only a few of its items are wanted; an image
-deduplicated into an earlier segment is one ranged read. The export's key for a row is its
-sample_id, or the sha256 of it when the sample_id is not a valid WebDataset key.
+deduplicated into an earlier segment is one ranged read.
+
+The export's key for a row (its file names, its tar members) is its sample_id when that is a
+safe name: 1 to 64 ASCII letters, digits, `_` or `-` (img2dataset's keys, sha256 ids). Any
+other sample_id (a 10 KB key, `/`, `..`, dots, NUL, newlines, spaces, non-ASCII...) is named
+`sha256-<hex of its UTF-8>`: bounded, deterministic, never a safe sample_id itself (71
+characters), so two rows never share a name and none can leave the destination. The metadata
+(`key`, `sample_id` in the json and parquet) keeps the value itself.
 
 The destination gets, besides the shards, `export.json` (what was selected, shard list) and,
 for `webdataset`, `shards.txt` and a wids `wids.json`. The segments stay the truth: an export
@@ -21,6 +27,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +39,6 @@ from i2d_materializer.export_writers import ExportRow, ExportWriter, make_writer
 from i2d_segments.ids import sha256_hex
 from i2d_segments.index import Index, ItemRow, SampleRow, SegmentRow
 from i2d_segments.reader import DatasetReader, sample_meta
-from i2d_segments.segment import validate_key
 from i2d_segments.store import SegmentStore
 
 log = logging.getLogger(__name__)
@@ -115,12 +121,16 @@ def root_uri(store: SegmentStore) -> str:
     return store.uri("export.json").rsplit("/", 1)[0] + "/"
 
 
+SAFE_KEY = re.compile(r"[A-Za-z0-9_\-]{1,64}")
+HASHED_KEY_PREFIX = "sha256-"
+
+
 def export_key(sample_id: str) -> str:
-    try:
-        validate_key(sample_id)
-    except ValueError:
-        return sha256_hex(sample_id.encode("utf-8"))
-    return sample_id
+    """The name a row is exported under (module docstring): its sample_id if safe, else
+    `sha256-` + the sha256 of its UTF-8 (a lone surrogate hashes as itself: no two ids meet)."""
+    if SAFE_KEY.fullmatch(sample_id):
+        return sample_id
+    return HASHED_KEY_PREFIX + sha256_hex(sample_id.encode("utf-8", "surrogatepass"))
 
 
 class Exporter:
