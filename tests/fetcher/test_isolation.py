@@ -55,10 +55,10 @@ def test_heavy_images_on_one_host_fail_no_row_of_another(
     socket for 9 s: Y's rows timed out and its breaker opened. Off the loop, all succeed."""
     heavy_prefix = heavy_host.base_url
 
-    def slow_for_heavy_host(data: bytes, opts: FetchOptions, boxes: Any = ()) -> Any:
+    def slow_for_heavy_host(data: bytes, opts: FetchOptions, *rest: Any) -> Any:
         if data.startswith(b"\x89PNG"):  # host X serves PNGs, host Y JPEGs
             time.sleep(HEAVY_SECONDS)
-        return process_image(data, opts, boxes)
+        return process_image(data, opts, *rest)
 
     monkeypatch.setattr(row_module, "process_image", slow_for_heavy_host)
     heavy = [

@@ -132,7 +132,7 @@ class FetchOptions(BaseModel):
         64 * 1024 * 1024, ge=1, description="Downloads larger than this (decoded) fail."
     )
     max_body_bytes_in_flight: int = Field(
-        256 * 1024 * 1024,
+        128 * 1024 * 1024,
         ge=1,
         description="Memory for downloaded bodies held at once (being read, waiting for or in "
         "decoding), in total over the worker processes; rows wait for room before reading "

@@ -20,9 +20,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
-from i2d_fetcher.http.budget import BASE_RESERVATION
 from i2d_fetcher.http.client import FetchFailed, HttpClient, download
 from i2d_fetcher.imaging.blur import Box, InvalidBoxes, boxed_item_id, parse_boxes
+from i2d_fetcher.imaging.gate import DecodeGate
 from i2d_fetcher.imaging.pipeline import ImageRejected, ProcessedImage, process_image
 from i2d_fetcher.options import FetchOptions
 from i2d_fetcher.outcome import Outcome, RowStats, failure, parse, row_fields
@@ -63,13 +63,14 @@ async def fetch_value(
     run_cpu: RunCpu,
     url_col: str = "url",
     caption_col: str | None = "caption",
+    gate: DecodeGate | None = None,
 ) -> Outcome | None:
     """A `urls` record's outcome; None for a blank line (nothing to report)."""
     row = parse(value, url_col, caption_col)
     if not isinstance(row, UrlRow):
         return row
     stats = RowStats()
-    return Outcome.of(await fetch_row(client, row, opts, run_cpu, stats), stats)
+    return Outcome.of(await fetch_row(client, row, opts, run_cpu, stats, gate), stats)
 
 
 async def fetch_row(
@@ -78,10 +79,12 @@ async def fetch_row(
     opts: FetchOptions,
     run_cpu: RunCpu,
     stats: RowStats | None = None,
+    gate: DecodeGate | None = None,
 ) -> AppendRecord:
     """Download on this loop, then hash, decode, resize and encode through `run_cpu`;
     `stats`, if given, gets the row's figures. The body's bytes are held in the client's
-    budget (http/budget.py) from the request until its image is encoded."""
+    budget (http/budget.py) from the request until its image is encoded; a heavy decode
+    holds its memory in `gate`, shared by the worker processes (imaging/gate.py)."""
     stats = stats if stats is not None else RowStats()
     try:
         # Before the download: a row whose boxes cannot be read is not worth fetching.
@@ -91,7 +94,6 @@ async def fetch_row(
     async with client.budget.reservation() as reservation:
         started = time.monotonic()
         try:
-            await reservation.reserve(BASE_RESERVATION)
             downloaded = await download(
                 client, row.url, opts, max_bytes=opts.max_body_bytes, reservation=reservation
             )
@@ -106,7 +108,7 @@ async def fetch_row(
         stats.downloaded_bytes = len(data)
         expected = _expected_hash(row, opts.verify_hash[0]) if opts.verify_hash else None
         try:
-            done = await run_cpu(process_body, data, opts, tuple(boxes), expected)
+            done = await run_cpu(process_body, data, opts, tuple(boxes), expected, gate)
         except Exception as e:  # a bug in a decoder must cost one row, not the worker
             log.exception("unexpected imaging error for %s", row.url)
             return failure(row, SampleStatus.FAILED_TO_RESIZE, _describe(e))
@@ -133,7 +135,11 @@ async def fetch_row(
 
 
 def process_body(
-    data: bytes, opts: FetchOptions, boxes: tuple[Box, ...], expected_hash: str | None
+    data: bytes,
+    opts: FetchOptions,
+    boxes: tuple[Box, ...],
+    expected_hash: str | None,
+    gate: DecodeGate | None = None,
 ) -> Processed:
     """The CPU side of a row, on the imaging thread: hashes (item_id, the user's
     `compute_hash`, `verify_hash`'s check), then decode, filter, resize, blur and encode."""
@@ -147,7 +153,7 @@ def process_body(
         failed = (SampleStatus.FAILED_TO_DOWNLOAD, HASH_MISMATCH)
     else:
         try:
-            image = process_image(data, opts, boxes)
+            image = process_image(data, opts, boxes, gate)
         except ImageRejected as e:
             failed = (e.status, e.message)
         if verify is not None and verify[1] != opts.compute_hash:

@@ -7,8 +7,10 @@ thread, being decoded) add up to at most its part of `max_body_bytes_in_flight`.
 
 How a row uses it (row.py, client.py):
 
-- before its request, it reserves `BASE_RESERVATION` bytes (most images fit in it, so they
-  never wait again); a row that cannot get even that waits before connecting, holding nothing;
+- once it holds its host's slot, before its request, it reserves `BASE_RESERVATION` bytes
+  (most images fit in it, so they never wait again); a row that cannot get even that waits
+  before connecting, holding nothing. Never before the slot: a row holding memory while it
+  waits for a slot held by rows waiting for memory would deadlock them;
 - when the headers declare a larger body, or the body read so far outgrows the reservation, it
   grows the reservation, waiting if the budget is spent; growers go before new rows, since
   they hold a connection;

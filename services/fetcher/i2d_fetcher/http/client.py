@@ -39,10 +39,11 @@ from types import TracebackType
 
 import aiohttp
 from aiohttp import http_exceptions
+from aiohttp.client_proto import ResponseHandler
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from i2d_fetcher.http.budget import ByteBudget, Reservation
+from i2d_fetcher.http.budget import BASE_RESERVATION, ByteBudget, Reservation
 from i2d_fetcher.http.hosts import CIRCUIT_OPEN_MESSAGE, CircuitOpen, HostLimiter
 from i2d_fetcher.http.netguard import BLOCKED_PREFIX, AddressPolicy, BlockedAddress, literal_address
 from i2d_fetcher.http.resolver import AiodnsLookup, CachingResolver, Lookup
@@ -224,6 +225,8 @@ async def download(
         try:
             return await _attempt(client, url, opts, max_bytes, attempt, reservation)
         except FetchFailed as e:
+            if reservation is not None:
+                reservation.release()  # nothing is held while backing off
             if not e.transient or attempt > opts.retries:
                 raise
             if e.retry_after is not None and e.retry_after > MAX_RETRY_AFTER:
@@ -283,6 +286,8 @@ async def _attempt(
             raise FetchFailed(CIRCUIT_OPEN_MESSAGE, transient=False) from None
         if isinstance(result, Downloaded):
             return dataclasses.replace(result, attempts=attempt)
+        if reservation is not None:
+            reservation.release()  # nothing is held while waiting for the next hop's slot
         if hop >= opts.max_redirects:
             raise FetchFailed("too many redirects", transient=False)
         if budget <= 0:
@@ -316,59 +321,62 @@ async def _request(
     """One hop: the body, or where a redirect points. The hop has `budget` seconds, plus
     whatever it spends waiting for its body's memory (the deadline moves by that much)."""
     try:
-        async with (
-            asyncio.timeout(budget) as deadline,
-            client.session.get(
+        async with asyncio.timeout(budget) as deadline:
+            # The base reservation is taken here, with the host slot held: a row that holds
+            # memory is always one that is downloading (or waiting to grow), never one that
+            # waits for a slot held by rows that wait for its memory.
+            memory = _BodyMemory(reservation, deadline)
+            await memory.need(BASE_RESERVATION)
+            async with client.session.get(
                 url,
                 allow_redirects=False,  # followed by _attempt, each hop checked
                 timeout=_hop_timeout(opts),
                 proxy=client.proxy,
-            ) as resp,
-        ):
-            location = resp.headers.get("Location")
-            if resp.status in REDIRECT_STATUSES and location:
-                try:
-                    return resp.url.join(URL(location))
-                except ValueError:
-                    raise FetchFailed("invalid redirect location", transient=False) from None
-            if not 200 <= resp.status < 300:
-                raise FetchFailed(
-                    _bounded(f"HTTP Error {resp.status}: {resp.reason}"),  # img2dataset's text
-                    transient=resp.status in TRANSIENT_STATUSES or resp.status >= 500,
-                    retry_after=_retry_after(resp.headers),
-                    status=resp.status,
-                )
-            if is_disallowed(
-                resp.headers.getall("X-Robots-Tag", ()),
-                opts.disallowed_header_directives,
-                opts.user_agent_token,
-            ):
-                resp.close()  # drop the connection: the body must not be read at all
-                raise FetchFailed(DISALLOWED_MESSAGE, transient=False)
-            declared = resp.content_length
-            encoded = resp.headers.get("Content-Encoding", "identity").lower() != "identity"
-            if declared is not None and declared > max_bytes and not encoded:
-                resp.close()
-                raise FetchFailed(_too_large(max_bytes), transient=False)
-            memory = _BodyMemory(reservation, deadline)
-            if declared is not None and not encoded:
-                await memory.need(declared)
-            data = bytearray()
-            # Decoded chunks (after Content-Encoding): a gzip bomb is stopped at the cap.
-            async for chunk in resp.content.iter_any():
-                data += chunk
-                if len(data) > max_bytes:
-                    resp.close()  # stop now: nothing more of this body is wanted
+            ) as resp:
+                memory.response = resp
+                location = resp.headers.get("Location")
+                if resp.status in REDIRECT_STATUSES and location:
+                    try:
+                        return resp.url.join(URL(location))
+                    except ValueError:
+                        raise FetchFailed("invalid redirect location", transient=False) from None
+                if not 200 <= resp.status < 300:
+                    raise FetchFailed(
+                        _bounded(f"HTTP Error {resp.status}: {resp.reason}"),  # img2dataset's text
+                        transient=resp.status in TRANSIENT_STATUSES or resp.status >= 500,
+                        retry_after=_retry_after(resp.headers),
+                        status=resp.status,
+                    )
+                if is_disallowed(
+                    resp.headers.getall("X-Robots-Tag", ()),
+                    opts.disallowed_header_directives,
+                    opts.user_agent_token,
+                ):
+                    resp.close()  # drop the connection: the body must not be read at all
+                    raise FetchFailed(DISALLOWED_MESSAGE, transient=False)
+                declared = resp.content_length
+                encoded = resp.headers.get("Content-Encoding", "identity").lower() != "identity"
+                if declared is not None and declared > max_bytes and not encoded:
+                    resp.close()
                     raise FetchFailed(_too_large(max_bytes), transient=False)
-                await memory.need(len(data), grow=min(max_bytes, 2 * len(data)))
-            return Downloaded(
-                data=bytes(data),
-                content_type=resp.headers.get("Content-Type"),
-                headers=_copy(resp.headers),
-                final_url=str(resp.url),
-                status=resp.status,
-                attempts=1,
-            )
+                if declared is not None and not encoded:
+                    await memory.need(declared)
+                data = bytearray()
+                # Decoded chunks (after Content-Encoding): a gzip bomb is stopped at the cap.
+                async for chunk in resp.content.iter_any():
+                    data += chunk
+                    if len(data) > max_bytes:
+                        resp.close()  # stop now: nothing more of this body is wanted
+                        raise FetchFailed(_too_large(max_bytes), transient=False)
+                    await memory.need(len(data), grow=min(max_bytes, 2 * len(data)))
+                return Downloaded(
+                    data=bytes(data),
+                    content_type=resp.headers.get("Content-Type"),
+                    headers=_copy(resp.headers),
+                    final_url=str(resp.url),
+                    status=resp.status,
+                    attempts=1,
+                )
     except FetchFailed:
         raise
     except Exception as e:
@@ -384,12 +392,15 @@ def _hop_timeout(opts: FetchOptions) -> aiohttp.ClientTimeout:
 
 
 class _BodyMemory:
-    """A body's bytes, reserved in the row's reservation before they are held; the time spent
-    waiting for them moves the hop's deadline."""
+    """A body's bytes, reserved in the row's reservation before they are held. Waiting for
+    them is ours, not the server's: the hop's deadline stops meanwhile, and so does aiohttp's
+    `sock_read` timer (it would take a server that sent everything while we waited for a
+    silent one)."""
 
     def __init__(self, reservation: Reservation | None, deadline: asyncio.Timeout) -> None:
         self.reservation = reservation
         self.deadline = deadline
+        self.response: aiohttp.ClientResponse | None = None
 
     async def need(self, n: int, grow: int | None = None) -> None:
         r = self.reservation
@@ -402,10 +413,30 @@ class _BodyMemory:
         loop = asyncio.get_running_loop()
         left = when - loop.time()
         self.deadline.reschedule(None)  # the clock stops while we wait for our own memory
+        protocol = _protocol_of(self.response)
+        read_timeout = protocol.read_timeout if protocol is not None else None
+        if protocol is not None:
+            protocol.read_timeout = None
+            protocol.start_timeout()  # with no timeout: cancels the pending sock_read timer
         try:
             await r.reserve(max(n, grow or n))
         finally:
             self.deadline.reschedule(loop.time() + left)
+            if protocol is not None:
+                protocol.read_timeout = read_timeout
+                protocol.start_timeout()
+
+
+def _protocol_of(resp: aiohttp.ClientResponse | None) -> ResponseHandler | None:
+    """The connection's protocol, which runs the `sock_read` timer. aiohttp may have released
+    the connection while the body is still being decoded from what it buffered (a gzip body
+    arrives whole) and its timer still runs: then the payload's own reference is the way."""
+    if resp is None:
+        return None
+    if resp.connection is not None:
+        return resp.connection.protocol
+    protocol = getattr(resp.content, "_protocol", None)
+    return protocol if isinstance(protocol, ResponseHandler) else None
 
 
 def _timed_out(opts: FetchOptions) -> FetchFailed:

@@ -9,6 +9,7 @@ from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Protocol
 
+from i2d_fetcher.imaging.gate import DecodeGate
 from i2d_fetcher.options import FetchOptions
 from i2d_fetcher.outcome import Outcome
 
@@ -28,6 +29,8 @@ class WorkerConfig:
     url_col: str = "url"
     caption_col: str | None = "caption"
     log_level: int = logging.WARNING
+    # Shared by every worker process: heavy decodes reserve their memory in it.
+    decode_gate: DecodeGate | None = None
 
 
 def share(total: int, workers: int, index: int) -> int:

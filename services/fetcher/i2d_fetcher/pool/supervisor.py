@@ -40,6 +40,7 @@ import socket
 from collections import deque
 from multiprocessing.process import BaseProcess
 
+from i2d_fetcher.imaging.gate import DecodeGate
 from i2d_fetcher.outcome import Outcome, failed_value
 from i2d_fetcher.pool import forkserver
 from i2d_fetcher.pool.config import WorkerConfig, worker_options
@@ -72,6 +73,9 @@ class FetchWorkers:
         self.count = count
         self.restarts = 0
         self._ctx = forkserver.context()
+        # One budget for heavy decodes across the workers (and their replacements): two
+        # decodes at the pixel limit at once would not fit the memory target.
+        self._gate = DecodeGate.for_limit(config.options.max_decoded_pixels)
         self._workers: list[_Worker] = []
         # Rows that came while no worker was alive (all died at once): sent to the first
         # replacement instead of failing too.
@@ -118,6 +122,7 @@ class FetchWorkers:
             future, value = self._waiting.popleft()
             if not future.done():
                 future.set_result(self._died(value))
+        self._gate.close()
 
     # ------------------------------------------------------------------ internals
 
@@ -131,6 +136,7 @@ class FetchWorkers:
             url_col=config.url_col,
             caption_col=config.caption_col,
             log_level=config.log_level,
+            decode_gate=self._gate,
         )
         process = self._ctx.Process(
             target=_worker_entry,

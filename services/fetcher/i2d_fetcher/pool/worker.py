@@ -7,6 +7,9 @@ by workers.FetchWorkers), or this process with processes_count=0 (`InlineFetcher
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
+import ctypes.util
 import logging
 import signal
 import socket
@@ -30,9 +33,25 @@ def worker_main(sock: socket.socket, config: WorkerConfig) -> None:
     # process dies, the connection closes all the same.)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _return_large_buffers_to_the_system()
     logging.basicConfig(level=config.log_level, format=_LOG_FORMAT)
     logging.getLogger("aiohttp").setLevel(logging.WARNING)
     asyncio.run(_serve(sock, config))
+
+
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+MMAP_THRESHOLD = 1 << 20
+
+
+def _return_large_buffers_to_the_system() -> None:
+    """Buffers of 1 MiB and more (bodies, Pillow's 16 MiB image blocks) are mapped on their
+    own and unmapped when freed. glibc's default raises that threshold to 32 MiB after the
+    first large free, so a decoded image's memory stayed in the heap after the decode: each
+    worker kept the peak of its heaviest image resident, and the decode gate (which budgets
+    decodes in flight, not what glibc keeps) was no bound on the process tree."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)  # also stops the dynamic raise
 
 
 async def _serve(sock: socket.socket, config: WorkerConfig) -> None:
@@ -46,7 +65,13 @@ async def _serve(sock: socket.socket, config: WorkerConfig) -> None:
         async def handle(task_id: int, value: bytes) -> None:
             try:
                 outcome = await fetch_value(
-                    client, value, opts, imaging, config.url_col, config.caption_col
+                    client,
+                    value,
+                    opts,
+                    imaging,
+                    config.url_col,
+                    config.caption_col,
+                    config.decode_gate,
                 )
             except Exception as e:  # a bug: the row must still be answered, or it waits forever
                 log.exception("unexpected error fetching %r", value[:200])
