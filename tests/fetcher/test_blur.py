@@ -122,3 +122,21 @@ def test_blur_keeps_the_reduced_jpeg_decode(monkeypatch: pytest.MonkeyPatch) -> 
     assert decoded == [(400, 300)]
     assert (out.width, out.height) == (256, 256)
     assert out.data != process_image(data, FetchOptions()).data
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["[" * 100_000, "[[" + "1" * 5000 + ", 0, 1, 1]]", "[" * 40 + "]" * 40],
+    ids=["deep", "huge-number", "past-the-depth-limit"],
+)
+def test_hostile_box_text_is_an_invalid_box_not_a_crash(text: str) -> None:
+    with pytest.raises(InvalidBoxes) as info:
+        parse_boxes(text)
+    assert str(info.value).startswith("invalid bounding box")
+    assert len(str(info.value)) < 200
+
+
+def test_a_long_box_is_quoted_short() -> None:
+    with pytest.raises(InvalidBoxes) as info:
+        parse_boxes([[0.1] * 10_000])
+    assert len(str(info.value)) < 120

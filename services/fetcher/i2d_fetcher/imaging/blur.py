@@ -19,6 +19,8 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageFilter
 
+from i2d_segments import safejson
+
 Box = tuple[float, float, float, float]
 
 GROW = 0.1  # of the box diagonal, on each side
@@ -48,9 +50,11 @@ def parse_boxes(value: Any) -> tuple[Box, ...]:
         if not value.strip():
             return ()
         try:
-            value = json.loads(value)
+            value = safejson.loads(value)  # untrusted text: never a RecursionError
         except json.JSONDecodeError as e:
             raise InvalidBoxes(f"invalid bounding boxes: not JSON ({e})") from None
+        except ValueError as e:  # nested too deep, a number Python cannot hold
+            raise InvalidBoxes(f"invalid bounding boxes: {e}") from None
     if hasattr(value, "tolist"):  # a numpy array (pandas-made parquet)
         value = value.tolist()
     if not isinstance(value, list | tuple):
@@ -64,12 +68,18 @@ def parse_boxes(value: Any) -> tuple[Box, ...]:
             or len(box) != 4
             or not all(isinstance(v, int | float) and math.isfinite(v) for v in box)
         ):
-            raise InvalidBoxes(f"invalid bounding box {box!r}: expected [x0, y0, x1, y1]")
+            raise InvalidBoxes(f"invalid bounding box {_short(box)}: expected [x0, y0, x1, y1]")
         x0, y0, x1, y1 = (float(v) for v in box)
         if x1 < x0 or y1 < y0:
-            raise InvalidBoxes(f"invalid bounding box {box!r}: x1 < x0 or y1 < y0")
+            raise InvalidBoxes(f"invalid bounding box {_short(box)}: x1 < x0 or y1 < y0")
         boxes.append((x0, y0, x1, y1))
     return tuple(boxes)
+
+
+def _short(box: Any) -> str:
+    """A box as the error quotes it: a row's text, so bounded."""
+    text = repr(box)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def blur_boxes(img: Image.Image, boxes: Sequence[Box]) -> Image.Image:
