@@ -9,12 +9,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from i2d_segments.index.base import (
+    DownloadRun,
     FencedError,
     Index,
     IndexError_,
     IndexTotals,
     ItemRow,
     PartitionLease,
+    PartitionProgress,
     PartitionRow,
     SampleRow,
     SegmentCommit,
@@ -36,12 +38,14 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "DownloadRun",
     "FencedError",
     "Index",
     "IndexError_",
     "IndexTotals",
     "ItemRow",
     "PartitionLease",
+    "PartitionProgress",
     "PartitionRow",
     "PostgresIndex",
     "SampleRow",

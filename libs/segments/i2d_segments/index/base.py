@@ -10,8 +10,9 @@ visible only through `commit_segment`, one transaction that refuses a stale epoc
 
 from __future__ import annotations
 
+import contextlib
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -109,6 +110,52 @@ class SegmentMove:
     segment_id: str  # the newer segment, which took the rows
     from_segment_id: str  # the older one, which held them
     samples: int  # how many rows moved
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionProgress:
+    """Live figures of one partition, published by its owner (the appender) about every
+    second: what its open segment holds before the commit makes it part of the index, where it
+    has read to, its current rates and its latest rows. Not part of the dataset: a reader
+    trusts it only while it is fresh and of the partition's current epoch."""
+
+    topic: str
+    partition: int
+    epoch: int
+    owner: str | None
+    position: int  # the offset after the last record appended (open segment included)
+    open_segment_id: str | None  # None: no segment open
+    open_first_offset: int | None
+    open_samples: int  # sample rows in the open segment (not committed yet)
+    open_successes: int
+    open_errors: dict[str, int]  # the open segment's failed rows by error (the most frequent)
+    open_bytes: int
+    samples_per_second: float  # rows appended per second over `window_seconds`
+    images_per_second: float  # successes appended per second over `window_seconds`
+    window_seconds: float
+    # The partition's latest rows, newest first: {sample_id, url, caption, status, error,
+    # item_id, width, height, segment_id, at}, text shortened.
+    recent: list[dict[str, Any]]
+    updated_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class DownloadRun:
+    """One `img2dataset download` run, recorded (and updated about every second) by the run:
+    its list's size and where its APPEND records start, so its progress is known to any reader
+    of the index: rows skipped + records appended since `start_offset`."""
+
+    run_id: str
+    url_list: str
+    append_topic: str
+    append_partition: int
+    start_offset: int  # the partition's committed position when the run started
+    rows_total: int | None  # the list's rows, when known (counted up front, or once read)
+    rows_read: int
+    rows_skipped: int  # already recorded (incremental resume): done without a fetch
+    started_at: float
+    updated_at: float
+    finished_at: float | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,6 +275,43 @@ class Index(ABC):
         """Committed segments, newest first (created_at, then segment_id), one page of them."""
         rows = sorted(self.segments(), key=lambda s: (s.created_at, s.segment_id), reverse=True)
         return rows[offset : offset + limit]
+
+    def latest_samples_of_segment(self, segment_id: str, limit: int) -> list[SampleRow]:
+        """The segment's sample rows recorded last first (updated_at, then sample_id), at most
+        `limit`. The default sorts `samples_for_segment`; the SQL adapters ask for the page."""
+        rows = sorted(
+            self.samples_for_segment(segment_id),
+            key=lambda s: (s.updated_at, s.sample_id),
+            reverse=True,
+        )
+        return rows[: max(0, limit)]
+
+    # -- live progress (not part of the dataset; see PartitionProgress and DownloadRun) --------
+
+    @abstractmethod
+    def publish_progress(self, rows: Sequence[PartitionProgress]) -> None:
+        """Upsert each partition's live figures in one transaction. A row of an older epoch
+        than the one stored is ignored (a zombie never hides the live owner's figures)."""
+
+    @abstractmethod
+    def progress(self) -> list[PartitionProgress]:
+        """Every partition's last published figures, by (topic, partition); empty when the
+        index predates them (a read-only reader does not migrate)."""
+
+    @abstractmethod
+    def record_run(self, run: DownloadRun) -> None:
+        """Insert or update (by run_id) a download run."""
+
+    @abstractmethod
+    def latest_run(self) -> DownloadRun | None:
+        """The download run started last, or None."""
+
+    @contextlib.contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """Reads inside see one state of the index (no commit lands between two of them), so
+        figures read together add up (committed rows and open rows never count a row twice).
+        The default promises nothing; the SQL adapters read in one transaction."""
+        yield
 
     @abstractmethod
     def close(self) -> None: ...

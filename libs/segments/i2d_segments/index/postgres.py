@@ -27,7 +27,7 @@ import contextlib
 import hashlib
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import psycopg
@@ -107,6 +107,7 @@ class PostgresIndex(SqlIndex):
         self._conn: Conn | None = None
         self._staging_ready = False
         self._closed = False
+        self._in_snapshot = False
         with self._lock:
             self._connection()  # a wrong DSN fails here, not at the first commit
 
@@ -158,7 +159,8 @@ class PostgresIndex(SqlIndex):
                 try:
                     return fn(conn)
                 except psycopg.Error as e:
-                    if self._lost(conn) and retry and attempt == 1:
+                    # Inside a snapshot a new connection would read another state: no retry.
+                    if self._lost(conn) and retry and attempt == 1 and not self._in_snapshot:
                         continue
                     raise IndexError_(f"Postgres index: {e}") from e
             raise AssertionError("unreachable: the second attempt returns or raises")
@@ -166,6 +168,33 @@ class PostgresIndex(SqlIndex):
     def _fetch(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         query = _pg(sql)
         return self._run(lambda conn: conn.execute(query, params).fetchall(), retry=True)
+
+    def _write_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        query = _pg(sql)
+
+        def write(conn: Conn) -> None:
+            with conn.transaction(), conn.cursor() as cur:
+                cur.executemany(query, rows)
+
+        # Upserts of whole rows: running one again after a lost connection changes nothing.
+        self._run(write, retry=True)
+
+    @contextlib.contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """One REPEATABLE READ, READ ONLY transaction: every read inside sees one state."""
+        with self._lock:
+            conn = self._connection()
+            try:
+                with conn.transaction():
+                    conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                    self._in_snapshot = True
+                    try:
+                        yield
+                    finally:
+                        self._in_snapshot = False
+            except psycopg.Error as e:
+                self._lost(conn)
+                raise IndexError_(f"Postgres index: {e}") from e
 
     # One array parameter instead of thousands of bind parameters: one plan, one round trip.
     _lookup_chunk = 20_000

@@ -18,7 +18,14 @@ import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
-from i2d_segments.index.base import ItemRow, PartitionRow, SampleRow, SegmentRow
+from i2d_segments.index.base import (
+    DownloadRun,
+    ItemRow,
+    PartitionProgress,
+    PartitionRow,
+    SampleRow,
+    SegmentRow,
+)
 
 # Column lists in dataclass field order; the `to_*` functions below read rows in this order.
 PARTITION_COLUMNS = ("topic", '"partition"', "epoch", "next_offset", "owner", "updated_at")
@@ -59,6 +66,38 @@ SAMPLE_COLUMNS = (
     "segment_id",
     "attrs",
     "updated_at",
+)
+
+PROGRESS_COLUMNS = (
+    "topic",
+    '"partition"',
+    "epoch",
+    "owner",
+    "position",
+    "open_segment_id",
+    "open_first_offset",
+    "open_samples",
+    "open_successes",
+    "open_errors",
+    "open_bytes",
+    "samples_per_second",
+    "images_per_second",
+    "window_seconds",
+    "recent",
+    "updated_at",
+)
+RUN_COLUMNS = (
+    "run_id",
+    "url_list",
+    "append_topic",
+    "append_partition",
+    "start_offset",
+    "rows_total",
+    "rows_read",
+    "rows_skipped",
+    "started_at",
+    "updated_at",
+    "finished_at",
 )
 
 # Statuses that are not failures; error_counts ignores them.
@@ -243,6 +282,89 @@ def to_sample(row: Sequence[Any]) -> SampleRow:
         segment_id=row[6],
         attrs=decode_attrs(row[7]),
         updated_at=float(row[8]),
+    )
+
+
+def progress_values(p: PartitionProgress) -> tuple[Any, ...]:
+    recent = json.dumps(
+        _jsonable(p.recent), ensure_ascii=False, allow_nan=False, separators=(",", ":")
+    )
+    return (
+        clean_text(p.topic),
+        p.partition,
+        p.epoch,
+        clean_opt(p.owner),
+        p.position,
+        clean_opt(p.open_segment_id),
+        p.open_first_offset,
+        p.open_samples,
+        p.open_successes,
+        encode_attrs(p.open_errors),
+        p.open_bytes,
+        _finite(p.samples_per_second),
+        _finite(p.images_per_second),
+        _finite(p.window_seconds),
+        recent,
+        p.updated_at,
+    )
+
+
+def _finite(value: float) -> float:
+    return float(value) if math.isfinite(value) else 0.0
+
+
+def to_progress(row: Sequence[Any]) -> PartitionProgress:
+    recent = json.loads(row[14]) if isinstance(row[14], str | bytes) else row[14]
+    errors = decode_attrs(row[9])
+    return PartitionProgress(
+        topic=row[0],
+        partition=int(row[1]),
+        epoch=int(row[2]),
+        owner=row[3],
+        position=int(row[4]),
+        open_segment_id=row[5],
+        open_first_offset=None if row[6] is None else int(row[6]),
+        open_samples=int(row[7]),
+        open_successes=int(row[8]),
+        open_errors={str(k): int(v) for k, v in errors.items() if isinstance(v, int)},
+        open_bytes=int(row[10]),
+        samples_per_second=float(row[11]),
+        images_per_second=float(row[12]),
+        window_seconds=float(row[13]),
+        recent=[r for r in (recent or []) if isinstance(r, dict)],
+        updated_at=float(row[15]),
+    )
+
+
+def run_values(r: DownloadRun) -> tuple[Any, ...]:
+    return (
+        clean_text(r.run_id),
+        clean_text(r.url_list),
+        clean_text(r.append_topic),
+        r.append_partition,
+        r.start_offset,
+        r.rows_total,
+        r.rows_read,
+        r.rows_skipped,
+        r.started_at,
+        r.updated_at,
+        r.finished_at,
+    )
+
+
+def to_run(row: Sequence[Any]) -> DownloadRun:
+    return DownloadRun(
+        run_id=row[0],
+        url_list=row[1],
+        append_topic=row[2],
+        append_partition=int(row[3]),
+        start_offset=int(row[4]),
+        rows_total=None if row[5] is None else int(row[5]),
+        rows_read=int(row[6]),
+        rows_skipped=int(row[7]),
+        started_at=float(row[8]),
+        updated_at=float(row[9]),
+        finished_at=None if row[10] is None else float(row[10]),
     )
 
 

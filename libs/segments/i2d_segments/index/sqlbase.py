@@ -12,11 +12,13 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from i2d_segments.index.base import (
+    DownloadRun,
     FencedError,
     Index,
     IndexError_,
     IndexTotals,
     ItemRow,
+    PartitionProgress,
     PartitionRow,
     SampleRow,
     SegmentCommit,
@@ -26,14 +28,20 @@ from i2d_segments.index.base import (
 from i2d_segments.index.rows import (
     ITEM_COLUMNS,
     PARTITION_COLUMNS,
+    PROGRESS_COLUMNS,
+    RUN_COLUMNS,
     SAMPLE_COLUMNS,
     SEGMENT_COLUMNS,
     SUCCESS_STATUS,
     chunked,
     clean_text,
     cols,
+    progress_values,
+    run_values,
     to_item,
     to_partition,
+    to_progress,
+    to_run,
     to_sample,
     to_segment,
 )
@@ -45,6 +53,12 @@ _PARTITION = f"SELECT {cols(PARTITION_COLUMNS)} FROM partitions"
 _SEGMENT = f"SELECT {cols(SEGMENT_COLUMNS)} FROM segments"
 _ITEM = f"SELECT {cols(ITEM_COLUMNS)} FROM items"
 _SAMPLE = f"SELECT {cols(SAMPLE_COLUMNS)} FROM samples"
+_PROGRESS = f"SELECT {cols(PROGRESS_COLUMNS)} FROM partition_progress"
+_RUN = f"SELECT {cols(RUN_COLUMNS)} FROM download_runs"
+
+# The migration that created partition_progress and download_runs: a reader that does not
+# migrate (status) over an older index answers without them.
+LIVE_PROGRESS_VERSION = 3
 
 
 # Writes both engines run with the same text (SQLite >= 3.35 for RETURNING).
@@ -97,6 +111,20 @@ MOVES_INTO_SQL = f"{_MOVES} WHERE segment_id = ? ORDER BY from_segment_id"
 MOVES_OUT_OF_SQL = f"{_MOVES} WHERE from_segment_id = ? ORDER BY segment_id"
 # "An item already indexed keeps its first location".
 ITEM_KEEP_FIRST = "ON CONFLICT (item_id) DO NOTHING"
+# Live figures: the newest epoch's owner wins; an older epoch's write changes nothing.
+UPSERT_PROGRESS_SQL = (
+    f"INSERT INTO partition_progress ({cols(PROGRESS_COLUMNS)}) "
+    f"VALUES ({', '.join('?' * len(PROGRESS_COLUMNS))}) "
+    'ON CONFLICT (topic, "partition") DO UPDATE SET '
+    + ", ".join(f"{c} = excluded.{c}" for c in PROGRESS_COLUMNS[2:])
+    + " WHERE partition_progress.epoch <= excluded.epoch"
+)
+UPSERT_RUN_SQL = (
+    f"INSERT INTO download_runs ({cols(RUN_COLUMNS)}) "
+    f"VALUES ({', '.join('?' * len(RUN_COLUMNS))}) "
+    "ON CONFLICT (run_id) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in RUN_COLUMNS[1:])
+)
 
 
 def check_commit(commit: SegmentCommit) -> None:
@@ -162,9 +190,15 @@ def to_moves(rows: Sequence[Sequence[Any]]) -> list[SegmentMove]:
 class SqlIndex(Index):
     """Implements every read of the port over `_fetch`; adapters add writes and connections."""
 
+    _live_progress = False  # partition_progress and download_runs exist (once seen, for good)
+
     @abstractmethod
     def _fetch(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Run one read-only statement (`?` placeholders) and return all its rows."""
+
+    @abstractmethod
+    def _write_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        """Run one statement (`?` placeholders) once per row, all in one write transaction."""
 
     def partition(self, topic: str, partition: int) -> PartitionRow | None:
         rows = self._fetch(f'{_PARTITION} WHERE topic = ? AND "partition" = ?', (topic, partition))
@@ -267,6 +301,41 @@ class SqlIndex(Index):
             (max(0, int(limit)), max(0, int(offset))),
         )
         return [to_segment(r) for r in rows]
+
+    def latest_samples_of_segment(self, segment_id: str, limit: int) -> list[SampleRow]:
+        rows = self._fetch(
+            f"{_SAMPLE} WHERE segment_id = ? ORDER BY updated_at DESC, sample_id DESC LIMIT ?",
+            (clean_text(segment_id), max(0, int(limit))),
+        )
+        return [to_sample(r) for r in rows]
+
+    # -- live progress --------------------------------------------------------------------
+
+    def _has_live_progress(self) -> bool:
+        if not self._live_progress:
+            rows = self._fetch(
+                "SELECT 1 FROM schema_migrations WHERE version = ?", (LIVE_PROGRESS_VERSION,)
+            )
+            self._live_progress = bool(rows)
+        return self._live_progress
+
+    def publish_progress(self, rows: Sequence[PartitionProgress]) -> None:
+        if rows:
+            self._write_many(UPSERT_PROGRESS_SQL, [progress_values(p) for p in rows])
+
+    def progress(self) -> list[PartitionProgress]:
+        if not self._has_live_progress():
+            return []
+        return [to_progress(r) for r in self._fetch(f'{_PROGRESS} ORDER BY topic, "partition"')]
+
+    def record_run(self, run: DownloadRun) -> None:
+        self._write_many(UPSERT_RUN_SQL, [run_values(run)])
+
+    def latest_run(self) -> DownloadRun | None:
+        if not self._has_live_progress():
+            return None
+        rows = self._fetch(f"{_RUN} ORDER BY started_at DESC, run_id DESC LIMIT 1")
+        return to_run(rows[0]) if rows else None
 
     def status_counts(self) -> dict[str, int]:
         rows = self._fetch("SELECT status, COUNT(*) FROM samples GROUP BY status")

@@ -121,6 +121,25 @@ class SqliteIndex(SqlIndex):
             except sqlite3.Error as e:
                 raise IndexError_(f"SQLite index {self.path}: {e}") from e
 
+    def _write_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        with self._write() as conn:
+            conn.executemany(sql, rows)
+
+    @contextlib.contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """One read transaction: WAL gives it the state of its first read until it ends.
+        Only reads inside (a write would need its own transaction)."""
+        with self._lock:
+            try:
+                self._conn.execute("BEGIN")
+            except sqlite3.Error as e:
+                raise IndexError_(f"SQLite index {self.path}: {e}") from e
+            try:
+                yield
+            finally:
+                with contextlib.suppress(sqlite3.Error):  # nothing written: nothing to lose
+                    self._conn.execute("COMMIT")
+
     def migrate(self) -> None:
         for migration in load_migrations("sqlite"):
             with self._write() as conn:
