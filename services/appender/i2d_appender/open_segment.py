@@ -9,6 +9,7 @@ segments alone can rebuild the index (`img2dataset reindex`).
 from __future__ import annotations
 
 import time
+from collections import Counter
 from dataclasses import dataclass
 
 from i2d_appender import crashpoints
@@ -50,7 +51,15 @@ class OpenSegment:
         self._items: list[ItemRow] = []
         self._item_ids: set[str] = set()
         self._samples: dict[str, SampleRow] = {}
+        # Of the sample rows held (a row appended twice counts once): for the live progress.
+        self.successes = 0
+        self.errors: Counter[str] = Counter()  # failed rows by error message
         self._staged: list[str] = []
+
+    @property
+    def samples(self) -> int:
+        """Sample rows held (what the commit will record)."""
+        return len(self._samples)
 
     @property
     def bytes_written(self) -> int:
@@ -73,6 +82,18 @@ class OpenSegment:
         if meta.staged:
             self._staged.append(meta.staged)
         row = meta.sample_json()
+        previous = self._samples.get(meta.sample_id)
+        if previous is not None:
+            if previous.status == SampleStatus.SUCCESS.value:
+                self.successes -= 1
+            elif previous.error is not None:
+                self.errors[previous.error] -= 1
+                if self.errors[previous.error] <= 0:
+                    del self.errors[previous.error]
+        if meta.status is SampleStatus.SUCCESS:
+            self.successes += 1
+        elif meta.error_message is not None:
+            self.errors[meta.error_message] += 1
         self._samples[meta.sample_id] = SampleRow(
             sample_id=meta.sample_id,
             url=meta.url,

@@ -27,6 +27,7 @@ from i2d_appender import crashpoints, metrics
 from i2d_appender.announce import Announcement, Announcer, closed_event
 from i2d_appender.open_segment import ClosedSegment, OpenSegment
 from i2d_appender.partition import PartitionState
+from i2d_appender.progress import ProgressPublisher
 from i2d_appender.settings import AppenderSettings
 from i2d_segments.bus import Bus, BusError, Message, RebalanceListener, TopicPartition
 from i2d_segments.index import FencedError, Index, IndexError_
@@ -60,6 +61,13 @@ class AppenderService(RebalanceListener):
         self.producer = bus.producer()
         self.announcer = Announcer(self.producer, settings.closed_topic)
         self.owned: dict[TopicPartition, PartitionState] = {}
+        self.progress = ProgressPublisher(
+            index,
+            settings.owner,
+            interval=settings.progress_interval_seconds,
+            window=settings.progress_window_seconds,
+            recent_rows=settings.progress_recent_rows,
+        )
         # Set by the embedded runner once every record is produced: close segments as soon as
         # the partition has nothing more to read, instead of waiting for the idle timeout.
         self.close_when_idle = threading.Event()
@@ -110,6 +118,7 @@ class AppenderService(RebalanceListener):
         self._reannounce_due()
         self.announcer.poll()
         self._commit_announced(self.announcer.partitions())
+        self.progress.publish_due(self.owned)
         metrics.OPEN_SEGMENT_BYTES.set(
             sum(s.segment.bytes_written for s in self.owned.values() if s.segment)
         )
@@ -123,6 +132,7 @@ class AppenderService(RebalanceListener):
                 self._close(state, "shutdown", on_failure="abandon")
         self.announcer.flush(self.settings.announce_timeout_seconds)
         self._commit_announced(list(self.owned))
+        self.progress.publish(self.owned, final=True)
 
     # ------------------------------------------------------------------ rebalance
 
@@ -154,9 +164,12 @@ class AppenderService(RebalanceListener):
             self.announcer.flush(self.settings.announce_timeout_seconds)
             self.announcer.poll()
         self._commit_announced(revoked)
+        # Its figures end here (rates 0, nothing open) rather than linger beside the next owner's.
+        self.progress.publish({tp: self.owned[tp] for tp in revoked}, final=True)
         for tp in revoked:
             self.announcer.drop(tp)
             self.owned.pop(tp, None)
+            self.progress.forget(tp)
         metrics.OWNED_PARTITIONS.set(len(self.owned))
 
     def on_lost(self, partitions: Sequence[TopicPartition]) -> None:
@@ -164,6 +177,7 @@ class AppenderService(RebalanceListener):
         for tp in partitions:
             state = self.owned.pop(tp, None)
             self.announcer.drop(tp)
+            self.progress.forget(tp)
             if state is not None and state.segment is not None:
                 self._discard_segment(state, "lost")
         metrics.OWNED_PARTITIONS.set(len(self.owned))
@@ -364,6 +378,7 @@ class AppenderService(RebalanceListener):
             self._defer(state, "store write", e)
             return
         metrics.RECORDS.labels(outcome).inc()
+        self.progress.appended(state, record.meta, segment.segment_id)
         closed = self._close_if_full(state)
         if closed is not None:
             # Committed now: later records of this batch must see them as stored.
@@ -487,6 +502,7 @@ class AppenderService(RebalanceListener):
         state.pending = None
         self.announcer.drop(state.tp)
         self.owned.pop(state.tp, None)
+        self.progress.forget(state.tp)
         with contextlib.suppress(BusError):
             self.consumer.pause([state.tp])
         metrics.OWNED_PARTITIONS.set(len(self.owned))

@@ -41,3 +41,15 @@ class AppenderSettings(ConnectionSettings):
         gt=0,
         description="How long a revoke or shutdown waits for SEGMENT_CLOSED acknowledgements.",
     )
+    progress_interval_seconds: float = Field(
+        1.0,
+        ge=0,
+        description="How often the live progress of each owned partition (rows in its open "
+        "segment, rates, latest rows) is published to the index for status; 0: never.",
+    )
+    progress_window_seconds: float = Field(
+        10.0, gt=0, description="Window of the published rates (rows/s, images/s)."
+    )
+    progress_recent_rows: int = Field(
+        20, ge=0, le=500, description="Latest rows of each partition published with it."
+    )
