@@ -35,7 +35,8 @@ def run(ns: argparse.Namespace) -> int:
     fetcher_kwargs = model_kwargs(ns, FetcherSettings)
     # --url_col/--caption_col name the input file's columns (DownloadOptions); rows reach the
     # in-process fetcher re-encoded with the topic's own field names, so its defaults apply.
-    for name in ("url_col", "caption_col"):
+    # --metrics_port/--metrics_host serve the whole run's /metrics (DownloadOptions).
+    for name in ("url_col", "caption_col", "metrics_port", "metrics_host"):
         fetcher_kwargs.pop(name, None)
     fetcher = FetcherSettings(**fetcher_kwargs, metrics_port=0, create_topics=False)
     # Ctrl-C or SIGTERM once ends the run cleanly: in-flight work is committed, a rerun

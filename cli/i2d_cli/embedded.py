@@ -5,15 +5,23 @@ Resume: the index is the truth. Rows already recorded are skipped before they ar
 and the in-process APPEND log starts at the index's `next_offset`, so the appender's fencing and
 offsets work exactly as they do on Kafka. Objects a killed run left behind (completed but never
 committed, or half-written) are removed first: this process owns the folder (a lock file says so).
+
+Progress, for `img2dataset status` and the dashboard (other processes): the run records itself
+in the index (`download_runs`: the list's size, rows skipped, where its APPEND records start)
+about every second, and the appender publishes its open segment's figures as it does in the
+distributed mode. `--metrics_port` serves the three services' /metrics, /healthz and /readyz.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import logging
+import os
 import shutil
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -32,9 +40,10 @@ from i2d_materializer.service import MaterializerService
 from i2d_materializer.settings import MaterializerSettings
 from i2d_segments.bus.memory import MemoryBus
 from i2d_segments.gc import find_abandoned_uploads, find_garbage
-from i2d_segments.index import Index
+from i2d_segments.index import DownloadRun, Index, IndexError_
 from i2d_segments.index.sqlite import SqliteIndex
 from i2d_segments.records import UnparsedRow, UrlRow, encode_url_row
+from i2d_segments.runtime import Health, HealthServer
 from i2d_segments.store.local import LocalStore
 
 log = logging.getLogger(__name__)
@@ -46,6 +55,8 @@ SKIP_BATCH = 2_000
 # service notices its stop only between polls: with the services' default (0.5 s) each of
 # the three would add up to that to the end of every download.
 POLL_SECONDS = 0.05
+# How often the run's row in the index (download_runs) is brought up to date.
+RUN_RECORD_SECONDS = 1.0
 
 
 class DownloadInterrupted(Exception):
@@ -86,6 +97,30 @@ class Summary:
         return "\n".join(lines)
 
 
+class RunRecord:
+    """This run's row in the index, updated at most every RUN_RECORD_SECONDS (and at the end).
+    Best effort: a failed write is logged; the figures are not the data."""
+
+    def __init__(self, index: Index, run: DownloadRun) -> None:
+        self.index = index
+        self.run = run
+        self._written = -float("inf")
+        self._warned = False
+
+    def update(self, *, force: bool = False, **changes: object) -> None:
+        self.run = dataclasses.replace(self.run, **changes)  # type: ignore[arg-type]
+        now = time.monotonic()
+        if not force and now - self._written < RUN_RECORD_SECONDS:
+            return
+        self._written = now
+        try:
+            self.index.record_run(dataclasses.replace(self.run, updated_at=time.time()))
+        except IndexError_ as e:
+            if not self._warned:
+                self._warned = True
+                log.warning("cannot record the run's progress in the index: %s", e)
+
+
 @contextmanager
 def folder_lock(folder: Path) -> Iterator[None]:
     folder.mkdir(parents=True, exist_ok=True)
@@ -122,11 +157,33 @@ class EmbeddedDownload:
         # reading, lets the services finish and commit what is in flight, and ends.
         self.stop_requested = stop if stop is not None else threading.Event()
         self.total: int | None = None  # rows in the list, when cheap to count
+        self.health = Health()  # /healthz and /readyz of --metrics_port
+        self.metrics_port: int | None = None  # the port /metrics is served on, once started
+        self.record: RunRecord | None = None  # this run's row in the index, once it runs
 
     def run(self) -> Summary:
         # Before anything starts or is written: a list that is missing, empty or unreadable
         # is one clear error.
         self.total = count_rows(self.opts.url_list, self.opts.input_format)
+        server = None
+        if self.opts.metrics_port:
+            try:
+                server = HealthServer(
+                    self.health, self.opts.metrics_host, self.opts.metrics_port
+                ).start()
+            except OSError as e:  # the port is taken, the address is not this machine's
+                raise InputError(
+                    f"--metrics_port {self.opts.metrics_port} on {self.opts.metrics_host}: {e}"
+                ) from e
+            self.metrics_port = server.port
+            log.info("metrics on http://%s:%d/metrics", self.opts.metrics_host, server.port)
+        try:
+            return self._run_locked()
+        finally:
+            if server is not None:
+                server.stop()
+
+    def _run_locked(self) -> Summary:
         with folder_lock(self.folder):
             if self.opts.incremental_mode == "overwrite":
                 _clear_output(self.folder, self.opts.index_name)
@@ -179,6 +236,14 @@ class EmbeddedDownload:
         fetcher = FetcherService(
             bus, fs.model_copy(update={"poll_timeout_seconds": poll}), store=store
         )
+        # Ready while each service's own checks pass; alive while this loop beats.
+        for name, health in (
+            ("fetcher", fetcher.health),
+            ("appender", appender.health),
+            ("materializer", materializer.health),
+        ):
+            self.health.add_check(name, _all_checks_pass(health))
+        self.health.started()
 
         stops = {name: threading.Event() for name in ("fetcher", "appender", "materializer")}
         errors: list[BaseException] = []
@@ -205,15 +270,39 @@ class EmbeddedDownload:
         summary = Summary()
         started = time.monotonic()
         progress = Progress(total=self.total, enabled=self.opts.progress)
+        append_start = lease.next_offset if lease else 0
+        now = time.time()
+        self.record = record = RunRecord(
+            index,
+            DownloadRun(
+                run_id=uuid.uuid4().hex,
+                url_list=os.path.abspath(self.opts.url_list),
+                append_topic=fs.append_topic,
+                append_partition=0,
+                start_offset=append_start,
+                rows_total=self.total,
+                rows_read=0,
+                rows_skipped=0,
+                started_at=now,
+                updated_at=now,
+                finished_at=None,
+            ),
+        )
+        record.update(force=True)
         try:
             produced = self._enqueue(bus, index, fetcher, summary, progress)
             progress.set_total(summary.rows_skipped + produced)
+            record.update(
+                force=True,
+                rows_total=summary.rows_skipped + produced,
+                rows_read=summary.rows_read,
+                rows_skipped=summary.rows_skipped,
+            )
             self._wait(
                 lambda: fetcher.rows_done >= produced or bool(errors), bus, fetcher, progress
             )
             # Everything is on the APPEND log: close segments as soon as the appender is idle.
             appender.close_when_idle.set()
-            append_start = lease.next_offset if lease else 0
             self._wait(
                 lambda: _caught_up(bus, "appender", fs.append_topic, append_start) or bool(errors),
                 bus,
@@ -227,6 +316,7 @@ class EmbeddedDownload:
             for name in ("fetcher", "appender", "materializer"):
                 stops[name].set()
                 next(t for t in threads if t.name == name).join()
+            record.update(force=True, finished_at=time.time())
         if errors:
             raise errors[0]
         summary.elapsed = time.monotonic() - started
@@ -271,10 +361,12 @@ class EmbeddedDownload:
             batch.clear()
             producer.poll(0)
             self._truncate_consumed(bus)
+            self._beat(summary)
             while produced - fetcher.rows_done > MAX_AHEAD and not self.stop_requested.is_set():
                 progress.update(fetcher.rows_done, fetcher.successes)
                 time.sleep(0.05)
                 self._truncate_consumed(bus)
+                self._beat(summary)
 
         try:
             for row in reader.rows(self.opts.url_list):
@@ -303,12 +395,23 @@ class EmbeddedDownload:
         while not done() and not self.stop_requested.is_set():
             if fetcher is not None and progress is not None:
                 progress.update(fetcher.rows_done, fetcher.successes)
+            self._beat()
             time.sleep(0.05)
             # Once the whole list is produced the reader no longer truncates: keep dropping
             # what is committed, or the payloads of the last MAX_AHEAD rows stay in memory.
             self._truncate_consumed(bus)
         if fetcher is not None and progress is not None:
             progress.update(fetcher.rows_done, fetcher.successes)
+
+    def _beat(self, summary: Summary | None = None) -> None:
+        """The run is alive (/healthz), and its row in the index is current."""
+        self.health.beat()
+        if self.record is None:
+            return
+        if summary is None:
+            self.record.update()
+        else:
+            self.record.update(rows_read=summary.rows_read, rows_skipped=summary.rows_skipped)
 
     def _truncate_consumed(self, bus: MemoryBus) -> None:
         """Drop log records every group has committed past: the in-process log is not a
@@ -318,6 +421,10 @@ class EmbeddedDownload:
             for lag in bus.lag(group, topic):
                 if lag.committed:
                     bus.truncate_before(topic, lag.partition, lag.committed)
+
+
+def _all_checks_pass(health: Health) -> Callable[[], bool]:
+    return lambda: all(health.readiness().values())
 
 
 def _caught_up(bus: MemoryBus, group: str, topic: str, log_start: int) -> bool:

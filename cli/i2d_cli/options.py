@@ -83,3 +83,11 @@ class DownloadOptions(UrlListOptions):
     segment_max_bytes: int = Field(
         512 * 1024 * 1024, ge=1024, description="Close a segment once it holds this many bytes."
     )
+    metrics_port: int = Field(
+        0,
+        ge=0,
+        le=65535,
+        description="Serve the run's /metrics, /healthz and /readyz on this port, as the "
+        "services do (0: off).",
+    )
+    metrics_host: str = Field("127.0.0.1", description="Bind address of --metrics_port.")
