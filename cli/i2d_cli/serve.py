@@ -108,9 +108,16 @@ class StartupError(Exception):
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     services = parser.add_subparsers(dest="service", required=True)
     for name, cls in SETTINGS.items():
-        add_model_flags(
-            services.add_parser(name, help=f"the {name}"), cls, skip=UNUSED.get(name, ())
-        )
+        sub = services.add_parser(name, help=f"the {name}")
+        add_model_flags(sub, cls, skip=UNUSED.get(name, ()))
+        if name == "status":
+            sub.add_argument(
+                "--host",
+                dest="http_host",
+                default=argparse.SUPPRESS,
+                metavar="HTTP_HOST",
+                help="same as --http_host",
+            )
 
 
 def run(ns: argparse.Namespace) -> int:

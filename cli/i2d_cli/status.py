@@ -28,6 +28,7 @@ _SKIP = (
     "metrics_host",
     "metrics_port",
     "refresh_seconds",
+    "history_points",
     "create_topics",
 )
 

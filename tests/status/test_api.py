@@ -1,6 +1,6 @@
 """The status service over an embedded output folder: the REST API's figures equal the index,
-answers match the published JSON schema, /metrics, /healthz and /readyz, and the
-`img2dataset status` terminal summary."""
+answers match the published JSON schema, the charts' history, /metrics, /healthz and /readyz,
+and the `img2dataset status` terminal summary."""
 
 from __future__ import annotations
 
@@ -50,10 +50,16 @@ def test_api_status_has_the_dashboards_figures(
     assert s["mode"] == "embedded" and s["refresh_seconds"] == 0.2
     p = s["progress"]
     assert p["samples"] == len(dataset.rows) == sum(counts.values())
+    assert p["committed"] == 92 and p["in_open_segments"] == 0  # the download ended
     assert p["successes"] == counts["success"] == 78
     assert p["failures"] == 14 and p["by_status"] == counts
     assert p["success_rate"] == pytest.approx(78 / 92)
     assert p["enqueued"] is None and p["fetched"] is None  # no urls topic over a folder
+    # The download recorded its list: every row of it is done.
+    assert (p["total"], p["done"], p["fraction"]) == (92, 92, 1.0)
+    run = p["run"]
+    assert run["url_list"].endswith("out-urls.jsonl") and run["finished_at"] >= run["started_at"]
+    assert (run["rows_total"], run["rows_read"], run["rows_skipped"]) == (92, 92, 0)
     reasons = {f["reason"]: f["count"] for f in s["failures"]}
     assert reasons == index.error_counts()
     assert s["failures"][0]["count"] == max(reasons.values())  # most frequent first
@@ -63,15 +69,24 @@ def test_api_status_has_the_dashboards_figures(
     assert segs["items"] == 77 and segs["bytes"] == totals.bytes
     assert segs["last_closed_at"] == totals.last_created_at
     assert s["lag"] == [] and s["errors"] == []
-    assert s["rates"]["images_per_second"] >= 0 and s["rates"]["source"] in (
-        "observed",
-        "segments",
-    )
+    # Nothing is being appended: the current rate is 0 (the appender's last word at its
+    # shutdown, or nothing measured between refreshes once that is stale).
+    r = s["rates"]
+    assert r["source"] in ("appenders", "observed", "none") and r["window_seconds"] == 10
+    assert r["images_per_second"] == r["samples_per_second"] == r["failures_per_second"] == 0
     recent = s["recent"]
-    assert 0 < len(recent) <= 20
-    newest = index.recent_segments(1)[0].segment_id
-    assert recent[0]["segment_id"] == newest
+    assert len(recent) == 20
+    # Newest first, by the time each row was recorded; all committed.
+    assert [x["at"] for x in recent] == sorted((x["at"] for x in recent), reverse=True)
+    assert all(x["committed"] for x in recent)
+    newest = max(index.samples_for_segment(index.recent_segments(1)[0].segment_id),
+                 key=lambda x: (x.updated_at, x.sample_id))  # fmt: skip
+    assert recent[0]["sample_id"] == newest.sample_id
     assert {r["status"] for r in recent} <= {"success", "failed_to_download", "failed_to_resize"}
+    # The caption and the error are each their own field, as in the index.
+    for x in recent:
+        row = index.sample(x["sample_id"])
+        assert row is not None and (x["caption"], x["error"]) == (row.caption, row.error)
 
 
 def test_api_index_queue_segments(server: str, index: SqliteIndex) -> None:
@@ -150,6 +165,17 @@ def validate(instance: Any, schema: dict[str, Any], defs: dict[str, Any]) -> Non
             validate(x, schema["items"], defs)
 
 
+def test_history_keeps_each_refresh_for_the_charts(server: str) -> None:
+    wait_until(lambda: len(get_json(server + "/api/history")["points"]) >= 3, 30, "3 refreshes")
+    h = get_json(server + "/api/history")
+    assert h["refresh_seconds"] == 0.2
+    points = h["points"]
+    assert [p["at"] for p in points] == sorted(p["at"] for p in points)
+    last = points[-1]
+    assert (last["samples"], last["successes"], last["failures"]) == (92, 78, 14)
+    assert last["images_per_second"] == last["failures_per_second"] == 0
+
+
 def test_answers_follow_the_published_schema(server: str) -> None:
     schema = get_json(server + "/api/schema")
     assert (
@@ -157,6 +183,7 @@ def test_answers_follow_the_published_schema(server: str) -> None:
         == set(ENDPOINTS)
         >= {
             "/api/status",
+            "/api/history",
             "/api/index",
             "/api/queue",
             "/api/segments",
@@ -188,6 +215,9 @@ def test_health_and_metrics(server: str) -> None:
     assert samples[("img2dataset_index_samples", (("status", "success"),))] == 78
     assert samples[("img2dataset_index_segments", ())] == 4
     assert samples[("img2dataset_index_items", ())] == 77
+    assert samples[("img2dataset_open_segment_samples", ())] == 0
+    assert samples[("img2dataset_progress_total_rows", ())] == 92
+    assert samples[("img2dataset_progress_done_rows", ())] == 92
     assert "img2dataset_consumer_lag" in families  # empty over a folder, present for KEDA
     assert "process_cpu_seconds" in families  # the process collector, as every service
 
@@ -195,7 +225,12 @@ def test_health_and_metrics(server: str) -> None:
 def test_dashboard_page_is_served(server: str) -> None:
     status, body, content_type = http_get(server + "/")
     assert status == 200 and content_type.startswith("text/html")
-    assert b"api/status" in body and b"setTimeout(refresh" in body
+    assert b"api/status" in body and b"api/history" in body and b"setTimeout(refresh" in body
+    # Everything is in the page: no script, style or font from elsewhere (no internet here).
+    assert b"<script src" not in body and b"<link" not in body and b"@import" not in body
+    assert b"https://" not in body and b"http://" not in body.replace(
+        b"http://www.w3.org/2000/svg", b""
+    )
 
 
 def test_status_command_prints_a_summary(
@@ -203,8 +238,11 @@ def test_status_command_prints_a_summary(
 ) -> None:
     assert main(["status", "--output_folder", str(dataset.folder)]) == 0
     text = capsys.readouterr().out
-    assert "rows recorded: 92" in text
+    assert "rows recorded: 92\n" in text
+    assert "progress: 92 of 92 rows in the list done (100.0 %)" in text
+    assert "download: " in text and "out-urls.jsonl" in text and "ended" in text
     assert "successes: 78   failures: 14   success rate: 84.8 %" in text
+    assert "rate: 0.0 images/s, 0.0 rows/s, 0.0 failures/s (last 10 s" in text
     assert "segments: 4 closed, 0 open, 77 images" in text
     assert "HTTP Error 404: Not Found" in text and "failures by reason:" in text
 
@@ -214,3 +252,13 @@ def test_status_command_prints_a_summary(
 
     assert main(["status", "--output_folder", str(dataset.folder / "nope")]) == 2
     assert "not an output folder" in capsys.readouterr().err
+
+
+def test_it_binds_this_machine_only_unless_told() -> None:
+    from i2d_cli.flags import model_kwargs
+    from i2d_cli.main import build_parser
+
+    assert StatusSettings().http_host == "127.0.0.1"
+    for flag in ("--host", "--http_host"):
+        ns = build_parser("serve").parse_args(["serve", "status", flag, "0.0.0.0"])
+        assert StatusSettings(**model_kwargs(ns, StatusSettings)).http_host == "0.0.0.0"

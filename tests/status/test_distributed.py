@@ -1,6 +1,7 @@
 """`img2dataset serve status` as its own process over PostgreSQL and Kafka (Tansu): the
 progress of the urls topic, consumer lag per group and partition, the index's figures, health
-and /metrics; `img2dataset status` prints the same; SIGTERM stops it cleanly."""
+and /metrics; the page shows the lag panel and fits 1280 px; `img2dataset status` prints the
+same; SIGTERM stops it cleanly."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from i2d_segments.index.postgres import PostgresIndex
 from tests.servers.kafka import KAFKA_TEST_CONFIG
 from tests.servers.proc import ServerProcess, free_port, wait_for_port, wait_until
 from tests.status.helpers import check_conventions, get_json, http_get, scrape
+from tests.status.test_dashboard_browser import look, screenshot_path
 
 BIN = Path(sys.executable).parent
 
@@ -121,6 +123,15 @@ def test_serve_status_over_postgres_and_kafka(
             check_status(get_json(base + "/api/status"), groups, topics)
             check_queue(get_json(base + "/api/queue"), groups, topics)
             assert http_get(base + "/healthz")[0] == 200
+            # The page at 1280 px: the lag panel is there (Kafka), beside the failures.
+            page = look(base + "/", screenshot_path(tmp_path, "dashboard-distributed.png"))
+            assert page["lagHidden"] is False and page["lagDisplay"] != "none"
+            assert page["text"]["mode"] == "distributed"
+            assert page["text"]["progress-text"] == "7 of 10 rows (70.0 %)"
+            lag_rows = {(r[0], r[1], r[2]): r[5] for r in page["rows"]["lag"]}
+            assert lag_rows[(groups["fetcher"], topics["urls"], "1")] == "3"
+            assert page["scrollWidth"] <= 1280 and page["wider"] == [], page["wider"]
+            assert page["clipped"] == [], page["clipped"]
             families = scrape(base + "/metrics")
             assert check_conventions(families) == []
             lag = {
@@ -139,7 +150,10 @@ def test_serve_status_over_postgres_and_kafka(
             )
             assert text.returncode == 0, text.stderr
             assert "(distributed)" in text.stdout
-            assert "rows recorded: 7 of 10 enqueued (70.0 % fetched)" in text.stdout
+            assert "rows recorded: 7\n" in text.stdout
+            # No appender publishes here: done is the committed position on APPEND.
+            assert "progress: 7 of 10 rows enqueued done (70.0 %)" in text.stdout
+            assert "fetchers: 7 of 10 enqueued rows committed" in text.stdout
             assert f"{groups['fetcher']:<14} {topics['urls']}[1]  committed 2  end 5  lag 3" in (
                 text.stdout
             )
@@ -158,7 +172,9 @@ def check_status(s: dict[str, Any], groups: dict[str, str], topics: dict[str, st
     assert s["mode"] == "distributed" and s["errors"] == [], s["errors"]
     p = s["progress"]
     assert (p["samples"], p["successes"], p["failures"]) == (7, 5, 2)
-    assert (p["enqueued"], p["fetched"]) == (10, 7) and p["fraction"] == 0.7
+    assert (p["enqueued"], p["fetched"]) == (10, 7)
+    assert (p["total"], p["done"], p["fraction"]) == (10, 7, 0.7) and p["run"] is None
+    assert (p["committed"], p["in_open_segments"]) == (7, 0)
     assert s["failures"] == [{"reason": "HTTP Error 404: Not Found", "count": 2}]
     assert s["segments"]["closed"] == 1 and s["segments"]["items"] == 5
     # One record on APPEND past the index's committed position: a segment is open.

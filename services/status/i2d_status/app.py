@@ -1,8 +1,9 @@
 """The aiohttp application: dashboard, REST API, /metrics, /healthz, /readyz on one port.
 
 Read-only. Figures are recomputed by one background task every `refresh_seconds` (also the
-rate observations) and served from memory, so a hundred open dashboards cost the index the
-same as one; `/api/index`, `/api/queue` and `/api/segments` query on demand. All blocking
+rate observations and the charts' history) and served from memory, so a hundred open
+dashboards cost the index the same as one; `/api/index`, `/api/queue` and `/api/segments`
+query on demand. All blocking
 adapter calls run on a single worker thread: the adapters are not built for concurrent use.
 """
 
@@ -12,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
@@ -23,7 +25,7 @@ from pydantic import BaseModel
 
 from i2d_segments.runtime import Health
 from i2d_status.metrics import status_registry
-from i2d_status.schema import StatusResponse, json_schema
+from i2d_status.schema import HistoryPoint, HistoryResponse, StatusResponse, json_schema
 from i2d_status.source import StatusSource
 
 log = logging.getLogger(__name__)
@@ -49,6 +51,7 @@ class StatusApp:
         self.refresh_seconds = source.settings.refresh_seconds
         self.health = health or Health(stall_seconds=max(30.0, 10 * self.refresh_seconds))
         self.latest: StatusResponse | None = None
+        self.history: deque[HistoryPoint] = deque(maxlen=source.settings.history_points)
         self.last_error: str | None = None
         self.registry = status_registry(lambda: self.latest)
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="status-io")
@@ -65,6 +68,18 @@ class StatusApp:
     async def refresh(self) -> StatusResponse:
         snapshot = await self._call(self.source.status)
         self.latest, self.last_error = snapshot, None
+        p, r = snapshot.progress, snapshot.rates
+        self.history.append(
+            HistoryPoint(
+                at=snapshot.generated_at,
+                samples=p.samples,
+                successes=p.successes,
+                failures=p.failures,
+                images_per_second=r.images_per_second,
+                samples_per_second=r.samples_per_second,
+                failures_per_second=r.failures_per_second,
+            )
+        )
         return snapshot
 
     async def _refresh_loop(self) -> None:
@@ -95,6 +110,13 @@ class StatusApp:
     async def api_status(self, _: web.Request) -> web.Response:
         snapshot = self.latest or await self.refresh()
         return _json(snapshot)
+
+    async def api_history(self, _: web.Request) -> web.Response:
+        if not self.history:
+            await self.refresh()
+        return _json(
+            HistoryResponse(refresh_seconds=self.refresh_seconds, points=list(self.history))
+        )
 
     async def api_index(self, _: web.Request) -> web.Response:
         return _json(await self._call(self.source.index_view))
@@ -142,6 +164,7 @@ class StatusApp:
         app = web.Application(middlewares=[self._errors])
         app.router.add_get("/", self.dashboard)
         app.router.add_get("/api/status", self.api_status)
+        app.router.add_get("/api/history", self.api_history)
         app.router.add_get("/api/index", self.api_index)
         app.router.add_get("/api/queue", self.api_queue)
         app.router.add_get("/api/segments", self.api_segments)

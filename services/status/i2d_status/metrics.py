@@ -44,6 +44,22 @@ class StatusCollector(Collector):
             samples.add_metric([status], n)
         yield samples
         yield GaugeMetricFamily(
+            "img2dataset_open_segment_samples",
+            "Input rows appended to open segments, not committed to the index yet.",
+            value=snap.progress.in_open_segments,
+        )
+        if snap.progress.total is not None and snap.progress.done is not None:
+            yield GaugeMetricFamily(
+                "img2dataset_progress_total_rows",
+                "Rows to do: the latest download's list (embedded), the rows enqueued.",
+                value=snap.progress.total,
+            )
+            yield GaugeMetricFamily(
+                "img2dataset_progress_done_rows",
+                "Of those, rows with an outcome (skipped as recorded, or appended).",
+                value=snap.progress.done,
+            )
+        yield GaugeMetricFamily(
             "img2dataset_index_segments", "Committed segments.", value=snap.segments.closed
         )
         yield GaugeMetricFamily(

@@ -17,12 +17,31 @@ from pydantic import BaseModel, Field
 Mode = Literal["embedded", "distributed"]
 
 
+class Run(BaseModel):
+    """The latest `img2dataset download` into the folder (embedded)."""
+
+    url_list: str
+    started_at: float
+    finished_at: float | None = Field(description="Null while it runs (or if it was killed).")
+    rows_total: int | None = Field(description="The list's rows, when known.")
+    rows_read: int
+    rows_skipped: int = Field(description="Already recorded by an earlier run: not fetched again.")
+
+
 class Progress(BaseModel):
-    samples: int = Field(description="Input rows recorded in the index (successes + failures).")
+    samples: int = Field(
+        description="Input rows recorded (successes + failures): committed in the index plus "
+        "those appended to open segments, which the index records when they close."
+    )
+    committed: int = Field(description="Rows of committed segments.")
+    in_open_segments: int = Field(
+        description="Rows appended to segments still open (published by the appenders about "
+        "every second)."
+    )
     successes: int
     failures: int
     success_rate: float | None = Field(description="successes / samples; null before any.")
-    by_status: dict[str, int]
+    by_status: dict[str, int] = Field(description="Committed rows by status.")
     enqueued: int | None = Field(
         description="Rows ever written to the urls topic (sum of its end offsets); "
         "distributed only."
@@ -30,16 +49,27 @@ class Progress(BaseModel):
     fetched: int | None = Field(
         description="Rows the fetchers committed on the urls topic; distributed only."
     )
-    fraction: float | None = Field(description="fetched / enqueued, when both are known.")
+    total: int | None = Field(
+        description="Rows to do: the latest download's list (embedded), the rows enqueued "
+        "(distributed); null while unknown."
+    )
+    done: int | None = Field(
+        description="Of those, rows with an outcome: skipped as already recorded, plus APPEND "
+        "records the appenders took (open segments included)."
+    )
+    fraction: float | None = Field(description="done / total (at most 1), when both are known.")
+    run: Run | None = Field(description="The latest download run (embedded).")
 
 
 class Rates(BaseModel):
     window_seconds: float
     images_per_second: float = Field(description="Successes recorded per second.")
     samples_per_second: float = Field(description="Rows recorded per second.")
-    source: Literal["observed", "segments"] = Field(
-        description="observed: measured between this service's refreshes; segments: estimated "
-        "from the segments committed within the window (right after start)."
+    failures_per_second: float = Field(description="Failed rows recorded per second.")
+    source: Literal["appenders", "observed", "none"] = Field(
+        description="appenders: measured by the appenders as they append (published with the "
+        "live progress); observed: measured between this service's refreshes (no appender "
+        "publishes); none: neither, yet (0)."
     )
 
 
@@ -78,6 +108,8 @@ class RecentItem(BaseModel):
     width: int | None
     height: int | None
     segment_id: str
+    committed: bool = Field(description="False while its segment is still open.")
+    at: float = Field(description="When the appender recorded the row's outcome.")
 
 
 class StatusResponse(BaseModel):
@@ -89,11 +121,31 @@ class StatusResponse(BaseModel):
     refresh_seconds: float
     progress: Progress
     rates: Rates
-    failures: list[Failure] = Field(description="Top failure reasons, most frequent first.")
+    failures: list[Failure] = Field(
+        description="Top failure reasons, most frequent first (open segments' included)."
+    )
     segments: SegmentCounts
     lag: list[Lag]
-    recent: list[RecentItem] = Field(description="Rows of the newest segments.")
+    recent: list[RecentItem] = Field(description="The latest rows, newest first.")
     errors: list[str]
+
+
+class HistoryPoint(BaseModel):
+    at: float
+    samples: int
+    successes: int
+    failures: int
+    images_per_second: float
+    samples_per_second: float
+    failures_per_second: float
+
+
+class HistoryResponse(BaseModel):
+    """GET /api/history: the figures of this service's refreshes, oldest first (the
+    dashboard's charts); kept in memory, so they start when the service started."""
+
+    refresh_seconds: float
+    points: list[HistoryPoint]
 
 
 class PartitionState(BaseModel):
@@ -179,6 +231,7 @@ class SegmentsResponse(BaseModel):
 
 ENDPOINTS: dict[str, type[BaseModel]] = {
     "/api/status": StatusResponse,
+    "/api/history": HistoryResponse,
     "/api/index": IndexResponse,
     "/api/queue": QueueResponse,
     "/api/segments": SegmentsResponse,

@@ -13,7 +13,11 @@ from i2d_segments.settings import ConnectionSettings
 
 
 class StatusSettings(ConnectionSettings):
-    http_host: str = Field("0.0.0.0", description="Bind address of the dashboard, API, metrics.")
+    http_host: str = Field(
+        "127.0.0.1",
+        description="Bind address of the dashboard, API and metrics (this machine only by "
+        "default; 0.0.0.0 for every interface, as in a container).",
+    )
     http_port: int = Field(
         8080, description="Port of the dashboard, /api/*, /metrics, /healthz and /readyz."
     )
@@ -23,10 +27,22 @@ class StatusSettings(ConnectionSettings):
         "unset: the distributed settings (index_url, store_url, kafka_bootstrap_servers).",
     )
     refresh_seconds: float = Field(
-        2.0, gt=0, description="How often the figures are recomputed (and the page refreshes)."
+        1.0, gt=0, description="How often the figures are recomputed (and the page refreshes)."
     )
     rate_window_seconds: float = Field(
-        60.0, gt=0, description="Window of the images/s and samples/s rates."
+        10.0,
+        gt=0,
+        description="Window of the images/s and rows/s rates when measured here (the "
+        "appenders publish theirs over their progress_window_seconds).",
+    )
+    progress_stale_seconds: float = Field(
+        15.0,
+        gt=0,
+        description="An appender's live progress older than this is ignored (the appender is "
+        "gone; what its open segment held is not recorded).",
+    )
+    history_points: int = Field(
+        3600, ge=2, le=100_000, description="Refreshes kept for the dashboard's charts."
     )
     recent_items: int = Field(20, ge=0, le=500, description="Recent items shown.")
     fetcher_group: str = Field("fetcher", description="The fetchers' group on the urls topic.")

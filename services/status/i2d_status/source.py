@@ -1,5 +1,14 @@
 """Where the figures come from: the index (always), the store (open uploads) and the bus (lag).
 
+Rows sit in an open segment until it closes and the index learns of them only at its commit,
+so the figures are the committed ones plus what the appenders publish about their open
+segments about every second (`partition_progress`, one row per partition), read with them in
+one snapshot of the index. A partition's live row counts only while it is fresh and of the
+partition's current epoch, and its open rows only while its open segment starts at or past
+the committed position (else it was committed since, and the committed figures hold it).
+Everything read is O(segments + partitions); the one query over sample rows (counts by
+status and by error) runs again only when a segment was committed since the last one.
+
 Every method is blocking (the adapters are); the web app calls them from one worker thread.
 A part that cannot be read (Kafka down) becomes an entry of `errors` with the rest still
 answered: a dashboard that goes blank when one dependency hiccups helps nobody.
@@ -11,12 +20,22 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from i2d_segments import __version__
 from i2d_segments.bus import Bus, BusError
-from i2d_segments.index import Index, IndexError_, SegmentRow
+from i2d_segments.index import (
+    DownloadRun,
+    Index,
+    IndexError_,
+    IndexTotals,
+    PartitionProgress,
+    PartitionRow,
+    SampleRow,
+    SegmentRow,
+)
 from i2d_segments.naming import parse_segment_name, sidecar_name
 from i2d_segments.store import SegmentStore, StoreError
 from i2d_status.schema import (
@@ -30,6 +49,7 @@ from i2d_status.schema import (
     QueueResponse,
     Rates,
     RecentItem,
+    Run,
     SegmentCounts,
     SegmentModel,
     SegmentsResponse,
@@ -76,6 +96,38 @@ class RateTracker:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class Committed:
+    """What the committed rows say, kept until a segment is committed (`signature`)."""
+
+    signature: tuple[Any, ...]
+    counts: dict[str, int]
+    errors: dict[str, int]
+    recent: list[SampleRow]  # newest first
+
+
+@dataclass(slots=True)
+class Live:
+    """The appenders' published figures that count now."""
+
+    open_samples: int = 0
+    open_successes: int = 0
+    open_errors: dict[str, int] = field(default_factory=dict)
+    open_partitions: set[int] = field(default_factory=set)
+    positions: dict[int, int] = field(default_factory=dict)  # APPEND partition -> read to
+    fresh: list[PartitionProgress] = field(default_factory=list)
+    open_segments: set[str] = field(default_factory=set)
+
+
+def _signature(totals: IndexTotals) -> tuple[Any, ...]:
+    # Every commit adds a segment, and rows change only through commits.
+    return (totals.segments, totals.samples, totals.bytes, totals.last_created_at)
+
+
+def _int_or_none(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
 class StatusSource:
     def __init__(
         self,
@@ -93,6 +145,7 @@ class StatusSource:
         self.mode: Mode = "distributed" if bus is not None else "embedded"
         self.clock = clock
         self.rates = RateTracker(settings.rate_window_seconds)
+        self._committed_cache: Committed | None = None
         # Readiness: did the last read of each dependency work?
         self.index_ok = False
         self.bus_ok = bus is None
@@ -184,43 +237,131 @@ class StatusSource:
         }
         return {p: (end, max(0, end - committed.get(p, 0))) for p, end in ends.items()}
 
-    def _recent(self) -> list[RecentItem]:
+    def _committed(self, totals: IndexTotals) -> Committed:
+        signature = _signature(totals)
+        cached = self._committed_cache
+        if cached is not None and cached.signature == signature:
+            return cached
         want = self.settings.recent_items
-        out: list[RecentItem] = []
-        if want == 0:
-            return out
-        for segment in self.index.recent_segments(RECENT_SEGMENTS_SCANNED):
-            for s in self.index.samples_for_segment(segment.segment_id):
-                width, height = s.attrs.get("width"), s.attrs.get("height")
-                out.append(
-                    RecentItem(
-                        item_id=s.item_id,
-                        sample_id=s.sample_id,
-                        url=s.url,
-                        caption=s.caption,
-                        status=s.status,
-                        error=s.error,
-                        width=width if isinstance(width, int) else None,
-                        height=height if isinstance(height, int) else None,
-                        segment_id=s.segment_id,
-                    )
-                )
-                if len(out) >= want:
-                    return out
-        return out
+        recent: list[SampleRow] = []
+        if want:
+            for segment in self.index.recent_segments(RECENT_SEGMENTS_SCANNED):
+                recent += self.index.latest_samples_of_segment(segment.segment_id, want)
+            recent.sort(key=lambda r: (r.updated_at, r.sample_id), reverse=True)
+        self._committed_cache = Committed(
+            signature=signature,
+            counts=self.index.status_counts(),
+            errors=self.index.error_counts(),
+            recent=recent[:want],
+        )
+        return self._committed_cache
 
-    def _segment_rates(self, now: float) -> tuple[float, float]:
+    def _live(
+        self, partitions: list[PartitionRow], progress: list[PartitionProgress], now: float
+    ) -> Live:
+        topic = self.settings.append_topic
+        rows = {p.partition: p for p in partitions if p.topic == topic}
+        live = Live(positions={n: p.next_offset for n, p in rows.items()})
+        for p in progress:
+            row = rows.get(p.partition)
+            if p.topic != topic or row is None or row.epoch != p.epoch:
+                continue  # an earlier owner's, or of a partition the index does not know
+            if now - p.updated_at > self.settings.progress_stale_seconds:
+                continue  # its appender is gone: what its open segment held is lost
+            live.fresh.append(p)
+            live.positions[p.partition] = max(p.position, row.next_offset)
+            if p.open_first_offset is not None and p.open_first_offset >= row.next_offset:
+                live.open_samples += p.open_samples
+                live.open_successes += p.open_successes
+                for reason, n in p.open_errors.items():
+                    live.open_errors[reason] = live.open_errors.get(reason, 0) + n
+                live.open_partitions.add(p.partition)
+                if p.open_segment_id:
+                    live.open_segments.add(p.open_segment_id)
+        return live
+
+    def _recent(self, live: Live, committed: Committed) -> list[RecentItem]:
+        want = self.settings.recent_items
+        out: dict[str, RecentItem] = {}
+        for p in live.fresh:
+            for r in p.recent:
+                item = self._live_item(r, live)
+                if item is not None and item.sample_id not in out:
+                    out[item.sample_id] = item
+        for s in committed.recent:
+            if s.sample_id in out:
+                continue
+            width, height = s.attrs.get("width"), s.attrs.get("height")
+            out[s.sample_id] = RecentItem(
+                item_id=s.item_id,
+                sample_id=s.sample_id,
+                url=s.url,
+                caption=s.caption,
+                status=s.status,
+                error=s.error,
+                width=_int_or_none(width),
+                height=_int_or_none(height),
+                segment_id=s.segment_id,
+                committed=True,
+                at=s.updated_at,
+            )
+        return sorted(out.values(), key=lambda r: (r.at, r.sample_id), reverse=True)[:want]
+
+    @staticmethod
+    def _live_item(r: dict[str, Any], live: Live) -> RecentItem | None:
+        try:
+            segment_id = str(r["segment_id"])
+            return RecentItem(
+                item_id=r.get("item_id"),
+                sample_id=str(r["sample_id"]),
+                url=str(r.get("url") or ""),
+                caption=r.get("caption"),
+                status=str(r["status"]),
+                error=r.get("error"),
+                width=_int_or_none(r.get("width")),
+                height=_int_or_none(r.get("height")),
+                segment_id=segment_id,
+                committed=segment_id not in live.open_segments,
+                at=float(r["at"]),
+            )
+        except (KeyError, TypeError, ValueError):
+            return None  # not a row this version publishes
+
+    def _rates(self, live: Live, obs: Observation) -> Rates:
+        measured = self.rates.rates(obs)
+        self.rates.observe(obs)
         window = self.settings.rate_window_seconds
-        items = samples = 0
-        offset = 0
-        while True:
-            page = self.index.recent_segments(100, offset)
-            fresh = [s for s in page if s.created_at >= now - window]
-            items += sum(s.item_count for s in fresh)
-            samples += sum(s.sample_count for s in fresh)
-            if len(fresh) < len(page) or len(page) < 100:
-                return items / window, samples / window
-            offset += len(page)
+        if live.fresh:
+            images = sum(p.images_per_second for p in live.fresh)
+            samples = sum(p.samples_per_second for p in live.fresh)
+            window = max(p.window_seconds for p in live.fresh)
+            source = "appenders"
+        elif measured is not None:
+            images, samples = measured
+            source = "observed"
+        else:
+            images = samples = 0.0
+            source = "none"
+        return Rates(
+            window_seconds=window,
+            images_per_second=round(images, 3),
+            samples_per_second=round(samples, 3),
+            failures_per_second=round(max(0.0, samples - images), 3),
+            source=source,
+        )
+
+    def _progress_of_run(
+        self, run: DownloadRun | None, live: Live
+    ) -> tuple[int | None, int | None]:
+        """(total, done) of the latest download run."""
+        if run is None or run.append_topic != self.settings.append_topic:
+            return None, None
+        position = live.positions.get(run.append_partition, run.start_offset)
+        done = run.rows_skipped + max(0, position - run.start_offset)
+        total = run.rows_total
+        if total is None and run.finished_at is not None:
+            total = run.rows_read
+        return total, done
 
     # -- answers --------------------------------------------------------------------------------
 
@@ -229,34 +370,45 @@ class StatusSource:
         errors: list[str] = []
         now = self.clock()
         try:
-            counts = self.index.status_counts()
-            failures = sorted(self.index.error_counts().items(), key=lambda kv: (-kv[1], kv[0]))
-            totals = self.index.totals()
-            recent = self._recent()
+            # One state of the index: a segment committed between two reads would count its
+            # rows twice (committed, and still in the open segment) or not at all.
+            with self.index.snapshot():
+                progress = self.index.progress()
+                partitions = self.index.partitions()
+                totals = self.index.totals()
+                committed = self._committed(totals)
+                run = self.index.latest_run() if self.bus is None else None
             self.index_ok = True
         except IndexError_:
             self.index_ok = False
             raise
+        live = self._live(partitions, progress, now)
         lag = self._lag(errors)
-        samples = sum(counts.values())
-        successes = counts.get("success", 0)
-        obs = Observation(now, samples, successes)
-        measured = self.rates.rates(obs)
-        self.rates.observe(obs)
-        if measured is not None:
-            images_ps, samples_ps = measured
-            source = "observed"
-        else:
-            images_ps, samples_ps = self._segment_rates(now)
-            source = "segments"
-        open_partitions = self._uploading_partitions(errors)
-        open_partitions |= {p for p, (_, pending) in self._pending(lag).items() if pending > 0}
+        counts = committed.counts
+        committed_rows = sum(counts.values())
+        samples = committed_rows + live.open_samples
+        successes = counts.get("success", 0) + live.open_successes
+        rates = self._rates(live, Observation(now, samples, successes))
+        if live.fresh:
+            open_partitions = set(live.open_partitions)
+        else:  # nobody publishes live figures: what the store and the bus say
+            open_partitions = self._uploading_partitions(errors)
+            open_partitions |= {p for p, (_, pending) in self._pending(lag).items() if pending}
         enqueued = fetched = None
+        total: int | None
+        done: int | None
         if self.bus is not None:
             urls = [x for x in lag if x.group == self.settings.fetcher_group]
             if urls:
                 enqueued = sum(x.end for x in urls)
                 fetched = sum(x.committed or 0 for x in urls)
+            total, done = enqueued, sum(live.positions.values())
+        else:
+            total, done = self._progress_of_run(run, live)
+        errors_by_reason = dict(committed.errors)
+        for reason, n in live.open_errors.items():
+            errors_by_reason[reason] = errors_by_reason.get(reason, 0) + n
+        failures = sorted(errors_by_reason.items(), key=lambda kv: (-kv[1], kv[0]))
         return StatusResponse(
             version=__version__,
             mode=self.mode,
@@ -264,20 +416,29 @@ class StatusSource:
             refresh_seconds=self.settings.refresh_seconds,
             progress=Progress(
                 samples=samples,
+                committed=committed_rows,
+                in_open_segments=live.open_samples,
                 successes=successes,
                 failures=samples - successes,
                 success_rate=successes / samples if samples else None,
                 by_status=dict(sorted(counts.items())),
                 enqueued=enqueued,
                 fetched=fetched,
-                fraction=fetched / enqueued if enqueued and fetched is not None else None,
+                total=total,
+                done=done if total is not None else None,
+                fraction=min(1.0, done / total) if total and done is not None else None,
+                run=None
+                if run is None
+                else Run(
+                    url_list=run.url_list,
+                    started_at=run.started_at,
+                    finished_at=run.finished_at,
+                    rows_total=run.rows_total,
+                    rows_read=run.rows_read,
+                    rows_skipped=run.rows_skipped,
+                ),
             ),
-            rates=Rates(
-                window_seconds=self.settings.rate_window_seconds,
-                images_per_second=round(images_ps, 3),
-                samples_per_second=round(samples_ps, 3),
-                source=source,
-            ),
+            rates=rates,
             failures=[Failure(reason=r, count=n) for r, n in failures[:TOP_FAILURES]],
             segments=SegmentCounts(
                 closed=totals.segments,
@@ -287,7 +448,7 @@ class StatusSource:
                 last_closed_at=totals.last_created_at,
             ),
             lag=lag,
-            recent=recent,
+            recent=self._recent(live, committed),
             errors=errors,
         )
 

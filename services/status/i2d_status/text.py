@@ -15,26 +15,39 @@ def _bytes(n: float) -> str:
     return f"{n:.1f} PB"
 
 
+def _ago(t: float, now: float) -> str:
+    return f"{max(0.0, now - t):.0f} s ago"
+
+
 def render(s: StatusResponse, *, now: float | None = None) -> str:
     now = time.time() if now is None else now
     p = s.progress
     rate = "n/a" if p.success_rate is None else f"{100 * p.success_rate:.1f} %"
     lines = [f"img2dataset {s.version} ({s.mode})"]
     recorded = f"rows recorded: {p.samples}"
-    if p.enqueued is not None:
-        done = "" if p.fraction is None else f" ({100 * p.fraction:.1f} % fetched)"
-        recorded += f" of {p.enqueued} enqueued{done}"
+    if p.in_open_segments:
+        recorded += f" ({p.in_open_segments} in open segments, {p.committed} committed)"
     lines.append(recorded)
+    if p.total is not None and p.done is not None:
+        pct = "" if p.fraction is None else f" ({100 * p.fraction:.1f} %)"
+        of = "enqueued" if s.mode == "distributed" else "in the list"
+        lines.append(f"progress: {p.done} of {p.total} rows {of} done{pct}")
+    if p.run is not None:
+        run = p.run
+        state = "running" if run.finished_at is None else f"ended {_ago(run.finished_at, now)}"
+        skipped = f", {run.rows_skipped} rows skipped (recorded before)" if run.rows_skipped else ""
+        lines.append(
+            f"download: {run.url_list}, started {_ago(run.started_at, now)}, {state}{skipped}"
+        )
+    if p.enqueued is not None and p.fetched is not None:
+        lines.append(f"fetchers: {p.fetched} of {p.enqueued} enqueued rows committed")
     lines.append(f"successes: {p.successes}   failures: {p.failures}   success rate: {rate}")
+    r = s.rates
     lines.append(
-        f"rate: {s.rates.images_per_second:.1f} images/s, {s.rates.samples_per_second:.1f} rows/s "
-        f"(last {s.rates.window_seconds:.0f} s, {s.rates.source})"
+        f"rate: {r.images_per_second:.1f} images/s, {r.samples_per_second:.1f} rows/s, "
+        f"{r.failures_per_second:.1f} failures/s (last {r.window_seconds:.0f} s, {r.source})"
     )
-    last = (
-        "never"
-        if s.segments.last_closed_at is None
-        else f"{max(0.0, now - s.segments.last_closed_at):.0f} s ago"
-    )
+    last = "never" if s.segments.last_closed_at is None else _ago(s.segments.last_closed_at, now)
     lines.append(
         f"segments: {s.segments.closed} closed, {s.segments.open} open, {s.segments.items} images, "
         f"{_bytes(s.segments.bytes)}; last closed {last}"

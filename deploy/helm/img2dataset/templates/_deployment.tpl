@@ -14,6 +14,8 @@ component's `env` map (which wins). Call with (dict "root" $ "component" "fetche
 {{- end }}
 {{- if eq .component "status" }}
 {{- $_ := set $env "I2D_HTTP_PORT" (toString (int $c.port)) }}
+{{- /* It binds 127.0.0.1 by default: the Service and the probes reach the pod's IP. */}}
+{{- $_ := set $env "I2D_HTTP_HOST" "0.0.0.0" }}
 {{- /* The groups whose lag the status page shows are the ones the workers use. */}}
 {{- $_ := set $env "I2D_FETCHER_GROUP" .root.Values.fetcher.groupId }}
 {{- $_ := set $env "I2D_APPENDER_GROUP" .root.Values.appender.groupId }}
