@@ -173,11 +173,14 @@ class RowReader:
                     except json.JSONDecodeError as e:
                         yield _Invalid(line.strip(), f"{INVALID_JSON}: {e}")
         elif fmt == "json":
-            # A JSON array has no streaming boundary short of a full parser; img2dataset loads
-            # it whole too. Use jsonl for large lists.
+            # A JSON document has no streaming boundary short of a full parser; img2dataset
+            # loads it whole too. Use jsonl for large lists.
             with _open_text(path) as f:
                 text = f.read()
-            yield from _json_records(path, text)
+            columns, records = _json_frame(path, text)
+            if columns:  # an object of columns: they are known before any row
+                self._check_columns(path, columns)
+            yield from records
         else:  # parquet
             pf = pq.ParquetFile(path)
             self._check_columns(path, pf.schema_arrow.names)
@@ -255,33 +258,154 @@ class RowReader:
         return UnparsedRow.of(rec.error, key or row_key, held)
 
 
-def _json_records(path: Path, text: str) -> Iterator[Any]:
-    """The records of a json list. Parsed whole at C speed; only if that fails on an item
-    too deep for Python's json (or a number it cannot read) are the items split and parsed
-    one by one, so such an item is a failed row and the others are read. Bad syntax or
-    anything but an array is one error for the file, before any row."""
+# What pandas.read_json(file) (img2dataset's call) turns into a table, and so what a json list
+# may hold.
+JSON_SHAPES = (
+    "a json input must hold an array of objects (or of arrays), or an object of columns"
+    " (each an object keyed by row or an array), as pandas.read_json reads it"
+)
+
+
+def _json_frame(path: Path, text: str) -> tuple[list[str] | None, Iterator[Any]]:
+    """The column names (None for an array of rows) and the records of a json list, in
+    img2dataset's row order: the table pandas.read_json(file) makes of it (its default
+    orient, "columns", is the DataFrame constructor on the parsed JSON):
+
+    - an array of objects: a row per object (records); an array of arrays: a row per array,
+      its columns named "0", "1"... (values); an array of single values: one column "0";
+    - an object of objects, {"url": {"0": "http://...", "1": ...}, "caption": {...}}, as
+      pandas writes with orient="columns" (SBU's list): a row per inner key, in the order the
+      keys first appear (column by column; pandas does not sort them), each cell matched by
+      its key, a cell a column lacks is null;
+    - an object of arrays, {"url": [...], "caption": [...]}: a row per position (the arrays
+      have one length);
+    and in both, a column holding a single value repeats it in every row.
+
+    An object of rows ({"0": {"url": ...}}, orient="index") or pandas' "split" layout is
+    read column-wise as pandas reads it, so its url column is missing, as in img2dataset.
+    Parsed whole at C speed; only if that fails on a value too deep for Python's json (or
+    a number it cannot read) are the rows (or the cells of each column) split and parsed
+    one by one, so such a row is a failed row and the others are read. Bad syntax or
+    another shape is one error for the file, before any row."""
     try:
-        records = json.loads(text)
+        value = json.loads(text)
     except json.JSONDecodeError as e:
         raise InputError(f"{path}: not a valid JSON file: {e}") from None
     except (RecursionError, ValueError):
-        items: list[Any] = []
         try:
-            for offset, item in safejson.array_items(text):
-                try:
-                    items.append(safejson.loads(item))
-                except safejson.JsonRejected as e:
-                    items.append(_TooDeep(item.strip(), f"{INVALID_JSON}: {e}"))
-                except json.JSONDecodeError as e:
-                    raise json.JSONDecodeError(e.msg, text, offset + e.pos) from None
+            value = _split_json(text)
         except json.JSONDecodeError as e:
             raise InputError(f"{path}: not a valid JSON file: {e}") from None
-        records = items
-    if not isinstance(records, list):
-        raise InputError(f"{path}: a json input must hold an array of objects")
-    for rec in records:
-        deep = isinstance(rec, dict | list) and safejson.value_too_deep(rec)
-        yield _TooDeep(rec, TOO_DEEP_JSON) if deep else rec
+    if isinstance(value, list):
+        return None, _array_rows(value)
+    if isinstance(value, dict):
+        return list(value), _column_rows(path, value)
+    raise InputError(f"{path}: {JSON_SHAPES}; it holds {_JSON_TYPES[type(value)]}")
+
+
+_JSON_TYPES = {str: "a string", int: "a number", float: "a number", bool: "a boolean"}
+_JSON_TYPES[type(None)] = "null"
+
+
+def _array_rows(items: list[Any]) -> Iterator[Any]:
+    records = any(isinstance(item, dict) for item in items)
+    for item in items:
+        if isinstance(item, _Rejected):
+            yield _TooDeep(item.text, item.error)
+            continue
+        if isinstance(item, list):
+            item = {str(i): v for i, v in enumerate(item)}
+        elif not records and not isinstance(item, dict):
+            item = {"0": item}  # pandas: an array of single values is one column "0"
+        yield _checked(item)
+
+
+def _column_rows(path: Path, columns: dict[str, Any]) -> Iterator[Any]:
+    keyed = [c for c in columns.values() if isinstance(c, dict)]
+    arrays = [c for c in columns.values() if isinstance(c, list)]
+    labels: list[Any]
+    if keyed and arrays:
+        raise InputError(f"{path}: {JSON_SHAPES}; its columns mix objects and arrays")
+    if keyed:
+        labels = list(dict.fromkeys(label for column in keyed for label in column))
+    elif arrays:
+        lengths = sorted({len(column) for column in arrays})
+        if len(lengths) > 1:
+            raise InputError(f"{path}: {JSON_SHAPES}; its arrays differ in length {lengths}")
+        labels = list(range(lengths[0]))
+    elif columns:
+        raise InputError(f"{path}: {JSON_SHAPES}; its columns are single values")
+    else:
+        labels = []
+    return _assembled(columns, labels)
+
+
+def _assembled(columns: dict[str, Any], labels: list[Any]) -> Iterator[Any]:
+    for label in labels:
+        rec: dict[str, Any] = {}
+        rejected: _Rejected | None = None
+        for name, column in columns.items():
+            if isinstance(column, dict):
+                cell = column.get(label)
+            elif isinstance(column, list):
+                cell = column[label]
+            else:
+                cell = column
+            if isinstance(cell, _Rejected):
+                rejected = rejected or cell
+            else:
+                rec[name] = cell
+        # A row with a cell too deep keeps its other cells to be found by (its key, url).
+        yield _checked(rec) if rejected is None else _TooDeep(rec, rejected.error)
+
+
+def _checked(rec: Any) -> Any:
+    deep = isinstance(rec, dict | list) and safejson.value_too_deep(rec)
+    return _TooDeep(rec, TOO_DEEP_JSON) if deep else rec
+
+
+def _split_json(text: str) -> Any:
+    """`text` parsed as json.loads would, when that fails on a value too deep for Python's json
+    or a number it cannot read: the rows of an array, or the cells of an object's columns,
+    are parsed one by one, and one that cannot be is a `_Rejected` in its place."""
+    start = len(text) - len(text.lstrip())
+    if text.startswith("[", start):
+        return [_split_value(text, offset, item) for offset, item in safejson.array_items(text)]
+    if text.startswith("{", start):
+        columns: dict[str, Any] = {}
+        for offset, name, value in safejson.object_members(text):
+            lead = offset + len(value) - len(value.lstrip())
+            if value.lstrip().startswith("{"):
+                columns[name] = {
+                    label: _split_value(text, lead + at, cell)
+                    for at, label, cell in _within(text, lead, safejson.object_members, value)
+                }
+            elif value.lstrip().startswith("["):
+                columns[name] = [
+                    _split_value(text, lead + at, cell)
+                    for at, cell in _within(text, lead, safejson.array_items, value)
+                ]
+            else:
+                columns[name] = _split_value(text, offset, value)
+        return columns
+    raise json.JSONDecodeError("Expecting '[' or '{'", text, start)
+
+
+def _within(text: str, lead: int, split: Any, value: str) -> list[Any]:
+    """`split(value)` of a value found at `lead` in `text`, its errors placed in `text`."""
+    try:
+        return list(split(value.strip()))
+    except json.JSONDecodeError as e:
+        raise json.JSONDecodeError(e.msg, text, lead + e.pos) from None
+
+
+def _split_value(text: str, offset: int, value: str) -> Any:
+    try:
+        return safejson.loads(value)
+    except safejson.JsonRejected as e:
+        return _Rejected(value.strip(), f"{INVALID_JSON}: {e}")
+    except json.JSONDecodeError as e:
+        raise json.JSONDecodeError(e.msg, text, offset + e.pos) from None
 
 
 def _type_depth(t: pa.DataType) -> int:
@@ -304,6 +428,14 @@ class _Invalid:
 
     def __init__(self, text: str, error: str) -> None:
         self.text, self.error = text[:HELD_TEXT], error
+
+
+class _Rejected:
+    """A json value that Python's json cannot read (too deep, a 5000-digit number), in place of
+    the row or cell it is."""
+
+    def __init__(self, text: str, error: str) -> None:
+        self.text, self.error = text, error
 
 
 class _TooDeep:

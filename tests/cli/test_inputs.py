@@ -5,7 +5,9 @@ from __future__ import annotations
 import csv
 import gzip
 import json
+import subprocess
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -22,6 +24,7 @@ from i2d_segments.records import (
     decode_append,
     encode_url_row,
     parse_url_value,
+    row_key_of,
 )
 
 ROWS = [
@@ -329,3 +332,194 @@ def nested_struct(depth: int, leaf: object = 1) -> object:
     for _ in range(depth):
         value = {"a": value}
     return value
+
+
+# ------------------------------------------------------------- json layouts pandas.read_json reads
+
+U = "http://127.0.0.1/"
+# name: (json text, url_col, caption_col, the rows as (key, url, caption) with 2 rows a shard).
+# img2dataset reads json with pandas.read_json(file): the DataFrame constructor on the parsed
+# JSON. Captions are words: pandas would also turn a caption "007" into the number 7.
+JSON_LAYOUTS: dict[str, tuple[str, str, str, list[tuple[str, str | None, str | None]]]] = {
+    "records": (
+        json.dumps([{"url": U + "a", "caption": "x"}, {"url": U + "b", "caption": "y"}]),
+        "url",
+        "caption",
+        [("000000", U + "a", "x"), ("000001", U + "b", "y")],
+    ),
+    # SBU's list: pandas' to_json() default (orient="columns"). Rows in the order their keys
+    # come, not sorted ("10" before "2"): pandas keeps it.
+    "columns (SBU)": (
+        json.dumps(
+            {
+                "image_urls": {"0": U + "a", "1": U + "b", "10": U + "c", "2": U + "d"},
+                "captions": {"0": "w", "1": "x", "10": "y", "2": "z"},
+            }
+        ),
+        "image_urls",
+        "captions",
+        [
+            ("000000", U + "a", "w"),
+            ("000001", U + "b", "x"),
+            ("000010", U + "c", "y"),
+            ("000011", U + "d", "z"),
+        ],
+    ),
+    # Cells matched by their row key whatever the order of each column; a key a column lacks
+    # is a null cell; rows in the order the keys first appear, column after column.
+    "columns, keys in other orders": (
+        json.dumps(
+            {
+                "url": {"b": U + "b", "a": U + "a"},
+                "caption": {"a": "for a", "c": "for c", "b": "for b"},
+            }
+        ),
+        "url",
+        "caption",
+        [("000000", U + "b", "for b"), ("000001", U + "a", "for a"), ("000010", None, "for c")],
+    ),
+    "columns of arrays, a single value repeated": (
+        json.dumps({"url": [U + "a", U + "b", U + "c"], "caption": "same"}),
+        "url",
+        "caption",
+        [
+            ("000000", U + "a", "same"),
+            ("000001", U + "b", "same"),
+            ("000010", U + "c", "same"),
+        ],
+    ),
+    "values: an array of arrays, columns named by position": (
+        json.dumps([[U + "a", "x"], [U + "b"]]),
+        "0",
+        "1",
+        [("000000", U + "a", "x"), ("000001", U + "b", None)],
+    ),
+}
+
+
+def json_rows(path: Path, url_col: str, caption_col: str) -> list[tuple[Any, ...]]:
+    rows = []
+    for row in RowReader(
+        "json", url_col=url_col, caption_col=caption_col, number_sample_per_shard=2
+    ).rows(path):
+        if isinstance(row, UrlRow):
+            rows.append((row.metadata_key, row.url, row.caption))
+        else:  # no url: what the failed sample keeps of the row
+            rows.append((row_key_of(row.value), None, json.loads(row.value).get(caption_col)))
+    return rows
+
+
+@pytest.mark.parametrize("name", list(JSON_LAYOUTS))
+def test_json_is_read_in_every_layout_pandas_read_json_reads(tmp_path: Path, name: str) -> None:
+    text, url_col, caption_col, expected = JSON_LAYOUTS[name]
+    (tmp_path / "list.json").write_text(text)
+    assert json_rows(tmp_path / "list.json", url_col, caption_col) == expected
+
+
+BENCH_PYTHON = Path(__file__).resolve().parents[2] / ".venv-bench" / "bin" / "python"
+# img2dataset's own reader and keys: its Reader shards the list (2 rows a shard), and each
+# row's key is compute_key(position in its shard, shard id, ...), as its downloader does.
+IMG2DATASET_ROWS = """
+import json, sys, tempfile
+import pyarrow as pa
+from img2dataset.downloader import compute_key
+from img2dataset.reader import Reader
+out = []
+for path, url_col, caption_col in json.loads(sys.argv[1]):
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        reader = Reader(path, "json", url_col, caption_col, None, None, None, 2, set(), tmp)
+        for shard_id, arrow_file in reader:
+            with pa.memory_map(arrow_file) as f:
+                table = pa.ipc.open_file(f).read_all()
+            for i, row in enumerate(table.to_pylist()):
+                rows.append((compute_key(i, shard_id, 1, 5), row["url"], row["caption"]))
+    out.append(rows)
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.skipif(not BENCH_PYTHON.exists(), reason="img2dataset's venv (make bench) is absent")
+def test_json_rows_and_keys_are_img2datasets_row_for_row(tmp_path: Path) -> None:
+    """img2dataset 1.47's own reader on the same files: the same rows, in the same order,
+    with the same keys."""
+    lists = []
+    for i, (text, url_col, caption_col, _) in enumerate(JSON_LAYOUTS.values()):
+        path = tmp_path / f"list{i}.json"
+        path.write_text(text)
+        lists.append((str(path), url_col, caption_col))
+    run = subprocess.run(
+        [str(BENCH_PYTHON), "-c", IMG2DATASET_ROWS, json.dumps(lists)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    theirs = json.loads(run.stdout.strip().splitlines()[-1])
+    for name, (path, url_col, caption_col), rows in zip(JSON_LAYOUTS, lists, theirs, strict=True):
+        ours = json_rows(Path(path), url_col, caption_col)
+        assert ours == [tuple(row) for row in rows], name
+        assert ours == JSON_LAYOUTS[name][3], name
+
+
+def test_json_shapes_pandas_refuses_are_one_error(tmp_path: Path) -> None:
+    path = tmp_path / "list.json"
+    for text, why in [
+        ('{"url": {"0": "http://127.0.0.1/a"}, "caption": ["x"]}', "mix objects and arrays"),
+        ('{"url": ["http://127.0.0.1/a"], "caption": ["x", "y"]}', r"differ in length \[1, 2\]"),
+        ('{"url": "http://127.0.0.1/a"}', "are single values"),
+        ('"http://127.0.0.1/a"', "it holds a string"),
+        ("null", "it holds null"),
+    ]:
+        path.write_text(text)
+        with pytest.raises(InputError, match=r"list\.json: a json input must hold .*; .*" + why):
+            list(RowReader("json").rows(path))
+    # An object of rows (orient="index") is read column-wise, as pandas does: no url column.
+    path.write_text(json.dumps({"0": {"url": "http://127.0.0.1/a"}}))
+    with pytest.raises(InputError, match=r"missing column\(s\) \['url'\]; columns are \['0'\]"):
+        list(RowReader("json").rows(path))
+    # An array of single values is one column "0" (img2dataset: --url_col '"0"').
+    path.write_text(json.dumps(["http://127.0.0.1/a", "http://127.0.0.1/b"]))
+    assert [r.url for r in RowReader("json", url_col="0").rows(path)] == [  # type: ignore[union-attr]
+        "http://127.0.0.1/a",
+        "http://127.0.0.1/b",
+    ]
+    for empty in ("[]", "{}", '{"url": {}}', '{"url": []}'):
+        path.write_text(empty)
+        assert list(RowReader("json").rows(path)) == [], empty
+
+
+@pytest.mark.parametrize("deepest", [100_000, 40])  # past json's recursion; within it
+def test_a_json_column_cell_too_deep_fails_its_row_only(tmp_path: Path, deepest: int) -> None:
+    deep = "[" * deepest + "]" * deepest
+    for layout in ("objects", "arrays"):
+        urls = [f"http://127.0.0.1/{c}.jpg" for c in "abc"]
+        cells = ['"x"', deep, '"z"']
+        keys = ['"k0"', '"mine"', '"k2"']
+        if layout == "objects":
+            text = (
+                "{"
+                + ", ".join(
+                    f'"{name}": {{' + ", ".join(f'"{i}": {v}' for i, v in enumerate(values)) + "}"
+                    for name, values in [
+                        ("url", [json.dumps(u) for u in urls]),
+                        ("x", cells),
+                        ("key", keys),
+                    ]
+                )
+                + "}"
+            )
+        else:
+            text = (
+                f'{{"url": {json.dumps(urls)}, "x": [{", ".join(cells)}], '
+                f'"key": [{", ".join(keys)}]}}'
+            )
+        (tmp_path / "list.json").write_text(text)
+        first, bad, last = RowReader("json", save_additional_columns=["x"]).rows(
+            tmp_path / "list.json"
+        )
+        assert isinstance(first, UrlRow) and isinstance(last, UrlRow), layout
+        assert (first.url, first.extra, last.url) == (urls[0], {"x": "x"}, urls[2])
+        message, key = failed(bad)
+        assert key == "mine" and message is not None, layout
+        assert message.startswith("malformed row: invalid JSON row: nested deeper than 32")

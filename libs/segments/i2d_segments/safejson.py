@@ -91,6 +91,20 @@ def array_items(text: str) -> Iterator[tuple[int, str]]:
     return _top_level(text, "[")
 
 
+def object_members(text: str) -> Iterator[tuple[int, str, str]]:
+    """The members of the JSON object `text` as (offset of the value, name, value text), split
+    without parsing the values, like `array_items`. Raises `json.JSONDecodeError` when `text`
+    is not one object or a member has no name."""
+    for offset, member in _top_level(text, "{"):
+        name = _NAME.match(member)
+        if name is None:
+            skipped = len(member) - len(member.lstrip())
+            raise json.JSONDecodeError(
+                "Expecting property name enclosed in double quotes", text, offset + skipped
+            )
+        yield offset + name.end(), json.loads(name.group(1)), member[name.end() :]
+
+
 def scalar_members(text: str) -> dict[str, Any]:
     """The members of the JSON object `text` whose values are strings, numbers, booleans or
     null, read without parsing the others: what can still be read of a row too deep to parse
