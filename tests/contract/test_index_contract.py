@@ -552,6 +552,19 @@ def test_samples_by_url(index: Index) -> None:
     assert index.samples_by_url("http://127.0.0.1/none.jpg") == []
 
 
+def test_long_urls_and_errors_commit_and_are_found(index: Index) -> None:
+    """A url of 10 KB (a data: url, a signed CDN link) is a row like any other: its segment
+    commits (a btree entry on PostgreSQL holds at most ~2.7 KB) and it is found by url."""
+    lease = index.acquire_partition(TOPIC, 0, "me")
+    s = seg(0, 0, 1, lease.epoch, items=1, samples=2)
+    noise = random.Random(7).randbytes(5000).hex()  # incompressible
+    long_url = f"http://127.0.0.1/{noise}.jpg"
+    a = ok_sample("key-a", "x", s.segment_id, url=long_url)
+    b = replace(ok_sample("key-b", "x", s.segment_id), error="e" * 10_000)
+    index.commit_segment(commit_of(s, [item("x", s.segment_id, 512)], [a, b]))
+    assert index.samples_by_url(long_url) == [a]
+
+
 def test_status_and_error_counts(index: Index) -> None:
     lease = index.acquire_partition(TOPIC, 0, "me")
     s = seg(0, 0, 9, lease.epoch, items=2, samples=7)
