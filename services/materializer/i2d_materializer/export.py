@@ -19,8 +19,10 @@ characters), so two rows never share a name and none can leave the destination. 
 (`key`, `sample_id` in the json and parquet) keeps the value itself.
 
 The destination gets, besides the shards, `export.json` (what was selected, shard list) and,
-for `webdataset`, `shards.txt` and a wids `wids.json`. The segments stay the truth: an export
-is never read back by the pipeline.
+for `webdataset`, `shards.txt` and a wids `wids.json`. A shard starts with its first row that
+has an image (rows without one never reach a tar), so no listed shard is empty: each loads in
+any WebDataset reader, Hugging Face `datasets` included, as the dataset's own manifests do.
+The segments stay the truth: an export is never read back by the pipeline.
 """
 
 from __future__ import annotations

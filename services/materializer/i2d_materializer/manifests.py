@@ -2,10 +2,13 @@
 
 Each file is a function of the committed segments and the sample counts alone (no clock), so
 rewriting them after a duplicate event yields the same bytes. Formats: see
-`i2d_segments.reader.manifest`. The summary:
+`i2d_segments.reader.manifest`; the shard lists (`shards.txt`, `shards_brace.txt`,
+`wids.json`) name the segments that hold images only, so every listed shard loads in any
+WebDataset reader. The summary:
 
     {"segments", "items", "samples", "bytes", "status_counts", "failures" (top reasons),
-     "success_rate", "first_segment_at", "last_segment_at", "shards", "wids"}
+     "success_rate", "first_segment_at", "last_segment_at", "shards", "wids",
+     "shard_count" (segments listed: `segments` minus those without an image)}
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from i2d_segments.reader.manifest import (
     SUMMARY_NAME,
     WIDS_NAME,
     brace_expression,
+    shard_segments,
     wids_description,
 )
 from i2d_segments.store import SegmentStore
@@ -49,8 +53,12 @@ def _json(obj: Any) -> bytes:
     return (json.dumps(obj, indent=1, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
 
 
-def dataset_summary(index: Index) -> dict[str, Any]:
+def dataset_summary(index: Index, shard_count: int | None = None) -> dict[str, Any]:
+    """The summary; `shard_count` is how many segments the shard lists name (default: counted
+    from the index)."""
     totals = index.totals()
+    if shard_count is None:
+        shard_count = len(shard_segments(index.segments()))
     counts = index.status_counts()
     samples = sum(counts.values())
     failures = sorted(index.error_counts().items(), key=lambda kv: (-kv[1], kv[0]))
@@ -66,17 +74,18 @@ def dataset_summary(index: Index) -> dict[str, Any]:
         "last_segment_at": totals.last_created_at,
         "shards": SHARDS_NAME,
         "wids": WIDS_NAME,
+        "shard_count": shard_count,
     }
 
 
 def build_manifests(store: SegmentStore, index: Index) -> ManifestFiles:
-    segments = index.segments()
-    urls = [store.uri(object_name_of(s.segment_id)) for s in segments]
+    listed = shard_segments(index.segments())
+    urls = [store.uri(object_name_of(s.segment_id)) for s in listed]
     return ManifestFiles(
         shards="".join(f"{u}\n" for u in urls).encode("utf-8"),
         brace=(brace_expression(urls) + "\n").encode("utf-8") if urls else b"",
-        wids=_json(wids_description(segments)),
-        summary=_json(dataset_summary(index)),
+        wids=_json(wids_description(listed)),
+        summary=_json(dataset_summary(index, len(listed))),
     )
 
 

@@ -2,7 +2,9 @@
 
 - Sequential: every item of every committed segment, in segment order (partition, first
   offset), streaming each segment object once from the folder or S3. The segment list comes
-  from the index when there is one, else from `manifests/wids.json` (bucket access only).
+  from the index when there is one, else from `manifests/wids.json` (bucket access only); it
+  names the segments that hold images, as the manifests do (`reader.manifest.holds_images`):
+  one of failures only has no item, and is no shard to read or to hand out to a worker.
 - Random access: by item_id (one index lookup, one ranged read), by sample_id or url (the
   sample row, then the item). Ranged reads are checked against the stored bytes' sha256.
 """
@@ -19,7 +21,7 @@ from i2d_segments.ids import sha256_hex
 from i2d_segments.index import Index, ItemRow, SampleRow
 from i2d_segments.naming import object_name_of
 from i2d_segments.reader.item import Item
-from i2d_segments.reader.manifest import WIDS_NAME, segment_ids_from_wids
+from i2d_segments.reader.manifest import WIDS_NAME, segment_ids_from_wids, shard_segments
 from i2d_segments.segment import SegmentSample, iter_samples
 from i2d_segments.store import SegmentStore
 
@@ -90,19 +92,22 @@ class DatasetReader:
     # -- the segment list -----------------------------------------------------------------
 
     def segment_ids(self) -> list[str]:
-        """Committed segments in segment order: from the index, else from the wids manifest."""
+        """Committed segments that hold images, in segment order: from the index, else from
+        the wids manifest (one written before empty segments were left out may list them, with
+        `nsamples` 0: skipped too)."""
         if self.index is not None:
-            return [s.segment_id for s in self.index.segments()]
+            return [s.segment_id for s in shard_segments(self.index.segments())]
         try:
             body = self.store.get(WIDS_NAME)
         except FileNotFoundError:
             raise FileNotFoundError(
                 f"no index and no {WIDS_NAME} in the store: nothing says which segments exist"
             ) from None
-        return [segment_id for segment_id, _ in segment_ids_from_wids(body)]
+        return [segment_id for segment_id, n in segment_ids_from_wids(body) if n > 0]
 
     def shard_urls(self) -> list[str]:
-        """The segments' URIs, for WebDataset or any tar reader."""
+        """The URIs of `segment_ids()`, for WebDataset, Hugging Face `datasets` or any tar
+        reader: the same list as `manifests/shards.txt`."""
         return [self.store.uri(object_name_of(s)) for s in self.segment_ids()]
 
     # -- sequential -----------------------------------------------------------------------
@@ -113,7 +118,7 @@ class DatasetReader:
     def iter_items(
         self, segment_ids: Iterable[str] | None = None, *, load_images: bool = True
     ) -> Iterator[Item]:
-        """Every item of the given segments (default: all), streaming each segment once.
+        """Every item of the given segments (default: `segment_ids()`), streaming each once.
         `load_images=False` reads metadata only (image data is skipped, `image` is empty)."""
         for segment_id in self.segment_ids() if segment_ids is None else segment_ids:
             yield from self.iter_segment(segment_id, load_images=load_images)

@@ -4,7 +4,8 @@
 `DataLoader` treats it as iterable-style) and a plain iterable otherwise. It holds only the
 dataset's location, so it pickles into DataLoader workers; each worker opens its own reader.
 
-Work is split by whole segments (each is streamed once, by one reader): segment `i` goes to
+Work is split by whole segments (each is streamed once, by one reader), those that hold images
+(`DatasetReader.segment_ids`, so no consumer is handed only empty ones): segment `i` goes to
 the consumer `i mod (world_size * num_workers)`, where a consumer is one DataLoader worker of
 one distributed rank. Rank and world size come from the arguments, else from an initialized
 `torch.distributed`, else from the `RANK`/`WORLD_SIZE` environment variables (torchrun sets

@@ -10,13 +10,20 @@ segments, in segment order, so rewriting them is idempotent:
 - `manifests/wids.json`: a wids dataset description (`wids_version` 1, `shardlist` of
   `{"url", "nsamples"}`); urls are relative to the manifest, so the folder or bucket can move;
 - `manifests/summary.json`: counts of the dataset (see `i2d_materializer.manifests`).
+
+The shard lists (the three first files) name only the segments that hold at least one image
+(`holds_images`): a segment whose rows all failed stores no WebDataset sample (its
+`__segment__` manifest is not one), and a reader that infers its columns from the first shard
+(Hugging Face `datasets`) cannot load an empty one. No image is lost by the rule: an item
+lives in the segment that wrote it, whose tar keeps it for good, so that segment is listed
+even after all its rows moved to a newer one.
 """
 
 from __future__ import annotations
 
 import json
 import os.path
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from i2d_segments.index import SegmentRow
@@ -30,14 +37,30 @@ SUMMARY_NAME = f"{MANIFESTS_PREFIX}summary.json"
 WIDS_VERSION = 1
 
 
+def holds_images(segment: SegmentRow) -> bool:
+    """Whether a tar reader finds a sample in the segment: it stored at least one image.
+
+    `item_count` counts the image members the segment's tar holds, which never change: a
+    segment of failures only (or of rows whose images an earlier segment already stores) has
+    none, while a segment whose rows all moved to a newer one (a row delivered again with
+    another outcome) still holds the images it wrote, the only copy of them."""
+    return segment.item_count > 0
+
+
+def shard_segments(segments: Iterable[SegmentRow]) -> list[SegmentRow]:
+    """The segments a shard list names, in their order: those that hold images."""
+    return [s for s in segments if holds_images(s)]
+
+
 def relative_url(segment_id: str) -> str:
     """A segment's URL as seen from `manifests/` (wids resolves it against the JSON's folder)."""
     return "../" + object_name_of(segment_id)
 
 
 def wids_description(segments: Sequence[SegmentRow], name: str = "img2dataset") -> dict[str, Any]:
-    """The wids JSON: one shard per segment; `nsamples` is its WebDataset sample count (the
-    items it stores). `segment_id` is an extra key wids ignores and the reader uses."""
+    """The wids JSON: one shard per segment that holds images (`shard_segments`); `nsamples`
+    is its WebDataset sample count (the items it stores). `segment_id` is an extra key wids
+    ignores and the reader uses."""
     return {
         "wids_version": WIDS_VERSION,
         "name": name,
@@ -47,7 +70,7 @@ def wids_description(segments: Sequence[SegmentRow], name: str = "img2dataset") 
                 "nsamples": s.item_count,
                 "segment_id": s.segment_id,
             }
-            for s in segments
+            for s in shard_segments(segments)
         ],
     }
 
