@@ -1,7 +1,8 @@
 """`img2dataset download`: the same fetcher, appender and materializer loops as the services,
 wired in one process over the embedded adapters (in-process bus, local folder, SQLite).
 
-Resume: the index is the truth. Rows already recorded are skipped before they are enqueued,
+Resume: the index is the truth. Rows already recorded are skipped before they are enqueued
+(with --retry_failed, failed ones are sent again),
 and the in-process APPEND log starts at the index's `next_offset`, so the appender's fencing and
 offsets work exactly as they do on Kafka. Objects a killed run left behind (completed but never
 committed, or half-written) are removed first: this process owns the folder (a lock file says so).
@@ -34,6 +35,7 @@ from i2d_cli.errors import InputError
 from i2d_cli.inputs import carried_columns, count_rows
 from i2d_cli.options import DownloadOptions
 from i2d_cli.progress import Progress
+from i2d_cli.resume import rows_to_send
 from i2d_fetcher.service import FetcherService
 from i2d_fetcher.settings import FetcherSettings
 from i2d_materializer.service import MaterializerService
@@ -350,12 +352,11 @@ class EmbeddedDownload:
 
         def flush_batch() -> None:
             nonlocal produced
-            known = index.known_samples(r.sample_id for r in batch) if skip_known else set()
-            for row in batch:
-                if row.sample_id in known:
-                    summary.rows_skipped += 1
-                    progress.skipped(1)
-                    continue
+            send = rows_to_send(index, batch, self.opts.retry_failed) if skip_known else batch
+            if len(send) < len(batch):
+                summary.rows_skipped += len(batch) - len(send)
+                progress.skipped(len(batch) - len(send))
+            for row in send:
                 producer.produce(topic, encode_url_row(row))
                 produced += 1
             batch.clear()
@@ -369,7 +370,9 @@ class EmbeddedDownload:
                 self._beat(summary)
 
         try:
-            for row in reader.rows(self.opts.url_list):
+            # Each list's shards are numbered dataset-wide (the index keeps them): img2dataset's
+            # `key` stays unique when another list is downloaded into the same folder.
+            for row in reader.rows(self.opts.url_list, index.allocate_shard):
                 if self.stop_requested.is_set():
                     break
                 summary.rows_read += 1

@@ -1,7 +1,11 @@
 """`img2dataset enqueue`: write a url list to the `urls` topic, one record per row.
 
 Rows go out in the topic's own format (a bare URL, or a JSON object when the row has more
-than a URL), keyed by sample id so a URL enqueued twice lands on the same partition.
+than a URL), keyed by sample id. Each row carries its identity (its `key`, else its place in
+its list: `sample_id`), so enqueuing the same list again is the same samples: rows the index
+already records are not sent again (with --retry_failed, failed ones are). The list's shards
+are numbered dataset-wide in the index, so img2dataset's `key` column stays unique across the
+lists enqueued into one dataset.
 """
 
 from __future__ import annotations
@@ -17,9 +21,11 @@ from i2d_cli.flags import add_model_flags, model_kwargs
 from i2d_cli.inputs import carried_columns, count_rows
 from i2d_cli.options import UrlListOptions
 from i2d_cli.progress import Progress
+from i2d_cli.resume import rows_to_send
 from i2d_fetcher.options import FetchOptions
-from i2d_segments.connect import open_kafka_bus
-from i2d_segments.records import encode_url_row
+from i2d_segments.connect import index_from, open_kafka_bus
+from i2d_segments.index import Index
+from i2d_segments.records import UnparsedRow, UrlRow, encode_url_row
 from i2d_segments.settings import ConnectionSettings
 
 NAME = "enqueue"
@@ -40,7 +46,19 @@ class EnqueueSettings(ConnectionSettings, UrlListOptions):
     )
 
 
+SKIP_BATCH = 2_000  # rows looked up in the index at once
+
+
 def enqueue(settings: EnqueueSettings) -> int:
+    """Enqueue the list; returns how many rows were sent."""
+    index = index_from(settings)
+    try:
+        return _enqueue(settings, index)
+    finally:
+        index.close()
+
+
+def _enqueue(settings: EnqueueSettings, index: Index) -> int:
     bus = open_kafka_bus(settings)
     try:
         if settings.create_topics:
@@ -55,28 +73,45 @@ def enqueue(settings: EnqueueSettings) -> int:
             settings.number_sample_per_shard,
         )
         started = time.monotonic()
-        count = 0
+        count = skipped = 0
         progress = Progress(count_rows(settings.url_list, settings.input_format), settings.progress)
-        try:
-            for row in reader.rows(settings.url_list):
+        batch: list[UrlRow | UnparsedRow] = []
+
+        def send() -> None:
+            nonlocal count, skipped
+            rows = rows_to_send(index, batch, settings.retry_failed)
+            skipped += len(batch) - len(rows)
+            progress.skipped(len(batch) - len(rows))
+            for row in rows:
                 producer.produce(
                     settings.urls_topic, encode_url_row(row), key=row.sample_id.encode()
                 )
-                count += 1
-                if count % 1000 == 0:
-                    producer.poll(0)
-                    progress.update(count)
+            count += len(rows)
+            batch.clear()
+            producer.poll(0)
+            progress.update(count)
+
+        try:
+            for row in reader.rows(settings.url_list, index.allocate_shard):
+                batch.append(row)
+                if len(batch) >= SKIP_BATCH:
+                    send()
+            if batch:
+                send()
             producer.flush()
             progress.update(count)
         except InputError as e:  # damaged part way: what was read before it is delivered
+            if batch:
+                send()
             producer.flush()
             raise InputError(f"{e}; the {count} rows before it are enqueued") from e
         finally:
             progress.close()
         producer.close()
         elapsed = time.monotonic() - started
+        already = f", {skipped} rows skipped (already recorded)" if skipped else ""
         print(
-            f"enqueued {count} rows to {settings.urls_topic} in {elapsed:.1f}s",
+            f"enqueued {count} rows to {settings.urls_topic} in {elapsed:.1f}s{already}",
             file=sys.stderr,
         )
         return count
@@ -85,8 +120,9 @@ def enqueue(settings: EnqueueSettings) -> int:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    # It only writes to Kafka: no store, index, metrics port or owner identity.
-    unused = ("store_url", "s3_endpoint_url", "s3_region", "index_url", "metrics_host")
+    # It writes to Kafka and reads the index (rows recorded, the lists' shards): no store,
+    # metrics port or owner identity.
+    unused = ("store_url", "s3_endpoint_url", "s3_region", "metrics_host")
     add_model_flags(parser, EnqueueSettings, skip=(*unused, "metrics_port", "owner"))
 
 

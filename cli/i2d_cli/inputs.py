@@ -10,7 +10,7 @@ import gzip
 import json
 import math
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -20,7 +20,12 @@ import pyarrow.parquet as pq
 from i2d_cli.errors import InputError
 from i2d_fetcher.options import FetchOptions
 from i2d_segments import safejson
-from i2d_segments.records import UnparsedRow, UrlRow
+from i2d_segments.ids import list_id_for, row_id
+from i2d_segments.records import UnparsedRow, UrlRow, row_content
+
+# Dataset-wide shard numbers of a list's shards (Index.allocate_shard): (list id, local shard)
+# -> shard. Without one, shard ids run on across the files of one url_list, as in img2dataset.
+ShardAllocator = Callable[[str, int], int]
 
 INPUT_FORMATS = (
     "txt",
@@ -92,18 +97,38 @@ class Img2datasetKeys:
     is shard id x 10^ceil(log10(per shard)) + the row's place in its shard, zero-padded to
     `oom_shard_count` more digits (row 5 of shard 1 with the defaults: `000010005`)."""
 
-    def __init__(self, number_sample_per_shard: int, oom_shard_count: int = 5) -> None:
+    def __init__(
+        self,
+        number_sample_per_shard: int,
+        oom_shard_count: int = 5,
+        shards: ShardAllocator | None = None,
+    ) -> None:
         if number_sample_per_shard < 1:
             raise InputError("number_sample_per_shard must be at least 1")
         self.per_shard = number_sample_per_shard
         self.row_digits = math.ceil(math.log10(number_sample_per_shard))
         self.width = oom_shard_count + self.row_digits
         self.first_shard = 0  # of the file being read
+        # With an allocator each file's shards are numbered dataset-wide (the index keeps
+        # them), so keys stay unique across lists, enqueues and downloads into one dataset.
+        self.shards = shards
+        self.list_key = ""
+        self._allocated: dict[int, int] = {}
+
+    def start_file(self, file_id: str) -> None:
+        self.list_key = f"{file_id}/{self.per_shard}"
+        self._allocated = {}
 
     def key(self, position: int) -> str:
         """The key of the row at `position` (0-based) in the current file."""
         shard, row = divmod(position, self.per_shard)
-        value = (self.first_shard + shard) * 10**self.row_digits + row
+        if self.shards is None:
+            shard += self.first_shard
+        else:
+            if shard not in self._allocated:
+                self._allocated[shard] = self.shards(self.list_key, shard)
+            shard = self._allocated[shard]
+        value = shard * 10**self.row_digits + row
         return f"{value:0{self.width}d}"
 
     def end_file(self, rows: int) -> None:
@@ -133,13 +158,24 @@ class RowReader:
         self.number_sample_per_shard = number_sample_per_shard
         self.oom_shard_count = oom_shard_count
 
-    def rows(self, url_list: str | Path) -> Iterator[UrlRow | UnparsedRow]:
-        keys = Img2datasetKeys(self.number_sample_per_shard, self.oom_shard_count)
+    def rows(
+        self, url_list: str | Path, shards: ShardAllocator | None = None
+    ) -> Iterator[UrlRow | UnparsedRow]:
+        """The rows of every file of `url_list`, each identified by its place in its file
+        (ids.row_id: the file's identity, the row's number, its content) unless it carries its
+        own `key`; `shards` numbers the files' shards dataset-wide (img2dataset's `key`)."""
+        keys = Img2datasetKeys(self.number_sample_per_shard, self.oom_shard_count, shards)
         for path in input_files(url_list, self.input_format):
+            list_id = list_id_for(path)
+            # Keys: the file as it is now (a changed file numbers its new rows in new shards;
+            # the rows it kept are recorded with their keys and skipped).
+            stat = path.stat()
+            keys.start_file(f"{list_id}/{stat.st_size}/{stat.st_mtime_ns}")
             position = 0
             try:
                 for position, rec in enumerate(self._records(path), start=1):
-                    yield self._row(rec, keys.key(position - 1))
+                    row = self._row(rec, keys.key(position - 1))
+                    yield _placed(row, list_id, position - 1)
             except _READ_ERRORS as e:
                 raise InputError(f"{path}: unreadable after {position} rows: {e}") from e
             keys.end_file(position)
@@ -415,6 +451,19 @@ def _type_depth(t: pa.DataType) -> int:
         depth += 1
         level = [n.field(i).type for n in level for i in range(n.num_fields)]
     return depth - 1
+
+
+def _placed(row: UrlRow | UnparsedRow, list_id: str, place: int) -> UrlRow | UnparsedRow:
+    """`row` identified by its place in its list and what it is (its url and caption, not the
+    columns a run chooses to carry, so a rerun with other options is the same rows); a row
+    with its own key keeps it. A row that could not be read is identified by its place only."""
+    if isinstance(row, UnparsedRow):
+        rid = row_id(list_id, place, b"")
+        return UnparsedRow(value=row.value[:-1] + b',"sample_id":"%s"}' % rid.encode())
+    if row.key is not None:
+        return row
+    content = row_content(row.url, row.caption, None, {})
+    return row.model_copy(update={"row_id": row_id(list_id, place, content)})
 
 
 def _key(value: Any) -> str | None:

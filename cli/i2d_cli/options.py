@@ -47,6 +47,12 @@ class UrlListOptions(BaseModel):
         5, ge=1, le=20, description="Digits of the shard number in the rows' `key`."
     )
     progress: bool = Field(True, description="Show a progress bar with rate and ETA.")
+    retry_failed: Literal["none", "transient", "all"] = Field(
+        "none",
+        description="Rows already recorded are skipped; also fetch again the failed ones "
+        "whose failure may not last (transient: timeouts, DNS, connection errors, 429, 5xx) "
+        "or every failed one (all). none: img2dataset's behaviour.",
+    )
 
     _columns = field_validator("save_additional_columns", mode="before")(additional_columns)
 

@@ -32,5 +32,7 @@ def test_extra_fields_of_a_urls_record_never_replace_the_rows_own_metadata() -> 
     )
     out = meta.sample_json()
     assert (out["status"], out["width"], out["sha256"]) == ("success", 256, "abc")
-    assert out["sample_id"] == row.sample_id != "x"
+    # "sample_id" is the one field that is not an extra column: the row's identity, as
+    # `enqueue` writes it (its place in its list).
+    assert out["sample_id"] == row.sample_id == "x" and "sample_id" not in row.extra
     assert out["license"] == "cc0"  # the other extra columns are kept

@@ -18,7 +18,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from i2d_segments import safejson
-from i2d_segments.ids import sample_id_for, sha256_hex
+from i2d_segments.ids import content_id, key_id
 
 
 class MalformedRecord(ValueError):
@@ -43,9 +43,13 @@ class UrlRow(BaseModel):
     # (`000010005`). The `key` metadata column when the row carries no key of its own, so
     # users can join on it as with img2dataset; it is not the row's identity (sample_id).
     row_key: str | None = None
+    # The row's identity from its place in a list (ids.row_id), set by whoever read the list
+    # (`download`, `enqueue`); travels as the record's "sample_id" field. None for a bare
+    # record, identified by its content.
+    row_id: str | None = None
     extra: dict[str, Any] = Field(default_factory=dict)
 
-    @field_validator("url", "caption", "key", "row_key", "extra", mode="after")
+    @field_validator("url", "caption", "key", "row_key", "row_id", "extra", mode="after")
     @classmethod
     def _valid_unicode(cls, value: Any) -> Any:
         """JSON may carry lone surrogates (`"\\ud800"`), which no UTF-8 member, manifest or
@@ -58,7 +62,13 @@ class UrlRow(BaseModel):
 
     @property
     def sample_id(self) -> str:
-        return sample_id_for(self.url, self.key)
+        """Every row is a sample (DESIGN.md, Identities): its own key, else its place in its
+        list, else the hash of its content (the same bare line produced twice is one row)."""
+        if self.key is not None and self.key != "":
+            return key_id(self.key)
+        if self.row_id:
+            return key_id(self.row_id)
+        return content_id(row_content(self.url, self.caption, None, self.extra, self.row_key))
 
     @property
     def metadata_key(self) -> str | None:
@@ -76,8 +86,13 @@ class UnparsedRow(BaseModel):
     value: bytes
 
     @classmethod
-    def of(cls, reason: str, row_key: str | None, held: dict[str, Any]) -> UnparsedRow:
-        return cls(value=json_row({"malformed": reason, "row_key": row_key, **held}))
+    def of(
+        cls, reason: str, row_key: str | None, held: dict[str, Any], row_id: str | None = None
+    ) -> UnparsedRow:
+        obj: dict[str, Any] = {"malformed": reason, "row_key": row_key}
+        if row_id is not None:
+            obj["sample_id"] = row_id
+        return cls(value=json_row({**obj, **held}))
 
     @property
     def sample_id(self) -> str:
@@ -85,7 +100,10 @@ class UnparsedRow(BaseModel):
 
 
 def unparsed_sample_id(value: bytes) -> str:
-    return sha256_hex(value.strip())
+    """A record that cannot be read as a row: the identity it carries ("sample_id", the place
+    in its list a reader gave it), else the hash of its text."""
+    carried = _field_of(value, "sample_id")
+    return key_id(carried) if carried else content_id(value)
 
 
 def _replace_surrogates(value: Any) -> Any:
@@ -128,11 +146,13 @@ def parse_url_value(
     caption = obj.pop(caption_col, None) if caption_col else None
     key = obj.pop("key", None)
     row_key = obj.pop("row_key", None)
+    row_id = obj.pop("sample_id", None)
     return UrlRow(
         url=url.strip(),
         caption=None if caption is None else str(caption),
         key=None if key is None or key == "" else str(key),
         row_key=None if row_key is None else str(row_key),
+        row_id=None if row_id is None or row_id == "" else str(row_id),
         extra=obj,
     )
 
@@ -140,6 +160,12 @@ def parse_url_value(
 def row_key_of(value: bytes) -> str | None:
     """The `row_key` of a malformed `urls` record, when it still is a JSON object with one
     (read beside the values too deep to parse, if need be)."""
+    return _field_of(value, "row_key")
+
+
+def _field_of(value: bytes, name: str) -> str | None:
+    if not value.lstrip().startswith(b"{"):
+        return None
     try:
         text = value.decode("utf-8")
         obj = safejson.loads(text)
@@ -147,24 +173,39 @@ def row_key_of(value: bytes) -> str | None:
         obj = safejson.scalar_members(text)
     except ValueError:  # bad syntax, UnicodeDecodeError
         return None
-    row_key = obj.get("row_key") if isinstance(obj, dict) else None
-    return row_key if isinstance(row_key, str) else None
+    found = obj.get(name) if isinstance(obj, dict) else None
+    return found if isinstance(found, str) else None
 
 
 def encode_url_row(row: UrlRow | UnparsedRow) -> bytes:
     """The JSON form of a row on the `urls` topic (a bare URL when it has nothing else)."""
     if isinstance(row, UnparsedRow):
         return row.value
-    if row.caption is None and row.key is None and row.row_key is None and not row.extra:
-        return row.url.encode("utf-8")
-    obj: dict[str, Any] = {"url": row.url}
-    if row.caption is not None:
-        obj["caption"] = row.caption
-    if row.key is not None:
-        obj["key"] = row.key
-    if row.row_key is not None:
-        obj["row_key"] = row.row_key
-    obj.update(row.extra)
+    return row_content(row.url, row.caption, row.key, row.extra, row.row_key, row.row_id)
+
+
+def row_content(
+    url: str,
+    caption: str | None,
+    key: str | None,
+    extra: dict[str, Any],
+    row_key: str | None = None,
+    row_id: str | None = None,
+) -> bytes:
+    """A row as it travels on `urls`: a bare URL when it has nothing else, else a JSON object.
+    Without `row_key` and `row_id`, the row's content (what its identity hashes)."""
+    if caption is None and key is None and row_key is None and row_id is None and not extra:
+        return url.encode("utf-8")
+    obj: dict[str, Any] = {"url": url}
+    if caption is not None:
+        obj["caption"] = caption
+    if key is not None:
+        obj["key"] = key
+    if row_key is not None:
+        obj["row_key"] = row_key
+    if row_id is not None:
+        obj["sample_id"] = row_id
+    obj.update(extra)
     return json_row(obj)
 
 

@@ -62,3 +62,30 @@ def reason_of(message: str | None) -> str:
             if pattern.match(message):
                 return reason
     return "other"
+
+
+# Reasons a failure may not last: the same row fetched again later may succeed (rate limits,
+# server errors, timeouts, DNS, refused or reset connections, TLS hiccups, a host's circuit
+# open, a worker that died, a record that could not be published).
+# `--retry_failed transient` fetches those rows again; a 404, a filter or a bad image stays.
+TRANSIENT_REASONS = frozenset(
+    {
+        "http_429",
+        "http_5xx",
+        "timeout",
+        "dns",
+        "connection",
+        "tls",
+        "host_circuit_open",
+        "worker_died",
+        "publish_failed",
+    }
+)
+
+
+def is_transient(message: str | None) -> bool:
+    """The failure `message` may not last: its reason is in TRANSIENT_REASONS, or it is a body
+    cut short (`bad_body` also holds bodies that can never be decoded)."""
+    if message is not None and message.startswith("incomplete body"):
+        return True
+    return reason_of(message) in TRANSIENT_REASONS

@@ -214,6 +214,17 @@ class Index(ABC):
         """The subset of `sample_ids` that already have a row (resume)."""
 
     @abstractmethod
+    def sample_outcomes(self, sample_ids: Iterable[str]) -> dict[str, tuple[str, str | None]]:
+        """{sample_id: (status, error)} of the `sample_ids` that already have a row (resume,
+        and `--retry_failed`, which fetches some failed rows again)."""
+
+    @abstractmethod
+    def allocate_shard(self, list_id: str, local_shard: int) -> int:
+        """The dataset-wide shard number of shard `local_shard` of url list `list_id`:
+        the one given before, else the next one not given to any list (img2dataset's `key`
+        column stays unique within the dataset across lists and enqueues)."""
+
+    @abstractmethod
     def item(self, item_id: str) -> ItemRow | None: ...
 
     @abstractmethod

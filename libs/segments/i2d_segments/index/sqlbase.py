@@ -7,6 +7,7 @@ same answers" true by construction rather than by two copies kept in step.
 
 from __future__ import annotations
 
+import time
 from abc import abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -60,6 +61,14 @@ _RUN = f"SELECT {cols(RUN_COLUMNS)} FROM download_runs"
 # migrate (status) over an older index answers without them.
 LIVE_PROGRESS_VERSION = 3
 
+
+_LIST_SHARD = "SELECT shard FROM list_shards WHERE list_id = ? AND local_shard = ?"
+# `WHERE TRUE`: SQLite needs a WHERE before ON CONFLICT in an INSERT ... SELECT.
+ALLOCATE_SHARD_SQL = (
+    "INSERT INTO list_shards (list_id, local_shard, shard, created_at) "
+    "SELECT ?, ?, COALESCE(MAX(shard) + 1, 0), ? FROM list_shards WHERE TRUE "
+    "ON CONFLICT (list_id, local_shard) DO NOTHING"
+)
 
 # Writes both engines run with the same text (SQLite >= 3.35 for RETURNING).
 ACQUIRE_SQL = (
@@ -227,6 +236,35 @@ class SqlIndex(Index):
         return found
 
     _lookup_chunk = LOOKUP_CHUNK
+
+    def sample_outcomes(self, sample_ids: Iterable[str]) -> dict[str, tuple[str, str | None]]:
+        wanted: dict[str, str] = {}
+        for original in sample_ids:
+            wanted.setdefault(clean_text(original), original)
+        found: dict[str, tuple[str, str | None]] = {}
+        for batch in chunked(wanted, self._lookup_chunk):
+            condition, params = self._in_condition("sample_id", batch)
+            rows = self._fetch(
+                f"SELECT sample_id, status, error FROM samples WHERE {condition}", params
+            )
+            found.update({wanted[r[0]]: (str(r[1]), r[2]) for r in rows})
+        return found
+
+    def allocate_shard(self, list_id: str, local_shard: int) -> int:
+        key = (clean_text(list_id), local_shard)
+        for attempt in range(5):
+            rows = self._fetch(_LIST_SHARD, key)
+            if rows:
+                return int(rows[0][0])
+            try:
+                self._write_many(ALLOCATE_SHARD_SQL, [(*key, time.time())])
+            except IndexError_:
+                # Postgres: another list took the same next number at the same time (the
+                # shard column is unique); read again, then take the next one.
+                if attempt == 4:
+                    raise
+        rows = self._fetch(_LIST_SHARD, key)
+        return int(rows[0][0])
 
     def _in_condition(self, column: str, ids: list[str]) -> tuple[str, Sequence[Any]]:
         """`column IN (?, ?, ...)`: portable; an adapter may offer a cheaper form."""

@@ -5,6 +5,8 @@
   from the index when there is one, else from `manifests/wids.json` (bucket access only); it
   names the segments that hold images, as the manifests do (`reader.manifest.holds_images`):
   one of failures only has no item, and is no shard to read or to hand out to a worker.
+- Samples: `iter_samples()`, every input row with an image, each with its own caption (an
+  image several rows share is yielded once per row).
 - Random access: by item_id (one index lookup, one ranged read), by sample_id or url (the
   sample row, then the item). Ranged reads are checked against the stored bytes' sha256.
 """
@@ -131,6 +133,38 @@ class DatasetReader:
                 if item is not None:
                     yield item
 
+    def iter_samples(
+        self, segment_ids: Iterable[str] | None = None, *, verify: bool = True
+    ) -> Iterator[Item]:
+        """Every input row that has an image, as (image, its own caption and metadata):
+        every row is a sample (DESIGN.md), so an image shared by several rows (COCO's five
+        captions of one image, two urls serving the same bytes) is yielded once per row, with
+        that row's caption and metadata (`sample_meta`). Segment by segment (default: every
+        committed segment, in segment order: one without images may hold rows whose image is
+        stored by another), each streamed once; a row whose image another segment stores
+        (deduplicated) costs one ranged read. Needs the index (the rows are its samples)."""
+        index = self._require_index()
+        if segment_ids is None:
+            wanted = [(s.segment_id, s.item_count > 0) for s in index.segments()]
+        else:
+            wanted = [(s, True) for s in segment_ids]
+        for segment_id, holds_items in wanted:
+            by_item: dict[str, list[SampleRow]] = {}
+            for sample in index.samples_for_segment(segment_id):
+                if sample.item_id is not None:
+                    by_item.setdefault(sample.item_id, []).append(sample)
+            if not by_item:
+                continue
+            if holds_items:
+                for item in self.iter_segment(segment_id):
+                    for sample in by_item.pop(item.item_id, ()):
+                        yield _as_sample(item, sample)
+            for samples in by_item.values():  # images stored by another segment
+                for sample in samples:
+                    found = self._sample_item(sample, verify)
+                    if found is not None:
+                        yield found
+
     # -- random access --------------------------------------------------------------------
 
     def _require_index(self) -> Index:
@@ -211,6 +245,20 @@ def _item_from_sample(segment_id: str, sample: SegmentSample) -> Item | None:
         caption=None if caption is None else caption.decode("utf-8"),
         data_offset=location.data_offset,
         data_length=location.data_length,
+    )
+
+
+def _as_sample(item: Item, sample: SampleRow) -> Item:
+    """`item`'s image with the metadata and caption of one of its input rows."""
+    return Item(
+        item_id=item.item_id,
+        segment_id=item.segment_id,
+        ext=item.ext,
+        image=item.image,
+        meta=sample_meta(sample),
+        caption=sample.caption,
+        data_offset=item.data_offset,
+        data_length=item.data_length,
     )
 
 
