@@ -21,7 +21,7 @@ import webdataset as wds
 from i2d_cli.main import main
 from i2d_imageserver import ImageServer, make_url_list
 from i2d_materializer.export import export_key
-from i2d_segments.ids import sha256_hex
+from i2d_segments.ids import sample_id_for, sha256_hex
 
 BIN = Path(sys.executable).parent
 TOO_DEEP = "malformed row: invalid JSON row: nested deeper than 32 levels"
@@ -176,8 +176,10 @@ def test_long_and_hostile_keys_are_exported_under_bounded_names_inside_the_desti
         assert export(out, tmp_path / fmt, fmt) == 0, fmt
 
     safe = re.compile(r"[A-Za-z0-9_-]{1,64}|sha256-[0-9a-f]{64}")
-    expected = {k: k if k in SAFE_KEYS else "sha256-" + sha256_hex(k.encode()) for k in stored}
-    assert {export_key(k) for k in stored} == set(expected.values())
+    # Names come from the row's identity: its key, or past 256 characters `key-sha256:<hash>`.
+    ids = {k: sample_id_for("", k) for k in stored}
+    expected = {k: k if k in SAFE_KEYS else "sha256-" + sha256_hex(ids[k].encode()) for k in stored}
+    assert {export_key(ids[k]) for k in stored} == set(expected.values())
     assert len(set(expected.values())) == len(keys)  # no two rows share a name
     # Nothing was written outside the destinations (`../../escaped`, `/absolute`).
     assert sorted(p.name for p in tmp_path.iterdir()) == [
