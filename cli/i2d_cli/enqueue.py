@@ -24,7 +24,7 @@ from i2d_cli.progress import Progress
 from i2d_cli.resume import rows_to_send
 from i2d_fetcher.options import FetchOptions
 from i2d_segments.connect import index_from, open_kafka_bus
-from i2d_segments.index import Index
+from i2d_segments.index import Index, IndexError_
 from i2d_segments.records import UnparsedRow, UrlRow, encode_url_row
 from i2d_segments.settings import ConnectionSettings
 
@@ -127,5 +127,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(ns: argparse.Namespace) -> int:
-    enqueue(EnqueueSettings(**model_kwargs(ns, EnqueueSettings)))
+    settings = EnqueueSettings(**model_kwargs(ns, EnqueueSettings))
+    try:
+        index = index_from(settings)
+    except IndexError_ as e:
+        # The index says which rows are recorded and numbers each list's shards: without it
+        # a list would be sent again whole, under keys another list may already hold.
+        print(
+            f"img2dataset: enqueue reads the index (--index_url, I2D_INDEX_URL) to skip rows "
+            f"already recorded and number the list's keys: {str(e).splitlines()[0]}",
+            file=sys.stderr,
+        )
+        return 1
+    try:
+        _enqueue(settings, index)
+    finally:
+        index.close()
     return 0
