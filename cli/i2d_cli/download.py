@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import os
 import sys
+from typing import TYPE_CHECKING
 
 from tqdm.contrib.logging import logging_redirect_tqdm
 
@@ -16,6 +17,9 @@ from i2d_fetcher.settings import FetcherSettings
 from i2d_segments.settings import ConnectionSettings
 from i2d_segments.signals import stop_event_on_signals
 
+if TYPE_CHECKING:
+    from i2d_cli.embedded import Summary
+
 NAME = "download"
 HELP = "Download a url list into a local folder (embedded mode)."
 
@@ -24,13 +28,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_flags(parser, DownloadOptions)
     # The fetcher's own options (img2dataset's names); connection settings mean nothing here.
     add_model_flags(parser, FetcherSettings, skip=(*ConnectionSettings.model_fields, "group_id"))
-    add_model_flags(parser, Img2datasetCompat, group_title="img2dataset flags with one value here")
+    add_model_flags(parser, Img2datasetCompat, group_title="img2dataset's own machinery")
 
 
 def run(ns: argparse.Namespace) -> int:
-    from i2d_cli.embedded import DownloadInterrupted, EmbeddedDownload
+    from i2d_cli.embedded import DownloadInterrupted
 
-    Img2datasetCompat(**model_kwargs(ns, Img2datasetCompat))  # a value we cannot honour fails
+    try:
+        opts, summary = execute(ns)
+    except DownloadInterrupted as e:
+        print(f"\ninterrupted; run the same command again to resume.\n{e}", file=sys.stderr)
+        return 130
+    print(summary.render())
+    print(f"output: {os.path.abspath(opts.output_folder)}")
+    if summary.input_error:
+        print(f"img2dataset: {unread_rest(summary.input_error)}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def unread_rest(input_error: str) -> str:
+    return (
+        f"{input_error}; the rows before it are recorded: repair the list and run the same "
+        "command again to fetch the rest"
+    )
+
+
+def execute(ns: argparse.Namespace) -> tuple[DownloadOptions, Summary]:
+    """The download `ns` asks for (flags as text, or Python values from img2dataset's API)."""
+    from i2d_cli.output_formats import run_download
+
+    compat = Img2datasetCompat(**model_kwargs(ns, Img2datasetCompat))  # checked first
     opts = DownloadOptions(**model_kwargs(ns, DownloadOptions))
     fetcher_kwargs = model_kwargs(ns, FetcherSettings)
     # --url_col/--caption_col name the input file's columns (DownloadOptions); rows reach the
@@ -45,19 +73,5 @@ def run(ns: argparse.Namespace) -> int:
     stop = stop_event_on_signals()
     # Log lines (segments closing...) print above the progress bar instead of through it.
     redirect = logging_redirect_tqdm() if opts.progress else contextlib.nullcontext()
-    try:
-        with redirect:
-            summary = EmbeddedDownload(opts, fetcher, stop=stop).run()
-    except DownloadInterrupted as e:
-        print(f"\ninterrupted; run the same command again to resume.\n{e}", file=sys.stderr)
-        return 130
-    print(summary.render())
-    print(f"output: {os.path.abspath(opts.output_folder)}")
-    if summary.input_error:
-        print(
-            f"img2dataset: {summary.input_error}; the rows before it are recorded: repair the "
-            "list and run the same command again to fetch the rest",
-            file=sys.stderr,
-        )
-        return 2
-    return 0
+    with redirect:
+        return opts, run_download(opts, fetcher, compat, stop=stop)
