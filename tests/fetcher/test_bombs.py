@@ -461,10 +461,10 @@ def test_the_default_gate_holds_one_decode_at_the_limit() -> None:
 
 
 def test_keeping_the_bytes_of_an_icon_bomb_decodes_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
-    # disable_all_reencoding reads EXIF from the header: an ICO has none, and opening it
-    # would decode its entry.
+    # disable_all_reencoding reads EXIF from the bytes (exifread, as img2dataset): an ICO has
+    # none ("{}"), and opening it would decode its entry.
     opened: list[object] = []
     monkeypatch.setattr(Image, "open", lambda *a, **k: opened.append(a))
     opts = ALL_FORMATS.model_copy(update={"disable_all_reencoding": True})
     out = process_image(bombs.ico([bombs.png(30000, 30000, data=False)]), opts)
-    assert out.exif is None and opened == []
+    assert out.exif == "{}" and opened == []

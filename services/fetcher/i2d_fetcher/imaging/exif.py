@@ -1,74 +1,82 @@
-"""EXIF tags as img2dataset keeps them: a JSON string in exifread's key style.
+"""EXIF tags exactly as img2dataset writes them: its `exif` column is
 
-Read only after the decompression-bomb guard: PNG may keep its EXIF after the pixels, and
-reading it then means decoding them.
+    json.dumps({k: str(v).strip() for k, v in exifread.process_file(img_stream,
+               details=False).items() if v is not None})
+
+over the downloaded bytes, or None when that raises. The strings are exifread's printable
+values ("Image Orientation": "Horizontal (normal)", "EXIF ExposureTime": "1/250",
+"EXIF FNumber": "14/5", its lists "[48, 51, 2959/100]") and its quirks (a BYTE value reads as
+0, so "GPS GPSVersionID": "[0, 0, 0, 0]"; "Image ExifOffset" and "Image GPSInfo" are kept;
+PNG, GIF and the other formats it does not read are "{}"). Reproducing that without exifread
+would mean copying its tag tables and re-creating each of its quirks, so exifread itself
+runs here, pinned to the release img2dataset installs (exifread-nocycle 3.0.1).
+
+exifread reads the bytes only (no pixel is decoded), but hostile EXIF can make it loop or
+work for minutes: an IFD of 65535 entries of 999 values each, a chain of IFDs, ASCII values
+that each re-read the whole body, a HEIC box of size 0 that it re-reads forever. Its reads
+are counted and bounded (`MAX_READS`, `MAX_READ_BYTES`): past them the sample's exif is None,
+as img2dataset's would be had exifread raised. A camera photo takes ~150-1000 reads. A value
+longer than `MAX_VALUE_CHARS` is cut there, and tags past `MAX_EXIF_CHARS` in all are left
+out, so no row carries megabytes of metadata (img2dataset keeps them whole).
 """
 
 from __future__ import annotations
 
+import io
 import json
-import math
-from typing import Any
+import logging
 
-from PIL import ExifTags, Image, TiffImagePlugin
+import exifread
 
-_IFDS = (
-    (ExifTags.IFD.Exif, "EXIF", ExifTags.TAGS),
-    (ExifTags.IFD.GPSInfo, "GPS", ExifTags.GPSTAGS),
-    (ExifTags.IFD.Interop, "Interoperability", ExifTags.TAGS),
-)
-_POINTERS = {int(ifd) for ifd, _, _ in _IFDS}
-_SKIPPED = {0x927C, 0x9286}  # MakerNote and UserComment: vendor binary, often kilobytes
-_MAX_VALUE_CHARS = 1024
+# img2dataset silences exifread the same way (a PNG is "File format not recognized").
+logging.getLogger("exifread").setLevel(logging.CRITICAL)
+
+MAX_READS = 50_000  # ~0.15 s of exifread's work
+MAX_READ_BYTES = 8 << 20
+MAX_VALUE_CHARS = 16 << 10  # an ImageDescription of a whole article still fits
+MAX_EXIF_CHARS = 64 << 10  # a camera photo's tags are 2-5 KiB
 
 
-def extract_exif(img: Image.Image) -> str | None:
-    """The EXIF tags as img2dataset's JSON string: {"Image Make": "...", "EXIF ...": ...}
-    (exifread's key style: IFD name, space, tag name). None when the block is unreadable."""
+class ExifTooCostly(Exception):
+    """exifread read more than a real EXIF block needs."""
+
+
+class _BoundedBytes(io.BytesIO):
+    """The body as exifread's file, counting its reads."""
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__(data)
+        self.reads = 0
+        self.read_bytes = 0
+
+    def read(self, size: int | None = -1) -> bytes:
+        self.reads += 1
+        if self.reads > MAX_READS:
+            raise ExifTooCostly(f"more than {MAX_READS} reads")
+        chunk = super().read(size)
+        self.read_bytes += len(chunk)
+        if self.read_bytes > MAX_READ_BYTES:
+            raise ExifTooCostly(f"more than {MAX_READ_BYTES} bytes read")
+        return chunk
+
+
+def extract_exif(data: bytes) -> str | None:
+    """img2dataset's `exif` of a downloaded body: a JSON object of exifread's tag names
+    ("Image Make", "EXIF DateTimeOriginal", "GPS GPSLatitude"...) and printable values,
+    "{}" when it has none or is a format exifread does not read, None when exifread fails
+    on it or reads past the bounds."""
     try:
-        exif = img.getexif()
-        tags: dict[str, str] = {}
-        _collect(tags, "Image", exif.items(), ExifTags.TAGS)
-        for ifd, prefix, names in _IFDS:
-            if int(ifd) in exif:
-                _collect(tags, prefix, exif.get_ifd(ifd).items(), names)
-        return json.dumps(tags)
-    except Exception:
+        tags = exifread.process_file(_BoundedBytes(data), details=False)
+        kept: dict[str, str] = {}
+        size = 2
+        for name, tag in tags.items():
+            if tag is None:
+                continue
+            text = str(tag).strip()[:MAX_VALUE_CHARS]
+            size += len(json.dumps(name)) + len(json.dumps(text)) + 4
+            if size > MAX_EXIF_CHARS:
+                break
+            kept[name] = text
+        return json.dumps(kept)
+    except Exception:  # as img2dataset: exifread failing on a body is no exif, not a failure
         return None
-
-
-def _collect(out: dict[str, str], prefix: str, items: Any, names: dict[int, str]) -> None:
-    for tag, value in items:
-        if tag in _POINTERS or tag in _SKIPPED:
-            continue
-        text = _exif_text(value)
-        if text is not None and text != "":
-            out[f"{prefix} {names.get(tag, f'Tag 0x{tag:04X}')}"] = text[:_MAX_VALUE_CHARS]
-
-
-def _exif_text(value: Any) -> str | None:
-    if isinstance(value, bytes):
-        text = value.rstrip(b"\x00").decode("ascii", errors="replace")
-        return text.strip() if text.isprintable() else None
-    if isinstance(value, TiffImagePlugin.IFDRational):
-        num, den = value.numerator, value.denominator
-        if den == 0:
-            return None
-        return str(num) if den == 1 else f"{num}/{den}"
-    if isinstance(value, tuple):
-        parts = [_exif_text(v) for v in value]
-        return "[" + ", ".join(p for p in parts if p is not None) + "]"
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return None
-    return str(value).rstrip("\x00").strip()
-
-
-def header_exif(img: Image.Image) -> str | None:
-    """`extract_exif` without decoding any pixels (disable_all_reencoding): a PNG whose EXIF
-    comes after the pixels, or that has none, would need a full decode to tell, so it is
-    None (not read) rather than a guess."""
-    if img.format == "PNG" and "exif" not in img.info:
-        return None
-    return extract_exif(img)

@@ -44,7 +44,7 @@ from PIL import Image, JpegImagePlugin, PngImagePlugin
 
 from i2d_fetcher.imaging import formats, guard
 from i2d_fetcher.imaging.blur import Box, blur_boxes
-from i2d_fetcher.imaging.exif import extract_exif, header_exif
+from i2d_fetcher.imaging.exif import extract_exif
 from i2d_fetcher.imaging.gate import DecodeGate
 from i2d_fetcher.options import FetchOptions
 from i2d_segments.records import SampleStatus
@@ -191,9 +191,7 @@ def process_image(
     fails. With a `gate`, a heavy decode first waits for its memory in the gate's budget."""
     fmt = check_format(data, opts)
     if opts.disable_all_reencoding:  # img2dataset: raw bytes, no filters, no sizes
-        return ProcessedImage(
-            data, fmt.ext, fmt.mime, None, None, None, None, _raw_exif(data, fmt, opts)
-        )
+        return ProcessedImage(data, fmt.ext, fmt.mime, None, None, None, None, _exif(data, opts))
     try:
         cost = guard.inspect(data, fmt.name)
     except guard.Unreadable:
@@ -231,14 +229,12 @@ def process_image(
             if gate is not None and not early:
                 convert = 0 if keep else transform_bytes(img.mode, geo, scale, (width, height))
                 reserved.enter_context(gate.hold(cost.nbytes + convert))
-            # Only now: reading EXIF may decode the whole image (PNG keeps it after the
-            # pixels).
-            exif = extract_exif(img) if opts.extract_exif else None
             try:
                 img.load()
             except Exception:
                 raise _rejected(DECODING_ERROR) from None
             if keep:
+                exif = _exif(data, opts)
                 return ProcessedImage(data, fmt.ext, fmt.mime, width, height, width, height, exif)
             try:
                 out = _transform(img, geo, opts, scale, (width, height), boxes)
@@ -253,7 +249,7 @@ def process_image(
         height=out.height,
         original_width=width,
         original_height=height,
-        exif=exif,
+        exif=_exif(data, opts),
     )
 
 
@@ -286,15 +282,9 @@ def check_cost(cost: guard.Estimate, opts: FetchOptions) -> None:
         )
 
 
-def _raw_exif(data: bytes, fmt: formats.ImageFormat, opts: FetchOptions) -> str | None:
-    """EXIF from the header alone; a body Pillow cannot even parse simply has none."""
-    if not opts.extract_exif or fmt.name in DECODED_BY_OPEN:  # no EXIF in an icon
-        return None
-    try:
-        with Image.open(io.BytesIO(data), formats=(fmt.pillow,)) as img:
-            return header_exif(img)
-    except Exception:
-        return None
+def _exif(data: bytes, opts: FetchOptions) -> str | None:
+    """img2dataset's `exif` of a successful sample: read from the downloaded bytes (exif.py)."""
+    return extract_exif(data) if opts.extract_exif else None
 
 
 def _reduce(
