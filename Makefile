@@ -5,13 +5,14 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 OUT     ?= out
 
-.PHONY: help venv servers run test lint typecheck unit bench chaos clean
+.PHONY: help venv servers run test lint typecheck unit bench diff chaos clean
 
 help:
 	@echo "make run    - download the bundled example list into ./$(OUT) (embedded mode)"
 	@echo "make test   - lint, type-check and run the whole test suite on real Kafka/S3/Postgres"
 	@echo "make lint / make typecheck / make unit - the parts of make test"
 	@echo "make bench  - images/s against img2dataset 1.47 on a local corpus (BENCH_ARGS='--count 1000 --rounds 1')"
+	@echo "make diff   - same lists downloaded by img2dataset 1.47 and by this tool: same layouts (installs 1.47)"
 	@echo "make chaos  - fault injection: CHAOS_ROUNDS (50) rounds of appender crashes and faults, with a summary"
 
 venv: $(STAMP)
@@ -38,7 +39,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 typecheck: $(STAMP)
-	$(BIN)/mypy libs/segments/i2d_segments services/fetcher/i2d_fetcher services/appender/i2d_appender services/materializer/i2d_materializer services/status/i2d_status cli/i2d_cli tools/imageserver/i2d_imageserver bench
+	$(BIN)/mypy libs/segments/i2d_segments services/fetcher/i2d_fetcher services/appender/i2d_appender services/materializer/i2d_materializer services/status/i2d_status cli/i2d_cli cli/img2dataset tools/imageserver/i2d_imageserver bench
 
 unit: $(STAMP) servers
 	$(BIN)/pytest -q
@@ -63,6 +64,10 @@ $(BENCH_VENV)/.installed: bench/requirements.txt
 
 bench: $(STAMP) $(BENCH_VENV)/.installed
 	$(BIN)/python -m bench.run --img2dataset $(BENCH_VENV)/bin/img2dataset $(BENCH_ARGS)
+
+# The differential test (~20 s): `make test` runs it too when $(BENCH_VENV) exists, else skips it.
+diff: $(STAMP) $(BENCH_VENV)/.installed
+	$(BIN)/pytest -q tests/e2e/test_img2dataset_differential.py
 
 clean:
 	rm -rf $(VENV) $(BENCH_VENV) $(OUT) .mypy_cache .ruff_cache .pytest_cache

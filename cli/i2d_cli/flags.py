@@ -99,14 +99,17 @@ def _is_text(annotation: Any) -> bool:
 
 
 def model_kwargs(ns: argparse.Namespace, model: type[BaseModel]) -> dict[str, Any]:
-    """The flags the user gave for `model`'s fields (absent ones fall back to env/defaults)."""
+    """The flags the user gave for `model`'s fields (absent ones fall back to env/defaults).
+    A value that is not text (img2dataset's Python API passes Python values) is taken as is."""
     given = vars(ns)
     out: dict[str, Any] = {}
     for name, field in model.model_fields.items():
         if name not in given:
             continue
         text = given[name]
-        if _is_text(field.annotation):
+        if not isinstance(text, str):
+            out[name] = text
+        elif _is_text(field.annotation):
             out[name] = None if text == "None" else text
         else:
             out[name] = parse_value(text)

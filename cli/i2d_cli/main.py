@@ -119,23 +119,27 @@ def _runs_fetch_workers(args: list[str], command: str | None) -> bool:
     return command == "serve" and args[args.index("serve") + 1 :][:1] == ["fetcher"]
 
 
+def start_fetch_workers_early() -> None:
+    """Fetch workers start from a fork server that takes ~0.6 s to import their code: started
+    first thing, it does so on the other core while this process imports its own (the
+    download's start-up is that much shorter). It and the workers it forks ignore Ctrl-C,
+    which a terminal sends to them too: this process stops them. Main thread only."""
+    from multiprocessing import resource_tracker
+
+    from i2d_fetcher.pool.forkserver import start_early
+
+    # The fork server starts multiprocessing's resource tracker first, which protects
+    # itself but unblocks these signals on its way: started before, it leaves them alone.
+    resource_tracker.ensure_running()
+    with children_ignore_stop_signals():
+        start_early()
+
+
 def _run(args: list[str], command: str | None) -> int:
     from pydantic import ValidationError
 
     if _runs_fetch_workers(args, command):
-        # Its fetch workers start from a fork server that takes ~0.6 s to import their code:
-        # started first thing, it does so on the other core while this process imports its
-        # own (the download's start-up is that much shorter). It and the workers it forks
-        # ignore Ctrl-C, which a terminal sends to them too: this process stops them.
-        from multiprocessing import resource_tracker
-
-        from i2d_fetcher.pool.forkserver import start_early
-
-        # The fork server starts multiprocessing's resource tracker first, which protects
-        # itself but unblocks these signals on its way: started before, it leaves them alone.
-        resource_tracker.ensure_running()
-        with children_ignore_stop_signals():
-            start_early()
+        start_fetch_workers_early()
     ns = build_parser(command).parse_args(args)
     logging.basicConfig(
         level=getattr(logging, str(ns.log_level).upper(), logging.INFO),
