@@ -439,7 +439,7 @@ print(json.dumps(out))
 """
 
 
-@pytest.mark.skipif(not BENCH_PYTHON.exists(), reason="img2dataset's venv (make bench) is absent")
+@pytest.mark.differential  # img2dataset 1.47 itself: `make diff`
 def test_json_rows_and_keys_are_img2datasets_row_for_row(tmp_path: Path) -> None:
     """img2dataset 1.47's own reader on the same files: the same rows, in the same order,
     with the same keys."""

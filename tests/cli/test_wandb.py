@@ -164,7 +164,6 @@ def test_without_wandb_a_one_line_error_says_how_to_install_it(
 def test_the_real_wandb_logs_offline(
     images: ImageServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    pytest.importorskip("wandb", reason="wandb is an optional extra: pip install wandb")
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     monkeypatch.setenv("WANDB_SILENT", "true")

@@ -5,8 +5,8 @@ captions, the same parquet schema and rows (row for row, in key order), the same
 counts. Only the image bytes differ (two resizers): their presence and pixel sizes are compared.
 `tfrecord` is left out: img2dataset needs TensorFlow to write it, which its venv lacks.
 
-Both tools run at once (img2dataset's runs as subprocesses), ~15 s in all; skipped when
-`.venv-bench` is absent."""
+Both tools run at once (img2dataset's runs as subprocesses), ~15 s in all: `make diff`, which
+installs `.venv-bench` first."""
 
 from __future__ import annotations
 
@@ -27,9 +27,8 @@ from i2d_imageserver import ImageServer
 ROOT = Path(__file__).resolve().parents[2]
 IMG2DATASET = ROOT / ".venv-bench" / "bin" / "img2dataset"
 
-pytestmark = pytest.mark.skipif(
-    not IMG2DATASET.exists(), reason="img2dataset 1.47 is not installed (make bench installs it)"
-)
+# Runs with `make diff` (which installs img2dataset 1.47), not in `make test`.
+pytestmark = pytest.mark.differential
 
 COMMON = ["--number_sample_per_shard=10", "--image_size=64", "--processes_count=1",
           "--thread_count=8"]  # fmt: skip

@@ -267,7 +267,7 @@ def img2dataset_exif(tmp_path: Path, bodies: dict[str, bytes]) -> dict[str, str 
     return result
 
 
-@pytest.mark.skipif(not BENCH_PYTHON.exists(), reason="img2dataset's venv (make bench) is absent")
+@pytest.mark.differential  # img2dataset 1.47 itself: `make diff`
 @pytest.mark.filterwarnings("ignore:Corrupt EXIF data")  # Pillow, opening the cut block
 def test_exif_equals_img2datasets_own_code_on_the_same_bytes(tmp_path: Path) -> None:
     theirs = img2dataset_exif(tmp_path, CASES)
@@ -277,7 +277,7 @@ def test_exif_equals_img2datasets_own_code_on_the_same_bytes(tmp_path: Path) -> 
         assert process_image(data, ALL_FORMATS).exif == theirs[name], name
 
 
-@pytest.mark.skipif(not BENCH_PYTHON.exists(), reason="img2dataset's venv (make bench) is absent")
+@pytest.mark.differential  # img2dataset 1.47 itself: `make diff`
 def test_exif_equals_img2datasets_on_random_tag_sets(tmp_path: Path) -> None:
     """300 bodies with tags drawn at random from the camera, shot and GPS sets, any value of
     each mapped tag, either byte order."""

@@ -110,17 +110,3 @@ def test_damaged_records_are_refused() -> None:
         list(read_records(io.BytesIO(bytes(flipped))))
     with pytest.raises(TFRecordError, match="truncated"):
         list(read_records(io.BytesIO(good[:-2])))
-
-
-def test_tensorflow_reads_them_when_installed(tmp_path: os.PathLike[str]) -> None:
-    tf = pytest.importorskip("tensorflow", reason="TensorFlow is not needed to write TFRecord")
-    path = os.path.join(tmp_path, "x.tfrecord")
-    with open(path, "wb") as f:
-        f.write(frame(encode_example({"key": ("bytes", [b"k1"]), "w": ("int64", [7])})))
-    (raw,) = list(tf.data.TFRecordDataset([path]))
-    spec = {
-        "key": tf.io.FixedLenFeature([], tf.string),
-        "w": tf.io.FixedLenFeature([], tf.int64),
-    }
-    parsed = tf.io.parse_single_example(raw, spec)
-    assert parsed["key"].numpy() == b"k1" and int(parsed["w"]) == 7
