@@ -25,7 +25,9 @@ class Browser:
     """`async with Browser() as b: page = await b.open(url, 1280, 900)`."""
 
     def __init__(self) -> None:
-        self._profile = tempfile.TemporaryDirectory(prefix="i2d-chromium-")
+        self._profile = tempfile.TemporaryDirectory(
+            prefix="i2d-chromium-", ignore_cleanup_errors=True
+        )
         self._proc: subprocess.Popen[bytes] | None = None
         self._session: aiohttp.ClientSession | None = None
         self._ws: aiohttp.ClientWebSocketResponse | None = None
@@ -82,7 +84,17 @@ class Browser:
             except subprocess.TimeoutExpired:
                 self._proc.kill()
                 self._proc.wait()
-        self._profile.cleanup()
+        # Chromium's helper processes (zygote, crashpad) outlive the browser by a moment and
+        # may still write into the profile: retry, then leave the rest to the system's tmp.
+        for _ in range(20):
+            try:
+                shutil.rmtree(self._profile.name)
+                break
+            except FileNotFoundError:
+                break
+            except OSError:
+                await asyncio.sleep(0.1)
+        self._profile.cleanup()  # no-op once removed; ignores what is left otherwise
 
     async def _read(self) -> None:
         assert self._ws is not None
