@@ -9,6 +9,8 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from i2d_segments.index import Index, ItemRow, SampleRow, SegmentCommit, SegmentRow
+
 
 def http_get(url: str) -> tuple[int, bytes, str]:
     try:
@@ -55,3 +57,36 @@ def check_conventions(families: dict[str, Any], prefix: str = "img2dataset_") ->
             if bad:
                 problems.append(f"{name} has labels {sorted(bad)}")
     return problems
+
+
+def commit(
+    index: Index, epoch: int, first: int, outcomes: str, at: float, topic: str = "APPEND"
+) -> SegmentRow:
+    """Commit APPEND offsets first.. with one row each: "s" a success, "f" a failure."""
+    seg_id = f"p00000/{first:020d}-e{epoch}"
+    samples, items = [], []
+    for n, outcome in enumerate(outcomes, start=first):
+        ok = outcome == "s"
+        item_id = f"{n:064x}" if ok else None
+        samples.append(
+            SampleRow(
+                sample_id=f"s{n}",
+                url=f"http://127.0.0.1/{n}.jpg",
+                caption=f"caption {n}",
+                status="success" if ok else "failed_to_download",
+                error=None if ok else "HTTP Error 404: Not Found",
+                item_id=item_id,
+                segment_id=seg_id,
+                attrs={"width": 64, "height": 48} if ok else {},
+                updated_at=at + n,
+            )
+        )
+        if item_id is not None:
+            items.append(ItemRow(item_id, seg_id, 512 * (n + 1), 100, "jpg", None, 64, 48, 64, 48))
+    last = first + len(outcomes) - 1
+    segment = SegmentRow(
+        seg_id, topic, 0, first, last, epoch, f"file:///{seg_id}.tar", len(items), len(samples),
+        4096, "a" * 64, at + last,
+    )  # fmt: skip
+    index.commit_segment(SegmentCommit(epoch, segment, items, samples, last + 1))
+    return segment

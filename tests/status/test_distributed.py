@@ -17,54 +17,20 @@ from confluent_kafka import Producer
 
 from i2d_segments.bus import TopicPartition
 from i2d_segments.bus.kafka import KafkaBus
-from i2d_segments.index import ItemRow, SampleRow, SegmentCommit, SegmentRow
+from i2d_segments.index import SegmentRow
 from i2d_segments.index.postgres import PostgresIndex
 from tests.servers.kafka import KAFKA_TEST_CONFIG
 from tests.servers.proc import ServerProcess, free_port, wait_for_port, wait_until
-from tests.status.helpers import check_conventions, get_json, http_get, scrape
+from tests.status.helpers import check_conventions, commit, get_json, http_get, scrape
 from tests.status.test_dashboard_browser import look, screenshot_path
 
 BIN = Path(sys.executable).parent
 
 
 def commit_segment(index: PostgresIndex, topic: str, n_ok: int, n_failed: int) -> SegmentRow:
+    """APPEND offsets 0.. committed by an appender holding partition 0's lease."""
     lease = index.acquire_partition(topic, 0, "test-appender")
-    seg_id = f"p00000/{0:020d}-e{lease.epoch}"
-    samples, items = [], []
-    for n in range(n_ok + n_failed):
-        ok = n < n_ok
-        item_id = f"{n:064x}" if ok else None
-        samples.append(
-            SampleRow(
-                sample_id=f"s{n}",
-                url=f"http://127.0.0.1/{n}.jpg",
-                caption=f"caption {n}",
-                status="success" if ok else "failed_to_download",
-                error=None if ok else "HTTP Error 404: Not Found",
-                item_id=item_id,
-                segment_id=seg_id,
-                attrs={"width": 64, "height": 48} if ok else {},
-                updated_at=1000.0 + n,
-            )
-        )
-        if item_id is not None:
-            items.append(
-                ItemRow(item_id, seg_id, 512 * (n + 1), 100, "jpg", "image/jpeg", 64, 48, 64, 48)
-            )
-    segment = SegmentRow(
-        seg_id, topic, 0, 0, len(samples) - 1, lease.epoch, "s3://b/x.tar", len(items),
-        len(samples), 4096, "a" * 64, 1000.0,
-    )  # fmt: skip
-    index.commit_segment(
-        SegmentCommit(
-            epoch=lease.epoch,
-            segment=segment,
-            items=items,
-            samples=samples,
-            next_offset=len(samples),
-        )
-    )
-    return segment
+    return commit(index, lease.epoch, 0, "s" * n_ok + "f" * n_failed, 1000.0, topic=topic)
 
 
 def test_serve_status_over_postgres_and_kafka(

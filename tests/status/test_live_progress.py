@@ -16,51 +16,17 @@ from i2d_segments.bus.memory import MemoryBus
 from i2d_segments.index import (
     DownloadRun,
     Index,
-    ItemRow,
     PartitionProgress,
-    SampleRow,
-    SegmentCommit,
-    SegmentRow,
 )
 from i2d_segments.index.sqlite import SqliteIndex
 from i2d_segments.store.local import LocalStore
 from i2d_status.settings import StatusSettings
 from i2d_status.source import StatusSource
 from i2d_status.text import render
+from tests.status.helpers import commit
 
 TOPIC = "APPEND"
 T0 = 1_000_000.0
-
-
-def commit(index: Index, epoch: int, first: int, outcomes: str, at: float) -> SegmentRow:
-    """Commit APPEND offsets first.. with one row each: "s" a success, "f" a failure."""
-    seg_id = f"p00000/{first:020d}-e{epoch}"
-    samples, items = [], []
-    for n, outcome in enumerate(outcomes, start=first):
-        ok = outcome == "s"
-        item_id = f"{n:064x}" if ok else None
-        samples.append(
-            SampleRow(
-                sample_id=f"s{n}",
-                url=f"http://127.0.0.1/{n}.jpg",
-                caption=f"caption {n}",
-                status="success" if ok else "failed_to_download",
-                error=None if ok else "HTTP Error 404: Not Found",
-                item_id=item_id,
-                segment_id=seg_id,
-                attrs={"width": 64, "height": 48} if ok else {},
-                updated_at=at + n,
-            )
-        )
-        if item_id is not None:
-            items.append(ItemRow(item_id, seg_id, 512 * (n + 1), 100, "jpg", None, 64, 48, 64, 48))
-    last = first + len(outcomes) - 1
-    segment = SegmentRow(
-        seg_id, TOPIC, 0, first, last, epoch, f"file:///{seg_id}.tar", len(items), len(samples),
-        4096, "a" * 64, at + last,
-    )  # fmt: skip
-    index.commit_segment(SegmentCommit(epoch, segment, items, samples, last + 1))
-    return segment
 
 
 def live(epoch: int, **kw: Any) -> PartitionProgress:
