@@ -1,4 +1,5 @@
-"""The Bus port's contract, run against both adapters (in-process memory, Kafka on Tansu).
+"""The Bus port's contract, run against every adapter (in-process memory, SQLite file,
+Kafka on Tansu).
 
 Every service is written against the port, so these are the behaviours they rely on: where a
 record lands, what delivery reports say, who owns a partition in a group and when the
@@ -36,6 +37,7 @@ from i2d_segments.bus.base import (
 )
 from i2d_segments.bus.kafka import KafkaBus
 from i2d_segments.bus.memory import MemoryBus
+from i2d_segments.bus.sqlite import SqliteBus
 from tests.servers.kafka import KAFKA_TEST_CONFIG
 
 GROUP_TIMEOUT = 30.0  # a Kafka join or rebalance on Tansu takes ~1-2 s
@@ -44,6 +46,8 @@ GROUP_TIMEOUT = 30.0  # a Kafka join or rebalance on Tansu takes ~1-2 s
 def _make_bus(kind: str, request: pytest.FixtureRequest) -> Bus:
     if kind == "memory":
         return MemoryBus()
+    if kind == "sqlite":
+        return SqliteBus(request.getfixturevalue("tmp_path") / "bus.sqlite")
     bootstrap = request.getfixturevalue("kafka_bootstrap")
     config = dict(KAFKA_TEST_CONFIG)
     if kind == "kafka-cooperative":
@@ -51,14 +55,14 @@ def _make_bus(kind: str, request: pytest.FixtureRequest) -> Bus:
     return KafkaBus(bootstrap, config=config)
 
 
-@pytest.fixture(params=["memory", "kafka"])
+@pytest.fixture(params=["memory", "sqlite", "kafka"])
 def bus(request: pytest.FixtureRequest) -> Iterator[Bus]:
     b = _make_bus(request.param, request)
     yield b
     b.close()
 
 
-@pytest.fixture(params=["memory", "kafka", "kafka-cooperative"])
+@pytest.fixture(params=["memory", "sqlite", "kafka", "kafka-cooperative"])
 def solo_bus(request: pytest.FixtureRequest) -> Iterator[Bus]:
     b = _make_bus(request.param, request)
     yield b
@@ -461,7 +465,8 @@ def test_poll_batch_waits_for_the_first_record_and_returns_it_promptly(
 def test_kafka_member_that_stops_polling_loses_its_partitions_through_on_lost(
     kafka_bootstrap: str, clients: Clients, name: str
 ) -> None:
-    """Kafka only: the memory bus has no session timeouts, so nothing is ever lost there."""
+    """Kafka only: the memory bus has no session timeouts, so nothing is ever lost there (the
+    SQLite bus's lost members are in its own tests)."""
     config = {**KAFKA_TEST_CONFIG, "max.poll.interval.ms": 2000}
     bus = KafkaBus(kafka_bootstrap, config=config)
     try:

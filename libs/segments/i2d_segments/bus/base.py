@@ -1,8 +1,9 @@
-"""Bus port. Two adapters implement it: `memory` (in-process, embedded mode) and `kafka`.
+"""Bus port. Three adapters implement it: `memory` (in-process, embedded mode), `sqlite` (a
+durable log in one file, shared by the processes of one machine) and `kafka`.
 
-Semantics follow Kafka, so code written against the port behaves the same on both:
+Semantics follow Kafka, so code written against the port behaves the same on all three:
 - a topic has a fixed number of partitions; a record's partition is chosen from its key
-  (same key, same partition; `partition_for_key` is the one hash both adapters use) or
+  (same key, same partition; `partition_for_key` is the one hash every adapter uses) or
   round-robin when it has no key;
 - offsets are per partition, increasing from the partition's log start;
 - consumers join a group; each partition of a subscribed topic has one owner in the group;
@@ -64,7 +65,8 @@ DeliveryCallback = Callable[[BusError | None, Message | None], None]
 
 
 def partition_for_key(key: bytes, partitions: int) -> int:
-    """Deterministic key -> partition (the memory adapter's; Kafka uses its own murmur2)."""
+    """Deterministic key -> partition, the same for every adapter (Kafka's own partitioner,
+    murmur2, is bypassed so anyone can compute where a key lives)."""
     return zlib.crc32(key) % partitions
 
 
@@ -197,3 +199,29 @@ class Bus(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release admin resources."""
+
+
+class EmbeddedBus(Bus):
+    """A bus that runs on one machine, without a broker: `memory` (the threads of one process)
+    and `sqlite` (the processes sharing one file). Nothing expires records on its own there
+    (no retention), so the owner of the bus decides where a log starts and when consumed
+    records go; these two calls are what the embedded runs need for that."""
+
+    @abstractmethod
+    def create_topic(
+        self, name: str, partitions: int, start_offsets: Sequence[int] | None = None
+    ) -> None:
+        """Create `name` with `partitions` partitions whose logs start at `start_offsets`
+        (default 0 each), so a resumed run continues the offsets its index already recorded.
+        An existing topic is left as it is (like Kafka), unless `start_offsets` asks for a
+        start it cannot honour (another partition count, another start, or records already
+        there), which raises ValueError."""
+
+    @abstractmethod
+    def truncate_consumed(self) -> int:
+        """Drop, on every partition of every topic, the records every group registered on that
+        topic has committed past, and return how many were dropped. A group is registered on
+        a topic once one of its members subscribed to it or it committed an offset on it; a
+        topic no group is registered on is never truncated (nobody said what was read), and
+        a group that never committed on a partition holds it at its log start. Consumers
+        positioned below a new log start continue there, as after Kafka's retention."""

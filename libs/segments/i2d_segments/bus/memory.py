@@ -13,11 +13,12 @@ granted to B after A has revoked it in one of A's own polls, so A can finish its
 (what Kafka's rebalance barrier guarantees). A position outside the log (below its start or
 past its end) resets to the log start, as Kafka does with `auto.offset.reset=earliest`.
 
-What is memory-only:
+What the embedded buses add (`EmbeddedBus`, shared with the SQLite adapter):
 - `create_topic(name, partitions, start_offsets)`: a partition's log may start at any offset,
   so a resumed embedded run continues the offsets its index already committed;
-- `truncate_before(topic, partition, offset)`: records are kept until dropped explicitly; a
-  long run drops what every group has committed past, which moves the log start up.
+- `truncate_consumed()`: records are kept until dropped explicitly; a long run drops what
+  every group registered on a topic has committed past, which moves the log start up.
+  `truncate_before(topic, partition, offset)` drops up to an offset of the caller's choice.
 
 There are no session timeouts: a member that stops polling keeps its partitions until it
 polls again or is closed, so `on_lost` is never called here.
@@ -31,10 +32,10 @@ from collections import deque
 from collections.abc import Mapping, Sequence
 
 from i2d_segments.bus.base import (
-    Bus,
     BusError,
     Consumer,
     DeliveryCallback,
+    EmbeddedBus,
     Message,
     PartitionLag,
     Producer,
@@ -59,16 +60,19 @@ class _Log:
 
 
 class _Group:
-    """Committed offsets, members, the wanted assignment (`target`) and who holds what now."""
+    """Committed offsets, members, the wanted assignment (`target`) and who holds what now.
+    `topics` are those the group is registered on (a member subscribed to it, or the group
+    committed on it): `truncate_consumed` keeps their records until the group is past them."""
 
     def __init__(self) -> None:
         self.members: dict[int, _MemoryConsumer] = {}
+        self.topics: set[str] = set()
         self.committed: dict[TopicPartition, int] = {}
         self.target: dict[int, set[TopicPartition]] = {}
         self.owner: dict[TopicPartition, int] = {}
 
 
-class MemoryBus(Bus):
+class MemoryBus(EmbeddedBus):
     """The embedded adapter. Thread-safe; share one instance between all loops of a process."""
 
     def __init__(self) -> None:
@@ -139,6 +143,25 @@ class MemoryBus(Bus):
                 return
             del log.records[: offset - log.start]
             log.start = offset
+
+    def truncate_consumed(self) -> int:
+        with self._cond:
+            dropped = 0
+            for topic, logs in self._topics.items():
+                groups = [g for g in self._groups.values() if topic in g.topics]
+                if not groups:
+                    continue  # nobody said what was read: keep everything
+                for p, log in enumerate(logs):
+                    tp = TopicPartition(topic, p)
+                    committed = [g.committed.get(tp) for g in groups]
+                    if any(c is None for c in committed):
+                        continue  # a group that never committed here reads from the start
+                    floor = min(min(c for c in committed if c is not None), log.end)
+                    if floor > log.start:
+                        dropped += floor - log.start
+                        del log.records[: floor - log.start]
+                        log.start = floor
+            return dropped
 
     def lag(self, group_id: str, topic: str) -> list[PartitionLag]:
         with self._cond:
@@ -295,6 +318,7 @@ class _MemoryConsumer(Consumer):
             self.subscription = frozenset(topics)
             self._listener = listener or RebalanceListener()
             self._group.members[self._id] = self
+            self._group.topics.update(topics)
             self._bus._rebalance(self._group)
             self._bus._wake_all()
 
@@ -333,6 +357,7 @@ class _MemoryConsumer(Consumer):
             for tp, offset in offsets.items():
                 self._bus._log(tp)  # an unknown partition is an error, as on Kafka
                 self._group.committed[TopicPartition(*tp)] = offset
+                self._group.topics.add(tp[0])
 
     def assignment(self) -> list[TopicPartition]:
         with self._cond:
