@@ -4,17 +4,15 @@ over an output folder (no bus: catch up on its committed segments and exit)."""
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 from pydantic import Field
 
 from i2d_materializer.consumer import ConsumerRunner, SegmentConsumer
 from i2d_segments.connect import index_from, open_kafka_bus, store_from
+from i2d_segments.folder import OutputFolder
 from i2d_segments.index import Index
-from i2d_segments.index.sqlite import SqliteIndex
 from i2d_segments.runtime import Health, HealthServer, stop_event_on_signals
 from i2d_segments.settings import ConnectionSettings
-from i2d_segments.store.local import LocalStore
 
 log = logging.getLogger(__name__)
 
@@ -24,19 +22,22 @@ class ConsumerSettings(ConnectionSettings):
 
     group_id: str | None = Field(None, description="Consumer group; default: the consumer's.")
     output_folder: str | None = Field(
-        None, description="An embedded output folder: catch up over its index and exit."
+        None,
+        description="An output folder: catch up over its index (the one it records, or its "
+        "_segments/ dataset) and exit.",
     )
     poll_timeout_seconds: float = Field(0.5, gt=0, description="Longest wait of one poll.")
 
 
 def run_consumer(consumer: SegmentConsumer, settings: ConsumerSettings) -> int:
     """Returns how many segments were handled by the catch-up (folder mode) or 0 (bus mode,
-    after SIGTERM/SIGINT stopped it cleanly)."""
+    after SIGTERM/SIGINT stopped it cleanly). A folder that holds no dataset raises
+    `i2d_segments.folder.FolderError`."""
     if settings.output_folder is not None:
-        folder = Path(settings.output_folder)
-        local_index = SqliteIndex.open(folder / "index.sqlite")
+        folder = OutputFolder.find(settings.output_folder)
+        local_index = folder.open_existing_index()
         try:
-            return ConsumerRunner(consumer, None, LocalStore(folder), local_index).catch_up()
+            return ConsumerRunner(consumer, None, folder.open_store(), local_index).catch_up()
         finally:
             local_index.close()
     stop = stop_event_on_signals()

@@ -4,8 +4,13 @@
 handlers build their answers from them, so the schema cannot drift from the answers.
 
 Conventions: times are unix seconds (float); sizes are bytes; a figure the current mode cannot
-know is null (e.g. `enqueued` over an output folder, which has no `urls` topic); `errors` lists
-the parts that could not be read (a broker down), the rest of the answer still stands.
+know is null (e.g. `enqueued` over an output folder a download wrote, which has no `urls` topic);
+`errors` lists the parts that could not be read (a broker down), the rest of the answer still
+stands.
+
+Modes: `embedded`, an output folder written by `img2dataset download` (no bus); `service`, an
+output folder with its durable bus (`img2dataset service` runs there, `enqueue` feeds it): its
+queue figures and consumer lag come from that bus; `distributed`, the services over Kafka.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-Mode = Literal["embedded", "distributed"]
+Mode = Literal["embedded", "service", "distributed"]
 
 
 class Run(BaseModel):
@@ -44,18 +49,19 @@ class Progress(BaseModel):
     by_status: dict[str, int] = Field(description="Committed rows by status.")
     enqueued: int | None = Field(
         description="Rows ever written to the urls topic (sum of its end offsets); "
-        "distributed only."
+        "distributed and service only."
     )
     fetched: int | None = Field(
-        description="Rows the fetchers committed on the urls topic; distributed only."
+        description="Rows the fetchers committed on the urls topic; distributed and service only."
     )
     total: int | None = Field(
         description="Rows to do: the latest download's list (embedded), the rows enqueued "
-        "(distributed); null while unknown."
+        "(service, distributed); null while unknown."
     )
     done: int | None = Field(
         description="Of those, rows with an outcome: skipped as already recorded, plus APPEND "
-        "records the appenders took (open segments included)."
+        "records the appenders took (open segments included); over a folder's bus (service), "
+        "the rows the fetchers committed less the APPEND records no appender took yet."
     )
     fraction: float | None = Field(description="done / total (at most 1), when both are known.")
     run: Run | None = Field(description="The latest download run (embedded).")
@@ -82,7 +88,7 @@ class SegmentCounts(BaseModel):
     closed: int = Field(description="Committed segments.")
     open: int = Field(
         description="Partitions with a segment being written (uploads in progress; records "
-        "on APPEND past the committed position when distributed)."
+        "on APPEND past the committed position when there is a bus)."
     )
     items: int = Field(description="Images stored (sum of the segments' item counts).")
     bytes: int
@@ -181,7 +187,7 @@ class IndexResponse(BaseModel):
 class TopicPartitionState(BaseModel):
     topic: str
     partition: int
-    end: int | None = Field(description="End offset on the bus; null without Kafka.")
+    end: int | None = Field(description="End offset on the bus; null without one.")
     index_next_offset: int | None = Field(
         description="APPEND only: the position committed in the index (segments before it "
         "are closed)."

@@ -1,7 +1,7 @@
 """The status service's settings: env `I2D_<FIELD>` or `img2dataset serve status --<field>`.
 
-Two ways to run: over an embedded output folder (`output_folder`: its index.sqlite and segment
-folder; no Kafka, queue figures come from the index) or over the distributed deployment's
+Two ways to run: over an output folder (`output_folder`: its index and segments, and its durable
+bus when `img2dataset service` runs there; no Kafka) or over the distributed deployment's
 Postgres index, store and Kafka (the connection settings every service shares).
 """
 
@@ -23,8 +23,9 @@ class StatusSettings(ConnectionSettings):
     )
     output_folder: str | None = Field(
         None,
-        description="An embedded output folder to watch (index.sqlite + segments, no Kafka); "
-        "unset: the distributed settings (index_url, store_url, kafka_bootstrap_servers).",
+        description="An output folder to watch (its index, segments and, if it has one, its "
+        "durable bus; no Kafka); unset: the distributed settings (index_url, store_url, "
+        "kafka_bootstrap_servers).",
     )
     refresh_seconds: float = Field(
         1.0, gt=0, description="How often the figures are recomputed (and the page refreshes)."

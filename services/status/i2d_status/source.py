@@ -1,5 +1,12 @@
 """Where the figures come from: the index (always), the store (open uploads) and the bus (lag).
 
+Three modes: an output folder a download wrote (`embedded`: its index and segments, no bus), an
+output folder with its durable bus (`service`: `img2dataset service` runs there, `enqueue` feeds
+it; the lag and the rows enqueued come from that bus, as with Kafka), or the distributed
+deployment (Kafka, the store and the index its settings name). The folder is resolved by
+`OutputFolder.find`: its recorded index (`--index_name`), or the dataset a download in one of
+img2dataset's layouts keeps in `_segments/`.
+
 Rows sit in an open segment until it closes and the index learns of them only at its commit,
 so the figures are the committed ones plus what the appenders publish about their open
 segments about every second (`partition_progress`, one row per partition), read with them in
@@ -21,7 +28,6 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from i2d_segments import __version__
@@ -136,13 +142,14 @@ class StatusSource:
         store: SegmentStore,
         bus: Bus | None,
         *,
+        mode: Mode | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
         self.index = index
         self.store = store
         self.bus = bus
-        self.mode: Mode = "distributed" if bus is not None else "embedded"
+        self.mode: Mode = mode or ("distributed" if bus is not None else "embedded")
         self.clock = clock
         self.rates = RateTracker(settings.rate_window_seconds)
         self._committed_cache: Committed | None = None
@@ -152,16 +159,12 @@ class StatusSource:
 
     @classmethod
     def open(cls, settings: StatusSettings) -> StatusSource:
-        """Open the adapters read-only: no migration, no topic creation."""
+        """Open the adapters read-only: no migration, no topic creation. An output folder that
+        holds no dataset raises FileNotFoundError."""
         from i2d_segments.connect import open_index, open_store
 
         if settings.output_folder is not None:
-            folder = Path(settings.output_folder)
-            if not (folder / "index.sqlite").is_file():
-                raise FileNotFoundError(f"{folder} has no index.sqlite: not an output folder")
-            return cls(
-                settings, open_index(str(folder / "index.sqlite")), open_store(str(folder)), None
-            )
+            return cls._open_folder(settings, settings.output_folder)
         from i2d_segments.bus.kafka import KafkaBus
 
         bus = KafkaBus(
@@ -176,6 +179,28 @@ class StatusSource:
             s3_region=settings.s3_region,
         )
         return cls(settings, open_index(settings.index_url), store, bus)
+
+    @classmethod
+    def _open_folder(cls, settings: StatusSettings, path: str) -> StatusSource:
+        from i2d_segments.folder import FolderError, OutputFolder
+        from i2d_segments.index.sqlite import SqliteIndex
+
+        try:
+            folder = OutputFolder.find(path)
+        except FolderError as e:
+            raise FileNotFoundError(f"not an output folder: {e}") from e
+        # The index as it is (no migration, no descriptor written): status only reads.
+        index = SqliteIndex(folder.index_path)
+        store: SegmentStore | None = None
+        try:
+            store = folder.open_store()
+            bus = folder.open_bus() if folder.has_bus() else None
+        except BaseException:
+            index.close()
+            if store is not None:
+                store.close()
+            raise
+        return cls(settings, index, store, bus, mode="embedded" if bus is None else "service")
 
     def close(self) -> None:
         self.index.close()
@@ -192,6 +217,8 @@ class StatusSource:
         ok = True
         for group, topic in self.settings.consumer_groups():
             try:
+                if self.mode == "service" and not self._has_topic(topic):
+                    continue
                 rows = self.bus.lag(group, topic)
             except BusError as e:
                 errors.append(f"lag of {group} on {topic}: {e}")
@@ -210,6 +237,16 @@ class StatusSource:
             ]
         self.bus_ok = ok
         return out
+
+    def _has_topic(self, topic: str) -> bool:
+        """A folder's bus has the topics its users created so far (`enqueue` creates `urls`
+        only, `img2dataset service` the others): one not there yet has no lag to report."""
+        assert self.bus is not None
+        try:
+            self.bus.partition_count(topic)
+        except BusError:
+            return False
+        return True
 
     def _uploading_partitions(self, errors: list[str]) -> set[int]:
         partitions: set[int] = set()
@@ -236,6 +273,20 @@ class StatusSource:
             if p.topic == self.settings.append_topic
         }
         return {p: (end, max(0, end - committed.get(p, 0))) for p, end in ends.items()}
+
+    def _done_of_enqueued(self, fetched: int | None, lag: list[Lag], live: Live) -> int | None:
+        """Over a folder's bus, the enqueued rows with an outcome: those the fetchers handed on,
+        less the APPEND records no appender took yet. Not the APPEND positions themselves, as
+        over Kafka: a folder's APPEND offsets go on from its earlier downloads' rows, which
+        were never enqueued."""
+        if fetched is None:
+            return None
+        waiting = 0
+        for x in lag:
+            if x.topic == self.settings.append_topic and x.group == self.settings.appender_group:
+                taken = live.positions.get(x.partition, x.committed)
+                waiting += 0 if taken is None else max(0, x.end - taken)
+        return max(0, fetched - waiting)
 
     def _committed(self, totals: IndexTotals) -> Committed:
         signature = _signature(totals)
@@ -402,7 +453,10 @@ class StatusSource:
             if urls:
                 enqueued = sum(x.end for x in urls)
                 fetched = sum(x.committed or 0 for x in urls)
-            total, done = enqueued, sum(live.positions.values())
+            if self.mode == "service":
+                total, done = enqueued, self._done_of_enqueued(fetched, lag, live)
+            else:
+                total, done = enqueued, sum(live.positions.values())
         else:
             total, done = self._progress_of_run(run, live)
         errors_by_reason = dict(committed.errors)

@@ -30,7 +30,7 @@ def render(s: StatusResponse, *, now: float | None = None) -> str:
     lines.append(recorded)
     if p.total is not None and p.done is not None:
         pct = "" if p.fraction is None else f" ({100 * p.fraction:.1f} %)"
-        of = "enqueued" if s.mode == "distributed" else "in the list"
+        of = "in the list" if s.mode == "embedded" else "enqueued"
         lines.append(f"progress: {p.done} of {p.total} rows {of} done{pct}")
     if p.run is not None:
         run = p.run

@@ -19,6 +19,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from i2d_segments.folder import INNER_FOLDER, FolderError, OutputFolder
 from i2d_segments.ids import sha256_hex
 from i2d_segments.index import Index, ItemRow, SampleRow
 from i2d_segments.naming import object_name_of
@@ -28,7 +29,6 @@ from i2d_segments.segment import SegmentSample, iter_samples
 from i2d_segments.store import SegmentStore
 
 METADATA_EXTS = frozenset({"json", "txt"})
-DEFAULT_INDEX_NAME = "index.sqlite"
 
 
 class CorruptItemError(ValueError):
@@ -56,22 +56,32 @@ class DatasetReader:
     ) -> DatasetReader:
         """An output folder (`out`, `file:///abs/out`) or a bucket prefix (`s3://bucket/ds/`).
 
+        A folder is resolved as every command resolves it (`OutputFolder.find`): its dataset
+        is the folder's own, or the one a download in img2dataset's layouts keeps in
+        `out/_segments/`, and its index the one the folder records (`--index_name`).
         The index is `index_url` (`postgresql://...` or `sqlite:///...`) when given, else the
-        folder's `index.sqlite` when it exists, else none: sequential reads then follow the
-        manifests and random access is unavailable.
+        folder's when it has one, else none: sequential reads then follow the manifests and
+        random access is unavailable.
         """
         from i2d_segments.connect import open_index, open_store
 
-        store = open_store(location, s3_endpoint_url=s3_endpoint_url, s3_region=s3_region)
+        folder = None if location.startswith("s3://") else _local_dataset(location)
+        if folder is not None:
+            store: SegmentStore = folder.open_store()
+        else:
+            store = open_store(location, s3_endpoint_url=s3_endpoint_url, s3_region=s3_region)
         index: Index | None = None
-        if index_url is not None:
-            index = open_index(index_url)
-        elif not location.startswith("s3://"):
-            folder = Path(
-                location[len("file://") :] if location.startswith("file://") else location
-            )
-            if (folder / DEFAULT_INDEX_NAME).is_file():
-                index = open_index(str(folder / DEFAULT_INDEX_NAME))
+        try:
+            if index_url is not None:
+                index = open_index(index_url)
+            elif folder is not None:
+                from i2d_segments.index.sqlite import SqliteIndex
+
+                # As it is: reading neither migrates it nor records the folder's descriptor.
+                index = SqliteIndex(folder.index_path)
+        except BaseException:
+            store.close()
+            raise
         return cls(store, index, close_both=True)
 
     def close(self) -> None:
@@ -285,3 +295,17 @@ def sample_meta(sample: SampleRow) -> dict[str, Any]:
     meta["sample_id"] = sample.sample_id
     meta["item_id"] = sample.item_id
     return meta
+
+
+def _local_dataset(location: str) -> OutputFolder | None:
+    """The dataset of a local folder, or None when it holds none (a copy of its segments and
+    manifests alone). A descriptor that cannot be read is an error, not a folder without an
+    index: reading on from the manifests would hide it."""
+    path = Path(location[len("file://") :] if location.startswith("file://") else location)
+    try:
+        return OutputFolder.find(path)
+    except FolderError:
+        # `at` raises only for a descriptor it cannot read (what `find` tried first).
+        OutputFolder.at(path)
+        OutputFolder.at(path / INNER_FOLDER)
+        return None
