@@ -1,11 +1,14 @@
 """`img2dataset download`: the same fetcher, appender and materializer loops as the services,
-wired in one process over the embedded adapters (in-process bus, local folder, SQLite).
+wired in one process over the embedded adapters (in-process bus, local folder, SQLite), composed by
+`pipeline.LocalPipeline` as `img2dataset service` composes them.
 
 Resume: the index is the truth. Rows already recorded are skipped before they are enqueued
 (with --retry_failed, failed ones are sent again),
 and the in-process APPEND log starts at the index's `next_offset`, so the appender's fencing and
 offsets work exactly as they do on Kafka. Objects a killed run left behind (completed but never
 committed, or half-written) are removed first: this process owns the folder (a lock file says so).
+A folder a service used keeps its durable bus (`bus.sqlite`): the download then runs over it,
+so rows enqueued there and not recorded yet are fetched too and no offset is reused.
 
 Progress, for `img2dataset status` and the dashboard (other processes): the run records itself
 in the index (`download_runs`: the list's size, rows skipped, where its APPEND records start)
@@ -16,34 +19,26 @@ distributed mode. `--metrics_port` serves the three services' /metrics, /healthz
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import logging
 import os
 import shutil
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import IO
 
-from i2d_appender.service import AppenderService
-from i2d_appender.settings import AppenderSettings
 from i2d_cli.errors import InputError
 from i2d_cli.inputs import carried_columns, count_rows
 from i2d_cli.options import DownloadOptions
+from i2d_cli.pipeline import LocalPipeline, PipelineSettings
 from i2d_cli.progress import Progress
 from i2d_cli.resume import rows_to_send
-from i2d_fetcher.service import FetcherService
 from i2d_fetcher.settings import FetcherSettings
-from i2d_materializer.service import MaterializerService
-from i2d_materializer.settings import MaterializerSettings
+from i2d_segments.bus import EmbeddedBus
 from i2d_segments.bus.memory import MemoryBus
+from i2d_segments.folder import BUS_FILE, OutputFolder
 from i2d_segments.gc import find_abandoned_uploads, find_garbage
 from i2d_segments.index import DownloadRun, Index, IndexError_
-from i2d_segments.index.sqlite import SqliteIndex
 from i2d_segments.records import UnparsedRow, UrlRow, encode_url_row
 from i2d_segments.runtime import Health, HealthServer
 from i2d_segments.store.local import LocalStore
@@ -53,10 +48,6 @@ log = logging.getLogger(__name__)
 # How far the reader may run ahead of the fetcher: bounds memory whatever the list size.
 MAX_AHEAD = 20_000
 SKIP_BATCH = 2_000
-# Longest wait of a service's poll on the in-process bus. Waking up costs nothing here, and a
-# service notices its stop only between polls: with the services' default (0.5 s) each of
-# the three would add up to that to the end of every download.
-POLL_SECONDS = 0.05
 # How often the run's row in the index (download_runs) is brought up to date.
 RUN_RECORD_SECONDS = 1.0
 
@@ -123,26 +114,11 @@ class RunRecord:
                 log.warning("cannot record the run's progress in the index: %s", e)
 
 
-@contextmanager
-def folder_lock(folder: Path) -> Iterator[None]:
-    folder.mkdir(parents=True, exist_ok=True)
-    handle: IO[str] = (folder / ".img2dataset.lock").open("w")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.close()
-        raise RuntimeError(f"another img2dataset download is writing to {folder}") from None
-    try:
-        yield
-    finally:
-        fcntl.flock(handle, fcntl.LOCK_UN)
-        handle.close()
-
-
-def _clear_output(folder: Path, index_name: str) -> None:
-    shutil.rmtree(folder / "segments", ignore_errors=True)
-    for suffix in ("", "-wal", "-shm", "-journal"):
-        (folder / f"{index_name}{suffix}").unlink(missing_ok=True)
+def _clear_output(folder: OutputFolder) -> None:
+    shutil.rmtree(folder.path / "segments", ignore_errors=True)
+    for name in (folder.index_name, BUS_FILE):
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            (folder.path / f"{name}{suffix}").unlink(missing_ok=True)
 
 
 class EmbeddedDownload:
@@ -154,7 +130,8 @@ class EmbeddedDownload:
     ) -> None:
         self.opts = opts
         self.fetcher_settings = fetcher_settings
-        self.folder = Path(opts.output_folder)
+        # --index_name names a new folder's index; an existing folder's is the one it records.
+        self.folder = OutputFolder.at(opts.output_folder, opts.explicit_index_name())
         # Set by SIGINT/SIGTERM (the caller's event) or by a failing service: the run stops
         # reading, lets the services finish and commit what is in flight, and ends.
         self.stop_requested = stop if stop is not None else threading.Event()
@@ -186,93 +163,45 @@ class EmbeddedDownload:
                 server.stop()
 
     def _run_locked(self) -> Summary:
-        with folder_lock(self.folder):
+        folder = self.folder
+        with folder.lock("download"):
             if self.opts.incremental_mode == "overwrite":
-                _clear_output(self.folder, self.opts.index_name)
-            store = LocalStore(self.folder)
-            index = SqliteIndex(self.folder / self.opts.index_name)
+                _clear_output(folder)
+            store = folder.open_store()
+            index = folder.open_index()
             try:
-                index.migrate()
                 # This process owns the folder: whatever a killed run left uncommitted is garbage.
                 for upload in find_abandoned_uploads(store, grace_seconds=0):
                     store.abort_incomplete_upload(upload)
                 for garbage in find_garbage(store, index, grace_seconds=0):
                     store.delete(garbage.name)
-                return self._run(store, index)
+                # A folder a service used has a durable bus: rows enqueued there and not
+                # recorded yet are fetched by this run too, and its APPEND offsets go on.
+                bus = folder.open_bus() if folder.has_bus() else MemoryBus()
+                try:
+                    return self._run(bus, store, index)
+                finally:
+                    bus.close()
             finally:
                 index.close()
 
-    def _run(self, store: LocalStore, index: Index) -> Summary:
+    def _run(self, bus: EmbeddedBus, store: LocalStore, index: Index) -> Summary:
         fs = self.fetcher_settings
-        bus = MemoryBus()
-        lease = index.partition(fs.append_topic, 0)
-        bus.create_topic(fs.urls_topic, 1)
-        bus.create_topic(fs.append_topic, 1, start_offsets=[lease.next_offset if lease else 0])
-        bus.create_topic(fs.closed_topic, 1)
-        common = {
-            "append_topic": fs.append_topic,
-            "closed_topic": fs.closed_topic,
-            "urls_topic": fs.urls_topic,
-            "metrics_port": 0,
-            "create_topics": False,
-            "poll_timeout_seconds": POLL_SECONDS,
-        }
-        appender = AppenderService(
-            bus,
-            store,
-            index,
-            AppenderSettings(
-                number_sample_per_shard=self.opts.number_sample_per_shard,
-                segment_max_bytes=self.opts.segment_max_bytes,
-                segment_idle_seconds=3600.0,
-                **common,  # type: ignore[arg-type]
-            ),
+        settings = PipelineSettings.local(
+            fs,
+            number_sample_per_shard=self.opts.number_sample_per_shard,
+            segment_max_bytes=self.opts.segment_max_bytes,
+            # Segments close when the list is drained, or by size or count before.
+            segment_idle_seconds=3600.0,
         )
-        materializer = MaterializerService(
-            bus,
-            store,
-            index,
-            MaterializerSettings(**common),  # type: ignore[arg-type]
+        pipeline = LocalPipeline(
+            bus, store, index, settings, self.health, failed=self.stop_requested
         )
-        poll = min(fs.poll_timeout_seconds, POLL_SECONDS)
-        fetcher = FetcherService(
-            bus, fs.model_copy(update={"poll_timeout_seconds": poll}), store=store
-        )
-        # Ready while each service's own checks pass; alive while this loop beats.
-        for name, health in (
-            ("fetcher", fetcher.health),
-            ("appender", appender.health),
-            ("materializer", materializer.health),
-        ):
-            self.health.add_check(name, _all_checks_pass(health))
         self.health.started()
-
-        stops = {name: threading.Event() for name in ("fetcher", "appender", "materializer")}
-        errors: list[BaseException] = []
-
-        def guarded(fn: Callable[[threading.Event], None], stop: threading.Event) -> None:
-            try:
-                fn(stop)
-            except BaseException as e:
-                errors.append(e)
-                self.stop_requested.set()
-
-        threads = [
-            threading.Thread(target=guarded, args=(fetcher.run, stops["fetcher"]), name="fetcher"),
-            threading.Thread(
-                target=guarded, args=(appender.run, stops["appender"]), name="appender"
-            ),
-            threading.Thread(
-                target=guarded, args=(materializer.run, stops["materializer"]), name="materializer"
-            ),
-        ]
-        for t in threads:
-            t.start()
-
         summary = Summary()
         started = time.monotonic()
         progress = Progress(total=self.total, enabled=self.opts.progress)
-        append_start = lease.next_offset if lease else 0
+        lease = index.partition(fs.append_topic, 0)
         now = time.time()
         self.record = record = RunRecord(
             index,
@@ -281,7 +210,7 @@ class EmbeddedDownload:
                 url_list=os.path.abspath(self.opts.url_list),
                 append_topic=fs.append_topic,
                 append_partition=0,
-                start_offset=append_start,
+                start_offset=lease.next_offset if lease else 0,
                 rows_total=self.total,
                 rows_read=0,
                 rows_skipped=0,
@@ -291,8 +220,9 @@ class EmbeddedDownload:
             ),
         )
         record.update(force=True)
+        pipeline.start()
         try:
-            produced = self._enqueue(bus, index, fetcher, summary, progress)
+            produced = self._enqueue(pipeline, index, summary, progress)
             progress.set_total(summary.rows_skipped + produced)
             record.update(
                 force=True,
@@ -300,30 +230,21 @@ class EmbeddedDownload:
                 rows_read=summary.rows_read,
                 rows_skipped=summary.rows_skipped,
             )
-            self._wait(
-                lambda: fetcher.rows_done >= produced or bool(errors), bus, fetcher, progress
-            )
-            # Everything is on the APPEND log: close segments as soon as the appender is idle.
-            appender.close_when_idle.set()
-            self._wait(
-                lambda: _caught_up(bus, "appender", fs.append_topic, append_start) or bool(errors),
-                bus,
-            )
-            self._wait(
-                lambda: _caught_up(bus, "materializer", fs.closed_topic, 0) or bool(errors), bus
-            )
+
+            def tick() -> None:
+                progress.update(*pipeline.progress())
+                self._beat()
+
+            pipeline.drain(self.stop_requested, tick)
+            progress.update(*pipeline.progress())
         finally:
             progress.close()
-            # Order matters: the fetcher drains first, then the appender commits its segments.
-            for name in ("fetcher", "appender", "materializer"):
-                stops[name].set()
-                next(t for t in threads if t.name == name).join()
-            record.update(force=True, finished_at=time.time())
-        if errors:
-            raise errors[0]
+            try:
+                pipeline.stop()
+            finally:
+                record.update(force=True, finished_at=time.time())
         summary.elapsed = time.monotonic() - started
-        summary.rows_fetched = fetcher.rows_done
-        summary.successes = fetcher.successes
+        summary.rows_fetched, summary.successes = pipeline.progress()
         summary.status_counts = index.status_counts()
         summary.error_counts = index.error_counts()
         summary.segments = len(index.segments())
@@ -332,16 +253,11 @@ class EmbeddedDownload:
         return summary
 
     def _enqueue(
-        self,
-        bus: MemoryBus,
-        index: Index,
-        fetcher: FetcherService,
-        summary: Summary,
-        progress: Progress,
+        self, pipeline: LocalPipeline, index: Index, summary: Summary, progress: Progress
     ) -> int:
         """Produce every row not recorded yet; returns how many were produced."""
         topic = self.fetcher_settings.urls_topic
-        producer = bus.producer()
+        producer = pipeline.bus.producer()
         reader = self.opts.row_reader(
             carried_columns(self.opts.save_additional_columns, self.fetcher_settings),
             self.opts.number_sample_per_shard,
@@ -357,16 +273,17 @@ class EmbeddedDownload:
                 summary.rows_skipped += len(batch) - len(send)
                 progress.skipped(len(batch) - len(send))
             for row in send:
-                producer.produce(topic, encode_url_row(row))
+                producer.produce(topic, encode_url_row(row), key=row.sample_id.encode())
                 produced += 1
             batch.clear()
             producer.poll(0)
-            self._truncate_consumed(bus)
+            pipeline.housekeeping()
             self._beat(summary)
-            while produced - fetcher.rows_done > MAX_AHEAD and not self.stop_requested.is_set():
-                progress.update(fetcher.rows_done, fetcher.successes)
+            while pipeline.backlog() > MAX_AHEAD and not self.stop_requested.is_set():
+                progress.update(*pipeline.progress())
                 time.sleep(0.05)
-                self._truncate_consumed(bus)
+                producer.poll(0)
+                pipeline.housekeeping()
                 self._beat(summary)
 
         try:
@@ -386,25 +303,8 @@ class EmbeddedDownload:
         if batch and not self.stop_requested.is_set():
             flush_batch()
         producer.flush()
+        producer.close()
         return produced
-
-    def _wait(
-        self,
-        done: Callable[[], bool],
-        bus: MemoryBus,
-        fetcher: FetcherService | None = None,
-        progress: Progress | None = None,
-    ) -> None:
-        while not done() and not self.stop_requested.is_set():
-            if fetcher is not None and progress is not None:
-                progress.update(fetcher.rows_done, fetcher.successes)
-            self._beat()
-            time.sleep(0.05)
-            # Once the whole list is produced the reader no longer truncates: keep dropping
-            # what is committed, or the payloads of the last MAX_AHEAD rows stay in memory.
-            self._truncate_consumed(bus)
-        if fetcher is not None and progress is not None:
-            progress.update(fetcher.rows_done, fetcher.successes)
 
     def _beat(self, summary: Summary | None = None) -> None:
         """The run is alive (/healthz), and its row in the index is current."""
@@ -415,25 +315,3 @@ class EmbeddedDownload:
             self.record.update()
         else:
             self.record.update(rows_read=summary.rows_read, rows_skipped=summary.rows_skipped)
-
-    def _truncate_consumed(self, bus: MemoryBus) -> None:
-        """Drop log records every group has committed past: the in-process log is not a
-        retention store, and image payloads would otherwise pile up in memory."""
-        fs = self.fetcher_settings
-        for group, topic in ((fs.group_id, fs.urls_topic), ("appender", fs.append_topic)):
-            for lag in bus.lag(group, topic):
-                if lag.committed:
-                    bus.truncate_before(topic, lag.partition, lag.committed)
-
-
-def _all_checks_pass(health: Health) -> Callable[[], bool]:
-    return lambda: all(health.readiness().values())
-
-
-def _caught_up(bus: MemoryBus, group: str, topic: str, log_start: int) -> bool:
-    """The group committed everything on the (single-partition) topic; a group that never
-    committed is caught up only if nothing was produced since the log started."""
-    return all(
-        (log_start if p.committed is None else p.committed) >= p.high_watermark
-        for p in bus.lag(group, topic)
-    )

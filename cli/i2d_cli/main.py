@@ -3,6 +3,8 @@
     img2dataset download --url_list urls.txt --output_folder out     (embedded, one machine)
     img2dataset --url_list=urls.txt --output_folder=out              (img2dataset's flat form)
     img2dataset enqueue --url_list urls.txt                          (to the Kafka `urls` topic)
+    img2dataset service --output_folder data/                        (one machine, until stopped)
+    img2dataset enqueue --url_list urls.txt --output_folder data/    (to that service's folder)
     img2dataset serve fetcher|appender|materializer                  (one distributed service)
 
 Each subcommand is a module of this package named after it, with `NAME`, `HELP`,
@@ -29,6 +31,7 @@ from i2d_segments.signals import children_ignore_stop_signals, stop_signals
 COMMANDS = (
     "i2d_cli.download",
     "i2d_cli.enqueue",
+    "i2d_cli.service",
     "i2d_cli.serve",
     "i2d_cli.materialize",
     "i2d_cli.status",
@@ -93,7 +96,7 @@ def normalize_argv(argv: Sequence[str]) -> list[str]:
 
 
 # The long-running commands: a first SIGTERM/SIGINT stops them cleanly, a second at once.
-STOPPABLE = ("download", "serve")
+STOPPABLE = ("download", "serve", "service", "status", "enqueue")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -114,7 +117,7 @@ def _runs_fetch_workers(args: list[str], command: str | None) -> bool:
     """`download` and `serve fetcher` (not their help)."""
     if {"-h", "--help"} & set(args):
         return False
-    if command == "download":
+    if command in ("download", "service"):
         return True
     return command == "serve" and args[args.index("serve") + 1 :][:1] == ["fetcher"]
 

@@ -70,7 +70,9 @@ class UrlListOptions(BaseModel):
         )
 
 
-class DownloadOptions(UrlListOptions):
+class FolderOptions(BaseModel):
+    """The output folder a local pipeline writes, and how: shared by `download` and `service`."""
+
     model_config = ConfigDict(frozen=True)
 
     output_folder: str = Field("images", description="Where segments, index and metadata go.")
@@ -80,12 +82,11 @@ class DownloadOptions(UrlListOptions):
         description="Input rows per segment (segments also close by size); also numbers the "
         "rows' img2dataset `key` as its shards do.",
     )
-    incremental_mode: Literal["incremental", "overwrite", "extend"] = Field(
-        "incremental",
-        description="incremental: skip rows already recorded (resume); overwrite: start over; "
-        "extend: fetch every row again, keeping what is stored.",
+    index_name: str = Field(
+        "index.sqlite",
+        description="SQLite index file of a new output folder (an existing folder's index is "
+        "the one it records in img2dataset.json).",
     )
-    index_name: str = Field("index.sqlite", description="SQLite index file in output_folder.")
     segment_max_bytes: int = Field(
         512 * 1024 * 1024, ge=1024, description="Close a segment once it holds this many bytes."
     )
@@ -97,3 +98,17 @@ class DownloadOptions(UrlListOptions):
         "services do (0: off).",
     )
     metrics_host: str = Field("127.0.0.1", description="Bind address of --metrics_port.")
+
+    def explicit_index_name(self) -> str | None:
+        """--index_name when the user gave it: it must then agree with the folder's."""
+        return self.index_name if "index_name" in self.model_fields_set else None
+
+
+class DownloadOptions(UrlListOptions, FolderOptions):
+    model_config = ConfigDict(frozen=True)
+
+    incremental_mode: Literal["incremental", "overwrite", "extend"] = Field(
+        "incremental",
+        description="incremental: skip rows already recorded (resume); overwrite: start over; "
+        "extend: fetch every row again, keeping what is stored.",
+    )

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from i2d_cli.compat import IMG2DATASET_ARGUMENTS, Img2datasetCompat
 from i2d_cli.options import DownloadOptions
 from i2d_fetcher.settings import FetcherSettings
+from i2d_segments.folder import INNER_FOLDER, FolderError, OutputFolder
 
 if TYPE_CHECKING:
     from i2d_cli.embedded import Summary
@@ -32,16 +33,15 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SEGMENTS_FOLDER = "_segments"
 
-
-def dataset_folder(output_folder: Path, output_format: str, index_name: str) -> Path:
-    """Where the segments and the index of a download into `output_folder` live."""
-    inner = output_folder / SEGMENTS_FOLDER
-    for existing in (output_folder, inner):
-        if (existing / index_name).is_file():
-            return existing
-    return output_folder if output_format == "webdataset" else inner
+def dataset_folder(output_folder: Path, output_format: str) -> Path:
+    """Where the segments and the index of a download into `output_folder` live: where an
+    earlier run put them, else where this format keeps them."""
+    try:
+        return OutputFolder.find(output_folder).path
+    except FolderError:
+        pass
+    return output_folder if output_format == "webdataset" else output_folder / INNER_FOLDER
 
 
 def layout_spec(opts: DownloadOptions, fetcher: FetcherSettings, output_format: str) -> LayoutSpec:
@@ -89,7 +89,7 @@ def run_download(
     from i2d_cli.embedded import EmbeddedDownload
 
     out = Path(opts.output_folder)
-    folder = dataset_folder(out, compat.output_format, opts.index_name)
+    folder = dataset_folder(out, compat.output_format)
     inner = opts if folder == out else opts.model_copy(update={"output_folder": str(folder)})
     wandb = None
     if compat.enable_wandb:
@@ -106,7 +106,7 @@ def run_download(
             wandb.finish(failed=failed)
     if compat.output_format != "webdataset":
         spec = layout_spec(opts, fetcher, compat.output_format)
-        report = write_layout(folder, out, spec, opts.index_name)
+        report = write_layout(folder, out, spec)
         log.info(
             "img2dataset %s layout in %s: %d shards (%d written, %d unchanged, %d removed), "
             "%d rows, %d images",
@@ -122,17 +122,15 @@ def run_download(
     return summary
 
 
-def write_layout(dataset: Path, dest: Path, spec: LayoutSpec, index_name: str) -> LayoutReport:
+def write_layout(dataset: Path, dest: Path, spec: LayoutSpec) -> LayoutReport:
     """img2dataset's layout of the dataset in `dataset` into `dest`, holding the dataset's
     lock (no download writes to it meanwhile)."""
-    from i2d_cli.embedded import folder_lock
     from i2d_materializer.img2dataset_layout import STATE_FILE, Img2datasetLayout
-    from i2d_segments.index.sqlite import SqliteIndex
-    from i2d_segments.store.local import LocalStore
 
-    with folder_lock(dataset):
-        store = LocalStore(dataset)
-        index = SqliteIndex(dataset / index_name)
+    folder = OutputFolder.at(dataset)
+    with folder.lock("layout"):
+        store = folder.open_store()
+        index = folder.open_existing_index()
         try:
             return Img2datasetLayout(store, index, dest, spec, dataset / STATE_FILE).run()
         finally:

@@ -46,7 +46,7 @@ def spec(fmt: str, **changes: Any) -> LayoutSpec:
 
 
 def write(dataset: Dataset, dest: Path, layout: LayoutSpec) -> LayoutReport:
-    return write_layout(dataset.folder, dest, layout, "index.sqlite")
+    return write_layout(dataset.folder, dest, layout)
 
 
 def rows_by_shard(dataset: Dataset) -> dict[str, list[SampleRow]]:

@@ -82,7 +82,7 @@ def build_dataset(store: SegmentStore, index: Index) -> Dataset:
     second = p.appender("appender-2")  # takes the partition: epoch 2
     run_until(second, lambda: second.owned.get(TP) is not None, steps=5)
     first._close_all("zombie")  # completes its object; the commit is fenced
-    second.close_when_idle.set()
+    second.drain()
     run_until(second, lambda: len(index.segments()) == 2)
 
     batch = [success(7), failure(8, sample_id="s1"), success(9)]
@@ -94,7 +94,7 @@ def build_dataset(store: SegmentStore, index: Index) -> Dataset:
         crashed.add(offset, record, record.payload, stored=False)
     crashed.finish()
     third = p.appender("appender-3")  # epoch 3, resumes at next_offset 7
-    third.close_when_idle.set()
+    third.drain()
     run_until(third, lambda: len(index.segments()) == 3)
     return Dataset(
         committed=[

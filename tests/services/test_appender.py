@@ -150,7 +150,7 @@ def test_new_owner_fences_the_old_one_and_resumes_at_next_offset(h: Harness) -> 
     old._close_all("test")
     assert len(h.index.segments()) == 1
     # The new owner re-reads from next_offset = 5 and commits those records itself.
-    new.close_when_idle.set()
+    new.drain()
     run_until(new, lambda: len(h.index.segments()) == 2)
     second = h.index.segments()[1]
     assert (second.first_offset, second.last_offset, second.epoch) == (5, 6, 2)

@@ -28,8 +28,11 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from i2d_segments.bus import EmbeddedBus
     from i2d_segments.bus.sqlite import SqliteBus
+    from i2d_segments.index import Index
     from i2d_segments.index.sqlite import SqliteIndex
+    from i2d_segments.settings import ConnectionSettings
     from i2d_segments.store.local import LocalStore
 
 DESCRIPTOR = "img2dataset.json"
@@ -39,6 +42,10 @@ LOCK_FILE = ".img2dataset.lock"
 # Where `download --output_format files|parquet|...` keeps the dataset beside img2dataset's layout.
 INNER_FOLDER = "_segments"
 FORMAT_VERSION = 1
+# The local topics have one partition each: one process fetches (its worker processes share
+# the rows), and one appender partition keeps one open segment, so a short list still lands in
+# one segment instead of being spread thin.
+LOCAL_PARTITIONS = 1
 
 
 class FolderError(RuntimeError):
@@ -214,3 +221,28 @@ def _recorded_index(folder: Path) -> str | None:
         if p.is_file() and p.name != BUS_FILE and not p.name.endswith(("-wal", "-shm", "-journal"))
     )
     return others[0] if len(others) == 1 else None
+
+
+def create_urls_topic(bus: EmbeddedBus, topics: ConnectionSettings) -> None:
+    """What `enqueue` needs of a folder's bus. Only the folder's writer creates the others:
+    APPEND must start where the index's offsets end, which only the writer knows for sure."""
+    bus.create_topic(topics.urls_topic, LOCAL_PARTITIONS)
+
+
+def create_local_topics(bus: EmbeddedBus, index: Index, topics: ConnectionSettings) -> None:
+    """urls, APPEND and SEGMENT_CLOSED with one partition each, by the folder's writer. A new
+    APPEND log starts at the offset the index's lease of it reached, so the appender's fencing
+    and resume work as on Kafka whichever bus carried the earlier segments' records; an
+    existing one is left as it is."""
+    from i2d_segments.bus import BusError
+
+    create_urls_topic(bus, topics)
+    try:
+        bus.partition_count(topics.append_topic)
+    except BusError:
+        starts = []
+        for p in range(LOCAL_PARTITIONS):
+            lease = index.partition(topics.append_topic, p)
+            starts.append(lease.next_offset if lease else 0)
+        bus.create_topic(topics.append_topic, LOCAL_PARTITIONS, start_offsets=starts)
+    bus.create_topic(topics.closed_topic, LOCAL_PARTITIONS)

@@ -68,9 +68,9 @@ class AppenderService(RebalanceListener):
             window=settings.progress_window_seconds,
             recent_rows=settings.progress_recent_rows,
         )
-        # Set by the embedded runner once every record is produced: close segments as soon as
-        # the partition has nothing more to read, instead of waiting for the idle timeout.
-        self.close_when_idle = threading.Event()
+        # Set through `drain` once every record is produced: close segments as soon as the
+        # partition has nothing more to read, instead of waiting for the idle timeout.
+        self._draining = threading.Event()
         self.failed: BaseException | None = None
         self._stop = threading.Event()
         # Partitions rewound during the current batch: the rest of the batch is stale for them.
@@ -81,6 +81,15 @@ class AppenderService(RebalanceListener):
         self.health.add_check(
             "partitions_owned", lambda: any(s.epoch is not None for s in list(self.owned.values()))
         )
+
+    def drain(self, on: bool = True) -> None:
+        """While on, a segment closes as soon as its partition has nothing more to read (the
+        producer of APPEND is done: a download's list is all fetched), instead of after
+        `segment_idle_seconds`. Thread-safe."""
+        if on:
+            self._draining.set()
+        else:
+            self._draining.clear()
 
     def stopped_partitions(self) -> dict[TopicPartition, str]:
         return {tp: s.stopped for tp, s in self.owned.items() if s.stopped is not None}
@@ -413,7 +422,7 @@ class AppenderService(RebalanceListener):
             seg = state.segment
             if seg is None:
                 continue
-            if idle and self.close_when_idle.is_set():
+            if idle and self._draining.is_set():
                 self._close(state, "drain")
             elif now - seg.last_append >= self.settings.segment_idle_seconds:
                 self._close(state, "idle")

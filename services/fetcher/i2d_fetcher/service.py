@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
+from typing import NamedTuple
 
 from i2d_fetcher import metrics
 from i2d_fetcher.offsets import OffsetTracker
@@ -32,6 +33,11 @@ from i2d_segments.runtime import Health
 from i2d_segments.store import SegmentStore
 
 log = logging.getLogger(__name__)
+
+
+class FetchProgress(NamedTuple):
+    rows_done: int
+    successes: int
 
 
 class FetcherService(HeldPartitions):
@@ -55,6 +61,10 @@ class FetcherService(HeldPartitions):
         self.rows_done = 0
         self.successes = 0
         self.fetcher: RowFetcher | None = None  # while running: the workers (or this process)
+
+    def progress(self) -> FetchProgress:
+        """Rows answered since this service started (their APPEND record acknowledged)."""
+        return FetchProgress(self.rows_done, self.successes)
 
     # ------------------------------------------------------------------ rebalance
 
