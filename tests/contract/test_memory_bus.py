@@ -94,6 +94,39 @@ def test_truncate_before_moves_the_log_start() -> None:
     assert [m.offset for m in read(slow, 4)] == [6, 7, 8, 9]
 
 
+def test_truncate_consumed_keeps_what_a_registered_group_has_not_committed() -> None:
+    """The embedded run's two topics: `urls` read by the fetcher group, `append` whose log
+    starts where the index stopped. (The semantics shared with the SQLite bus are tested on
+    both in test_sqlite_bus.py.)"""
+    bus = MemoryBus()
+    fetcher = bus.consumer("fetcher")
+    fetcher.subscribe(["urls"])  # registered before the topic exists
+    bus.create_topic("urls", 1)
+    bus.create_topic("append", 1, start_offsets=[100])
+    producer = bus.producer()
+    for i in range(5):
+        producer.produce("urls", f"u{i}".encode())
+        producer.produce("append", f"a{i}".encode())
+    urls, append = TopicPartition("urls", 0), TopicPartition("append", 0)
+    assert bus.truncate_consumed() == 0  # the fetcher group committed nothing yet
+
+    read(fetcher, 5)
+    fetcher.commit({urls: 5})
+    assert bus.truncate_consumed() == 5  # append has no group: untouched
+    appender = bus.consumer("appender")
+    appender.commit({append: 103})  # registered by its commit alone
+    assert bus.truncate_consumed() == 3
+    bus.truncate_before("append", 0, 104)  # the explicit form still works alongside
+    assert bus.truncate_consumed() == 0
+    appender.commit({append: 500})  # past the log end: dropped up to the end only
+    assert bus.truncate_consumed() == 1
+    assert [(p.committed, p.high_watermark) for p in bus.lag("appender", "append")] == [(500, 105)]
+    producer.produce("append", b"a5")
+    reader = bus.consumer("reader")
+    reader.subscribe(["append"])
+    assert [(m.offset, m.value) for m in read(reader, 1)] == [(105, b"a5")]
+
+
 def test_a_member_subscribed_before_the_topic_exists_gets_it_once_created() -> None:
     bus = MemoryBus()
     consumer = bus.consumer("g")
@@ -166,6 +199,8 @@ class CommittingListener(RebalanceListener):
 
     def on_revoke(self, partitions: Sequence[TopicPartition]) -> None:
         self.consumer.commit({tp: self.positions[tp] for tp in partitions if tp in self.positions})
+        for tp in partitions:  # a later ownership must not commit this one's position
+            self.positions.pop(tp, None)
         with self.ownership.lock:
             self.ownership.revoked += len(partitions)
             for tp in partitions:
