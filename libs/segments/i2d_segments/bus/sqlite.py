@@ -90,7 +90,14 @@ class _Outgoing(NamedTuple):
 
 class SqliteBus(EmbeddedBus):
     """The durable embedded adapter. Thread-safe; share one instance between the loops of a
-    process, and open one per process on the same file."""
+    process, and open one per process on the same file (on a local filesystem).
+
+    `session_timeout`: a member that neither polled nor committed for that long is dropped
+    from its group (its partitions move on, it hears `on_lost` when it polls again). It is
+    the fallback for a hung process, so it also bounds the time between two polls and the
+    length of a rebalance callback, as Kafka's `max.poll.interval.ms` does; a process that
+    died is noticed at once through its liveness token. `poll_interval`: how often a waiting
+    consumer looks for records written by other processes."""
 
     def __init__(
         self, path: str | Path, *, session_timeout: float = 30.0, poll_interval: float = 0.02
@@ -235,6 +242,7 @@ class SqliteBus(EmbeddedBus):
             self._producers.add(producer)
         return producer
 
+    @bus_errors
     def consumer(self, group_id: str) -> Consumer:
         with self._clients_lock:
             self._check_open()
@@ -279,13 +287,15 @@ class SqliteBus(EmbeddedBus):
         with self._clients_lock:
             self._consumers.discard(consumer)
 
-    @bus_errors
     def _topic(self, name: str, conn: sqlite3.Connection | None = None) -> tuple[int, int]:
         """(topic id, partition count); BusError for an unknown topic. Read with `conn` (its
-        owner holds its lock, maybe inside a transaction) or the admin connection."""
+        owner holds its lock, maybe inside a transaction) or the admin connection. Topics
+        never change once created, so the answer is kept (this is on every `produce`)."""
         found = self._topics.get(name)
-        if found is not None:
-            return found
+        return found if found is not None else self._load_topic(name, conn)
+
+    @bus_errors
+    def _load_topic(self, name: str, conn: sqlite3.Connection | None) -> tuple[int, int]:
         self._check_open()
         if conn is not None:
             found = schema.topic_row(conn, name)
@@ -355,6 +365,7 @@ class _SqliteProducer(Producer):
         self._reports: deque[tuple[DeliveryCallback, BusError | None, Message | None]] = deque()
         self._round_robin: dict[str, int] = {}
         self._writer: threading.Thread | None = None
+        self._writer_idle = False  # waiting on `_work`: only then does produce notify it
         self._closed = False  # no more produce; the writer exits once the buffer is empty
 
     def produce(
@@ -395,7 +406,8 @@ class _SqliteProducer(Producer):
                     target=self._write_loop, name="sqlite-bus-writer", daemon=True
                 )
                 self._writer.start()
-            self._work.notify()
+            elif self._writer_idle:
+                self._work.notify()
 
     def poll(self, timeout: float = 0.0) -> None:
         if timeout > 0:
@@ -465,37 +477,47 @@ class _SqliteProducer(Producer):
             while True:
                 with self._lock:
                     while not self._buffer and not self._closed:
+                        self._writer_idle = True
                         self._work.wait()
+                        self._writer_idle = False
                     if not self._buffer:
                         return
                     batch = self._take()
-                error: BusError | None = None
-                messages: list[Message] = []
+                reports: list[tuple[DeliveryCallback, BusError | None, Message | None]] = []
                 try:
                     if conn is None:
                         conn = schema.connect(self._bus.path)
-                    messages = self._write(conn, batch)
-                except (sqlite3.Error, OSError, BusError) as e:
+                    offsets = self._write(conn, batch)
+                    reports = [
+                        (
+                            r.on_delivery,
+                            None,
+                            Message(r.topic, r.partition, o, r.key, r.value, r.timestamp_ms),
+                        )
+                        for r, o in zip(batch, offsets, strict=True)
+                        if r.on_delivery is not None
+                    ]
+                except Exception as e:  # whatever it is, the callers hear it: no silent loss
                     error = BusError(f"cannot write {len(batch)} records to {self._bus.path}: {e}")
                     log.warning("%s", error)
+                    reports = [
+                        (r.on_delivery, error, None) for r in batch if r.on_delivery is not None
+                    ]
                 with self._lock:
-                    for i, record in enumerate(batch):
-                        if record.on_delivery is not None:
-                            msg = None if error is not None else messages[i]
-                            self._reports.append((record.on_delivery, error, msg))
+                    self._reports.extend(reports)
                     self._unwritten -= len(batch)
                     self._unwritten_bytes -= sum(r.size for r in batch)
                     self._room.notify_all()
                     self._done.notify_all()
-                if error is None:
-                    self._bus._notify()
+                self._bus._notify()
         finally:
             if conn is not None:
                 conn.close()
 
     @staticmethod
-    def _write(conn: sqlite3.Connection, batch: list[_Outgoing]) -> list[Message]:
-        """One transaction: offsets continue each partition's `log_end`, in buffer order."""
+    def _write(conn: sqlite3.Connection, batch: list[_Outgoing]) -> list[int]:
+        """One transaction: offsets continue each partition's `log_end`, in buffer order.
+        Returns the records' offsets."""
         ends: dict[tuple[int, int], int] = {}
         rows: list[tuple[int, int, int, int, bytes | None, bytes]] = []
         with schema.write_transaction(conn):
@@ -520,7 +542,4 @@ class _SqliteProducer(Producer):
                 "UPDATE partitions SET log_end = ? WHERE topic_id = ? AND part = ?",
                 [(end, t, p) for (t, p), end in ends.items()],
             )
-        return [
-            Message(r.topic, r.partition, row[2], r.key, r.value, r.timestamp_ms)
-            for r, row in zip(batch, rows, strict=True)
-        ]
+        return [row[2] for row in rows]
