@@ -1,7 +1,7 @@
-"""Every input row is a sample (DESIGN.md, Identities): a COCO-style list (one image, several
-captions) keeps every row, with its own caption, in the index, the metadata, the reader and a
-per-sample export, while each image is stored once; rows are identified by their place in
-their list, so a rerun is idempotent, a changed list adds rows, two lists never collide and
+"""Every input row is a sample (docs/architecture.md, "Identities"): a COCO-style list (one
+image, several captions) keeps every row, with its own caption, in the index, the metadata, the
+reader and a per-sample export, while each image is stored once; rows are identified by their
+place in their list, so a rerun is idempotent, a changed list adds rows, two lists never collide and
 img2dataset's `key` column stays unique in the dataset; `--retry_failed` fetches failed rows
 again."""
 

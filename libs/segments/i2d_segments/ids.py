@@ -1,6 +1,7 @@
-"""Identities (DESIGN.md): a sample is an input row, an item is stored content.
+"""Identities: a sample is an input row, an item is stored content.
 
-Every input row is a sample. Its `sample_id` is, in this order:
+See docs/architecture.md, "Identities". Every input row is a sample. Its `sample_id` is, in
+this order:
 - the `key` the row carries (`key_id`);
 - else its place in its list (`download`, `enqueue`): `row_id` of the list's identity, the
   row's number in it and the row's content, so re-reading the same list gives the same ids,

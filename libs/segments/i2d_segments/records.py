@@ -62,8 +62,9 @@ class UrlRow(BaseModel):
 
     @property
     def sample_id(self) -> str:
-        """Every row is a sample (DESIGN.md, Identities): its own key, else its place in its
-        list, else the hash of its content (the same bare line produced twice is one row)."""
+        """Every row is a sample (docs/architecture.md, "Identities"): its own key, else its
+        place in its list, else the hash of its content (the same bare line produced twice is
+        one row)."""
         if self.key is not None and self.key != "":
             return key_id(self.key)
         if self.row_id:

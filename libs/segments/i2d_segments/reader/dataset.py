@@ -147,12 +147,13 @@ class DatasetReader:
         self, segment_ids: Iterable[str] | None = None, *, verify: bool = True
     ) -> Iterator[Item]:
         """Every input row that has an image, as (image, its own caption and metadata):
-        every row is a sample (DESIGN.md), so an image shared by several rows (COCO's five
-        captions of one image, two urls serving the same bytes) is yielded once per row, with
-        that row's caption and metadata (`sample_meta`). Segment by segment (default: every
-        committed segment, in segment order: one without images may hold rows whose image is
-        stored by another), each streamed once; a row whose image another segment stores
-        (deduplicated) costs one ranged read. Needs the index (the rows are its samples)."""
+        every row is a sample (docs/architecture.md, "Identities"), so an image shared by
+        several rows (COCO's five captions of one image, two urls serving the same bytes) is
+        yielded once per row, with that row's caption and metadata (`sample_meta`). Segment by
+        segment (default: every committed segment, in segment order: one without images may
+        hold rows whose image is stored by another), each streamed once; a row whose image
+        another segment stores (deduplicated) costs one ranged read. Needs the index (the rows
+        are its samples)."""
         index = self._require_index()
         if segment_ids is None:
             wanted = [(s.segment_id, s.item_count > 0) for s in index.segments()]

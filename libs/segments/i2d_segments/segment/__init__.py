@@ -1,7 +1,8 @@
 """The segment format: streaming TAR writer and sequential readers, WebDataset-compatible.
 
-See DESIGN.md "Segments": `<item_id>.<ext>`, `.json`, `.txt` per sample, members adjacent, data
-offsets taken from the real stream position so one ranged read returns exactly a member.
+See FORMAT.md beside this package: `<item_id>.<ext>`, `.json`, `.txt` per sample, members
+adjacent, a `__segment__` manifest last, data offsets taken from the real stream position so one
+ranged read returns exactly a member.
 """
 
 from i2d_segments.segment.format import (
