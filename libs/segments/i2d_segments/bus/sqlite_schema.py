@@ -358,15 +358,30 @@ def truncate_consumed(conn: sqlite3.Connection) -> int:
     """Drop what every group registered on a topic has committed past (see
     `EmbeddedBus.truncate_consumed`). Deleting a 50 KB record costs about as much as writing
     it, so the work is cut into transactions of about TRUNCATE_STEP_S each (the chunk adapts
-    to the record sizes) instead of holding the write lock for the whole backlog. Freed
-    pages go to SQLite's free list and are reused by later records: the file stops growing
-    without a VACUUM."""
+    to the record sizes) instead of holding the write lock for the whole backlog; with
+    nothing to drop, it only reads (callers may run it every tick). Freed pages go to
+    SQLite's free list and are reused by later records: the file stops growing without a
+    VACUUM."""
     dropped = 0
     chunk = 1024
     while True:
+        with read_transaction(conn):
+            if not _truncation_plan(conn, chunk):
+                return dropped
         started = time.monotonic()
+        step = 0
         with write_transaction(conn):
-            step = _truncate_step(conn, chunk)
+            # Planned again under the write lock: another process may have moved things.
+            for topic_id, part, start, new_start in _truncation_plan(conn, chunk):
+                conn.execute(
+                    "DELETE FROM records WHERE topic_id = ? AND part = ? AND ofs < ?",
+                    (topic_id, part, new_start),
+                )
+                conn.execute(
+                    "UPDATE partitions SET log_start = ? WHERE topic_id = ? AND part = ?",
+                    (new_start, topic_id, part),
+                )
+                step += new_start - start  # offsets are dense between start and end
         if step == 0:
             return dropped
         dropped += step
@@ -377,15 +392,15 @@ def truncate_consumed(conn: sqlite3.Connection) -> int:
             chunk = min(1 << 16, chunk * 2)
 
 
-def _truncate_step(conn: sqlite3.Connection, budget: int) -> int:
-    """Drop up to `budget` consumed records (inside the caller's transaction)."""
+def _truncation_plan(conn: sqlite3.Connection, budget: int) -> list[tuple[int, int, int, int]]:
+    """(topic id, partition, log start, new log start) for up to `budget` consumed records."""
     # By topic name: a member may subscribe before its topic exists.
     registered: dict[int, set[str]] = {}
     for group, topic_id in conn.execute(
         "SELECT r.group_name, t.id FROM registrations r JOIN topics t ON t.name = r.topic"
     ):
         registered.setdefault(int(topic_id), set()).add(str(group))
-    dropped = 0
+    plan: list[tuple[int, int, int, int]] = []
     for topic_id, groups in registered.items():
         committed: dict[int, dict[str, int]] = {}
         for group, part, offset in conn.execute(
@@ -400,18 +415,11 @@ def _truncate_step(conn: sqlite3.Connection, budget: int) -> int:
             offsets = committed.get(int(part), {})
             if len(offsets) < len(groups):
                 continue  # a group that never committed here reads from the start
-            floor = min(min(offsets.values()), int(end), int(start) + budget - dropped)
-            if floor <= start:
+            new_start = min(min(offsets.values()), int(end), int(start) + budget)
+            if new_start <= start:
                 continue
-            conn.execute(
-                "DELETE FROM records WHERE topic_id = ? AND part = ? AND ofs < ?",
-                (topic_id, part, floor),
-            )
-            conn.execute(
-                "UPDATE partitions SET log_start = ? WHERE topic_id = ? AND part = ?",
-                (floor, topic_id, part),
-            )
-            dropped += floor - int(start)  # offsets are dense between start and end
-            if dropped >= budget:
-                return dropped
-    return dropped
+            plan.append((topic_id, int(part), int(start), new_start))
+            budget -= new_start - int(start)
+            if budget <= 0:
+                return plan
+    return plan
