@@ -37,8 +37,8 @@ from i2d_fetcher.settings import FetcherSettings
 from i2d_segments.bus import EmbeddedBus
 from i2d_segments.bus.memory import MemoryBus
 from i2d_segments.folder import BUS_FILE, OutputFolder
-from i2d_segments.gc import find_abandoned_uploads, find_garbage
 from i2d_segments.index import DownloadRun, Index, IndexError_
+from i2d_segments.ops.gc import find_abandoned_uploads, find_garbage
 from i2d_segments.records import UnparsedRow, UrlRow, encode_url_row
 from i2d_segments.runtime import Health, HealthServer
 from i2d_segments.store.local import LocalStore

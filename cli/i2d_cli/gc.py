@@ -6,7 +6,7 @@
 
 Garbage: segment objects (and their side files) no index commit names, multipart uploads
 never completed, claim-check payloads left under staging/; each only once older than its
-grace period, since a live writer may still complete or commit it (`i2d_segments.gc`).
+grace period, since a live writer may still complete or commit it (`i2d_segments.ops.gc`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pydantic import Field
 
 from i2d_cli.dataset import DatasetOptions, existing_index_of, store_of
 from i2d_cli.flags import add_model_flags, model_kwargs
-from i2d_segments.gc import collect_garbage
+from i2d_segments.ops.gc import collect_garbage
 
 NAME = "gc"
 HELP = "List (and with --delete remove) uncommitted objects, aborted uploads, stale claim checks."

@@ -4,7 +4,7 @@
     img2dataset reindex --output_folder out --index_url sqlite:///out/rebuilt.sqlite
     img2dataset reindex --store_url s3://bucket/ds/ --index_url postgresql://.../new_db
 
-Run it with the appenders stopped. Which objects count and why: `i2d_segments.reindex`.
+Run it with the appenders stopped. Which objects count and why: `i2d_segments.ops.reindex`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from i2d_cli.flags import add_model_flags, model_kwargs
 from i2d_cli.progress import Progress
 from i2d_segments.connect import open_index
 from i2d_segments.index import IndexError_, SegmentRow
-from i2d_segments.reindex import DEFAULT_TOPIC, ReindexError, rebuild_index
+from i2d_segments.ops.reindex import DEFAULT_TOPIC, ReindexError, rebuild_index
 from i2d_segments.store import StoreError
 
 NAME = "reindex"
@@ -28,14 +28,9 @@ HELP = "Rebuild the index from the segments' manifests, into a new or empty inde
 
 class ReindexOptions(DatasetOptions):
     append_topic: str = Field(
-        DEFAULT_TOPIC, description="Topic of segments whose manifest is missing (older ones)."
+        DEFAULT_TOPIC, description="Topic of the partitions of unreadable segments."
     )
     workers: int = Field(4, ge=1, description="Segments read at once.")
-    members_fallback: bool = Field(
-        True,
-        description="Rebuild a segment without a manifest from its members (stored items "
-        "only); False: leave such segments out.",
-    )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -65,7 +60,6 @@ def run(ns: argparse.Namespace) -> int:
             store,
             index,
             workers=opts.workers,
-            members_fallback=opts.members_fallback,
             topic=opts.append_topic,
             on_segment=progress,
         )
@@ -83,8 +77,6 @@ def run(ns: argparse.Namespace) -> int:
         print(f"garbage, not indexed: {skipped.name}: {skipped.reason}")
     for skipped in report.invalid:
         print(f"UNREADABLE, not indexed: {skipped.name}: {skipped.reason}")
-    for name in report.from_members:
-        print(f"no manifest, rebuilt from its members (stored items only): {name}")
     print(
         f"reindexed {report.segments} segments, {report.items} items, {report.samples} samples "
         f"over {report.partitions} partitions into {target}; left out {len(report.superseded)} "

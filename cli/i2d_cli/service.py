@@ -28,7 +28,7 @@ from i2d_cli.options import FolderOptions
 from i2d_cli.pipeline import LocalPipeline, PipelineSettings
 from i2d_fetcher.settings import FetcherSettings
 from i2d_segments.folder import FolderBusy, FolderError, OutputFolder
-from i2d_segments.gc import find_abandoned_uploads, find_garbage
+from i2d_segments.ops.gc import find_abandoned_uploads, find_garbage
 from i2d_segments.runtime import Health, HealthServer
 from i2d_segments.settings import ConnectionSettings
 from i2d_segments.signals import stop_event_on_signals

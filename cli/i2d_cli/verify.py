@@ -4,7 +4,7 @@
     img2dataset verify --output_folder out --sample all       # or --sample 0.1 (a fraction)
     img2dataset verify --store_url s3://bucket/ds/ --index_url postgresql://...
 
-Exits 1 on any mismatch. What is compared with what: `i2d_segments.verify`.
+Exits 1 on any mismatch. What is compared with what: `i2d_segments.ops.verify`.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from i2d_cli.dataset import DatasetOptions, existing_index_of, store_of
 from i2d_cli.flags import add_model_flags, model_kwargs
 from i2d_cli.progress import Progress
 from i2d_segments.index import IndexError_, SegmentRow
+from i2d_segments.ops.verify import DEFAULT_SAMPLE, Mismatch, verify_dataset
 from i2d_segments.store import StoreError
-from i2d_segments.verify import DEFAULT_SAMPLE, Mismatch, verify_dataset
 
 NAME = "verify"
 HELP = "Check every segment's sha256 and item rows, and read back a sample of items."

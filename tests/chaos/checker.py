@@ -34,17 +34,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from i2d_segments.gc import find_abandoned_uploads, find_garbage
 from i2d_segments.index import Index, ItemRow, SampleRow, SegmentRow
 from i2d_segments.index.sqlite import SqliteIndex
 from i2d_segments.naming import SEGMENTS_PREFIX, object_name_of
+from i2d_segments.ops.gc import find_abandoned_uploads, find_garbage
+from i2d_segments.ops.reindex import rebuild_index
 from i2d_segments.reader import DatasetReader
 from i2d_segments.records import SegmentClosed
-from i2d_segments.reindex import index_differences, rebuild_index
 from i2d_segments.segment.manifest import MANIFEST_NAME, SegmentManifest, decode_manifest
 from i2d_segments.segment.reader import iter_members
 from i2d_segments.store import SegmentStore
 from tests.chaos.workload import Ledger
+from tests.index_diff import index_differences
 
 INVARIANTS = (
     "next_offset_monotonic",

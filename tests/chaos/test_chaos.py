@@ -34,10 +34,10 @@ import pytest
 
 from i2d_appender.crashpoints import POINTS
 from i2d_segments.bus.kafka import KafkaBus
-from i2d_segments.gc import find_garbage
 from i2d_segments.index import Index
 from i2d_segments.index.postgres import PostgresIndex
 from i2d_segments.naming import object_name_of
+from i2d_segments.ops.gc import find_garbage
 from i2d_segments.store.s3 import S3Store
 from tests.chaos.checker import Checker, Snapshot
 from tests.chaos.cluster import (

@@ -16,14 +16,14 @@ from i2d_segments.connect import open_index, open_store
 from i2d_segments.index import SegmentRow
 from i2d_segments.index.sqlite import SqliteIndex
 from i2d_segments.naming import object_name_of, segment_object_name
-from i2d_segments.reindex import (
+from i2d_segments.ops.reindex import (
     ReindexError,
     SegmentObject,
     choose,
-    index_differences,
     rebuild_index,
 )
 from tests.append_records import failure, success
+from tests.index_diff import index_differences
 from tests.ops.conftest import Backend
 from tests.ops.helpers import TP, build_dataset
 

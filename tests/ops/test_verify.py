@@ -7,7 +7,7 @@ import pytest
 
 from i2d_cli.main import main
 from i2d_segments.naming import object_name_of
-from i2d_segments.verify import sample_size, verify_dataset
+from i2d_segments.ops.verify import sample_size, verify_dataset
 from tests.ops.conftest import Backend
 from tests.ops.helpers import build_dataset
 

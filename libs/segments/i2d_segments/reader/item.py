@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,16 +38,3 @@ class Item:
     def sample_id(self) -> str | None:
         sid = self.meta.get("sample_id")
         return None if sid is None else str(sid)
-
-    def as_webdataset(self) -> dict[str, Any]:
-        """The dict `webdataset.WebDataset` yields for the same sample (undecoded bytes; the
-        json encoded as the segment writer encodes it)."""
-        text = json.dumps(self.meta, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
-        out: dict[str, Any] = {
-            "__key__": self.item_id,
-            self.ext: self.image,
-            "json": text.encode("utf-8"),
-        }
-        if self.caption is not None:
-            out["txt"] = self.caption.encode("utf-8")
-        return out

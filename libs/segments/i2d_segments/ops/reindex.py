@@ -38,28 +38,21 @@ takes a higher one anyway. Samples recorded twice (a row fetched again) keep the
 outcome, as commits do: segments are committed in partition order, partitions interleaved by
 the time of their segments' last appended row. Run it with the appenders stopped.
 
-A segment without a manifest (written before manifests existed) is rebuilt from its members
-if `members_fallback` allows it: items from the image members and their `.json`, samples
-for the stored items only (failures and deduplicated rows are not in the members) and an
-offset range that assumes one record per sample.
+A segment without a manifest is not one this project writes: it is reported and left out.
 """
 
 from __future__ import annotations
 
 import heapq
-import json
 import logging
-import mimetypes
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from i2d_segments.ids import sha256_hex
 from i2d_segments.index import Index, ItemRow, SampleRow, SegmentCommit, SegmentRow
 from i2d_segments.naming import SEGMENTS_PREFIX, parse_segment_name, segment_id_of
 from i2d_segments.segment.format import MemberLocation, SegmentFormatError
 from i2d_segments.segment.manifest import MANIFEST_NAME, SegmentManifest, decode_manifest
-from i2d_segments.segment.reader import iter_samples
 from i2d_segments.segment.scan import scan_segment
 from i2d_segments.store import ObjectInfo, SegmentStore, StoreError
 
@@ -89,8 +82,6 @@ class SegmentObject:
     name: str
     segment: SegmentRow
     manifest_location: MemberLocation | None
-    # Rows rebuilt from the members (no manifest); None when the manifest has them.
-    member_rows: tuple[list[ItemRow], list[SampleRow]] | None = None
     last_appended: float = 0.0  # the newest sample row's time: when the segment closed, about
 
     @property
@@ -106,7 +97,6 @@ class ReindexPlan:
     superseded: list[Skipped] = field(default_factory=list)  # garbage by the epoch rule
     invalid: list[Skipped] = field(default_factory=list)  # unreadable or inconsistent objects
     epochs: dict[tuple[str, int], int] = field(default_factory=dict)
-    from_members: list[str] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -117,7 +107,6 @@ class ReindexReport:
     partitions: int = 0
     superseded: list[Skipped] = field(default_factory=list)
     invalid: list[Skipped] = field(default_factory=list)
-    from_members: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -128,9 +117,7 @@ class ReindexReport:
 # ----------------------------------------------------------------------------- reading
 
 
-def _read_object(
-    store: SegmentStore, info: ObjectInfo, members_fallback: bool, topic: str
-) -> SegmentObject | Skipped:
+def _read_object(store: SegmentStore, info: ObjectInfo) -> SegmentObject | Skipped:
     name = info.name
     partition, first_offset, epoch = parse_segment_name(name)
     segment_id = segment_id_of(name)
@@ -145,9 +132,7 @@ def _read_object(
         return Skipped(name, f"not a complete segment: {scan.error}")
     location = scan.locations.get(MANIFEST_NAME)
     if location is None or scan.manifest is None:
-        if not members_fallback:
-            return Skipped(name, "has no __segment__ manifest")
-        return _from_members(store, name, info, scan.sha256, scan.size, topic)
+        return Skipped(name, "has no __segment__ manifest")
     try:
         manifest = decode_manifest(scan.manifest)
     except SegmentFormatError as e:
@@ -204,74 +189,6 @@ def _location_problem(items: Iterable[ItemRow], locations: dict[str, MemberLocat
                 f"its member is at {loc.data_offset}+{loc.data_length}"
             )
     return None
-
-
-def _from_members(
-    store: SegmentStore, name: str, info: ObjectInfo, sha256: str, size: int, topic: str
-) -> SegmentObject | Skipped:
-    """A segment without a manifest: rows from its image members and their `.json`."""
-    partition, first_offset, epoch = parse_segment_name(name)
-    segment_id = segment_id_of(name)
-    items: list[ItemRow] = []
-    samples: list[SampleRow] = []
-    try:
-        with store.open_stream(name) as stream:
-            for sample in iter_samples(stream):
-                meta_bytes = sample.data.get("json")
-                images = [e for e in sample.locations if e not in ("json", "txt")]
-                if meta_bytes is None or len(images) != 1:
-                    continue
-                ext = images[0]
-                meta = json.loads(meta_bytes)
-                loc = sample.locations[ext]
-                items.append(
-                    ItemRow(
-                        item_id=sample.key,
-                        segment_id=segment_id,
-                        data_offset=loc.data_offset,
-                        data_length=loc.data_length,
-                        ext=ext,
-                        mime=mimetypes.guess_type(f"x.{ext}")[0],
-                        width=meta.get("width"),
-                        height=meta.get("height"),
-                        original_width=meta.get("original_width"),
-                        original_height=meta.get("original_height"),
-                        data_sha256=sha256_hex(sample.data[ext]),
-                    )
-                )
-                samples.append(
-                    SampleRow(
-                        sample_id=str(meta.get("sample_id") or meta.get("key") or sample.key),
-                        url=str(meta.get("url") or ""),
-                        caption=meta.get("caption"),
-                        status=str(meta.get("status") or "success"),
-                        error=meta.get("error_message"),
-                        item_id=sample.key,
-                        segment_id=segment_id,
-                        attrs={k: v for k, v in meta.items() if k not in _SAMPLE_JSON_COLUMNS},
-                        updated_at=info.last_modified,
-                    )
-                )
-    except (StoreError, OSError, SegmentFormatError, ValueError) as e:
-        return Skipped(name, f"cannot rebuild from its members: {e}")
-    unique = {s.sample_id: s for s in samples}
-    row = SegmentRow(
-        segment_id=segment_id,
-        topic=topic,
-        partition=partition,
-        first_offset=first_offset,
-        last_offset=first_offset + max(len(samples), 1) - 1,
-        epoch=epoch,
-        uri=store.uri(name),
-        item_count=len(items),
-        sample_count=len(unique),
-        bytes=size,
-        sha256=sha256,
-        created_at=info.last_modified,
-    )
-    return SegmentObject(
-        name, row, None, (items, list(unique.values())), last_appended=info.last_modified
-    )
 
 
 # ----------------------------------------------------------------------------- choosing
@@ -376,12 +293,11 @@ def plan_reindex(
     store: SegmentStore,
     *,
     workers: int = 4,
-    members_fallback: bool = True,
     topic: str = DEFAULT_TOPIC,
 ) -> ReindexPlan:
     """Read every segment object of `store` and decide what a rebuilt index holds.
 
-    `topic` names the partitions of objects whose topic nothing records (no manifest)."""
+    `topic` names the partitions of objects whose topic nothing records (unreadable ones)."""
     infos: list[ObjectInfo] = []
     for info in store.list(SEGMENTS_PREFIX):
         try:
@@ -393,7 +309,7 @@ def plan_reindex(
     objects: list[SegmentObject] = []
     topics: dict[int, str] = {}
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        results = pool.map(lambda i: _read_object(store, i, members_fallback, topic), infos)
+        results = pool.map(lambda i: _read_object(store, i), infos)
         for result in results:
             if isinstance(result, Skipped):
                 log.warning("reindex: %s left out: %s", result.name, result.reason)
@@ -401,8 +317,6 @@ def plan_reindex(
                 continue
             objects.append(result)
             topics.setdefault(result.segment.partition, result.segment.topic)
-            if result.member_rows is not None:
-                plan.from_members.append(result.name)
     # A partition's epoch: the highest any of its objects carries, readable or not (each was
     # taken from the index by an owner).
     for info in infos:
@@ -419,8 +333,6 @@ def plan_reindex(
 
 
 def _rows(store: SegmentStore, obj: SegmentObject) -> tuple[list[ItemRow], list[SampleRow]]:
-    if obj.member_rows is not None:
-        return obj.member_rows
     loc = obj.manifest_location
     assert loc is not None
     manifest = decode_manifest(store.read_range(obj.name, loc.data_offset, loc.data_length))
@@ -439,7 +351,6 @@ def rebuild_index(
     index: Index,
     *,
     workers: int = 4,
-    members_fallback: bool = True,
     topic: str = DEFAULT_TOPIC,
     owner: str = REINDEX_OWNER,
     on_segment: Callable[[SegmentRow], None] | None = None,
@@ -451,10 +362,8 @@ def rebuild_index(
     `invalid` ones could not be read or contradict themselves (`report.ok` is False).
     """
     _check_empty(index)
-    plan = plan_reindex(store, workers=workers, members_fallback=members_fallback, topic=topic)
-    report = ReindexReport(
-        superseded=plan.superseded, invalid=plan.invalid, from_members=plan.from_members
-    )
+    plan = plan_reindex(store, workers=workers, topic=topic)
+    report = ReindexReport(superseded=plan.superseded, invalid=plan.invalid)
     epochs: dict[tuple[str, int], int] = {}
 
     def reach(key: tuple[str, int], epoch: int) -> None:
@@ -489,49 +398,3 @@ def rebuild_index(
         reach(key, epoch)
     report.partitions = len(epochs)
     return report
-
-
-# ----------------------------------------------------------------------------- comparing
-
-
-def index_differences(expected: Index, actual: Index, *, exact_epochs: bool = False) -> list[str]:
-    """How `actual` (say a rebuilt index) differs from `expected`, one line per difference;
-    empty when they hold the same segments, items, samples and partition positions.
-
-    A partition's epoch in `actual` may be lower than in `expected` (an owner that took the
-    partition and wrote nothing leaves no trace in the store) unless `exact_epochs`.
-    """
-    out: list[str] = []
-    want = {s.segment_id: s for s in expected.segments()}
-    got = {s.segment_id: s for s in actual.segments()}
-    for sid in sorted(want.keys() - got.keys()):
-        out.append(f"segment {sid} missing")
-    for sid in sorted(got.keys() - want.keys()):
-        out.append(f"segment {sid} not in the expected index")
-    for sid in sorted(want.keys() & got.keys()):
-        if want[sid] != got[sid]:
-            out.append(f"segment {sid}: expected {want[sid]}, got {got[sid]}")
-        for kind, a, b in (
-            ("item", expected.items_for_segment(sid), actual.items_for_segment(sid)),
-            ("sample", expected.samples_for_segment(sid), actual.samples_for_segment(sid)),
-        ):
-            if a != b:
-                ids_a = {getattr(r, f"{kind}_id"): r for r in a}
-                ids_b = {getattr(r, f"{kind}_id"): r for r in b}
-                for rid in sorted(ids_a.keys() | ids_b.keys()):
-                    ra, rb = ids_a.get(rid), ids_b.get(rid)
-                    if ra != rb:
-                        out.append(f"{kind} {rid} of {sid}: expected {ra}, got {rb}")
-    parts_a = {(p.topic, p.partition): p for p in expected.partitions()}
-    parts_b = {(p.topic, p.partition): p for p in actual.partitions()}
-    for key in sorted(parts_a.keys() | parts_b.keys()):
-        pa, pb = parts_a.get(key), parts_b.get(key)
-        next_a = pa.next_offset if pa else 0
-        next_b = pb.next_offset if pb else 0
-        epoch_a = pa.epoch if pa else 0
-        epoch_b = pb.epoch if pb else 0
-        if next_a != next_b:
-            out.append(f"partition {key}: next_offset expected {next_a}, got {next_b}")
-        if epoch_b > epoch_a or (exact_epochs and epoch_a != epoch_b):
-            out.append(f"partition {key}: epoch expected {epoch_a}, got {epoch_b}")
-    return out
