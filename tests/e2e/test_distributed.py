@@ -92,15 +92,24 @@ def test_three_services_end_to_end(
         for port in ports.values():
             wait_for_port(port, 60)
         # Half through the CLI, half as raw lines the way kafka-console-producer sends them.
+        # --wait: the command returns once its rows are recorded in the index.
         enqueue = ServerProcess(
-            [str(BIN / "img2dataset"), "enqueue", "--url_list", str(tmp_path / "urls.txt")],
+            [
+                str(BIN / "img2dataset"),
+                "enqueue",
+                "--url_list",
+                str(tmp_path / "urls.txt"),
+                "--wait",
+            ],
             tmp_path / "enqueue.log",
             env=env,
         ).start()
-        assert enqueue.proc is not None and enqueue.proc.wait(60) == 0, enqueue.log_tail()
+        assert enqueue.proc is not None and enqueue.proc.wait(120) == 0, enqueue.log_tail()
         printed = enqueue.log_path.read_text()  # a progress bar with rate, then the total
         assert f"{half}/{half}" in printed and "rows/s" in printed, printed[-2000:]
         assert f"enqueued {half} rows to urls" in printed
+        assert f"all {half} rows are recorded in the index" in printed
+        assert sum(index.status_counts().values()) == half
         raw = Producer({"bootstrap.servers": kafka_bootstrap})
         for url in urls[half:]:
             raw.produce("urls", url.encode())
