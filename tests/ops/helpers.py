@@ -81,7 +81,8 @@ def build_dataset(store: SegmentStore, index: Index) -> Dataset:
     run_until(first, lambda: len(index.segments()) == 1)  # 0..4 committed, 5..6 open
     second = p.appender("appender-2")  # takes the partition: epoch 2
     run_until(second, lambda: second.owned.get(TP) is not None, steps=5)
-    first._close_all("zombie")  # completes its object; the commit is fenced
+    first.drain()
+    first.step()  # nothing more to read: completes its object; the commit is fenced
     second.drain()
     run_until(second, lambda: len(index.segments()) == 2)
 

@@ -147,7 +147,9 @@ def test_new_owner_fences_the_old_one_and_resumes_at_next_offset(h: Harness) -> 
     new = h.appender(group_id="appender-2")
     run_until(new, lambda: new.owned.get(TopicPartition(TOPIC, 0)) is not None, steps=5)
     # The zombie's commit of its open segment is refused: nothing of it becomes visible.
-    old._close_all("test")
+    old.drain()
+    old.step()  # nothing more to read: its open segment closes, the commit is fenced
+    assert TopicPartition(TOPIC, 0) not in old.owned
     assert len(h.index.segments()) == 1
     # The new owner re-reads from next_offset = 5 and commits those records itself.
     new.drain()

@@ -7,18 +7,21 @@ lost for good: whoever next takes the partition re-announces the committed segme
 that mark (at-least-once; consumers of SEGMENT_CLOSED are idempotent per segment_id).
 
 Producing never blocks the partition loop: events are queued, delivery reports are served by
-`poll`, and `confirmed` tells the loop how far it may commit.
+`poll`, and `confirmed` tells the loop how far it may commit. `reannounce_due` queues the
+segments of a newly leased partition that its previous owner may not have announced.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from i2d_appender import metrics
-from i2d_segments.bus import BusError, Message, Producer, TopicPartition
-from i2d_segments.index import SegmentRow
+from i2d_appender.partition import PartitionState
+from i2d_segments.bus import Bus, BusError, Message, Producer, TopicPartition
+from i2d_segments.index import Index, IndexError_, SegmentRow
 from i2d_segments.records import SegmentClosed
 
 log = logging.getLogger(__name__)
@@ -50,9 +53,18 @@ class Announcement:
 
 
 class Announcer:
-    def __init__(self, producer: Producer, topic: str) -> None:
+    """Announces the segments committed from the partitions of consumer group `group_id` on
+    `topic`; `bus` tells the group's committed offsets (the announced marks), `index` the
+    segments to announce again."""
+
+    def __init__(
+        self, producer: Producer, topic: str, *, bus: Bus, group_id: str, index: Index
+    ) -> None:
         self._producer = producer
         self._topic = topic
+        self._bus = bus
+        self._group_id = group_id
+        self._index = index
         self._pending: dict[TopicPartition, deque[Announcement]] = {}
 
     def add(self, tp: TopicPartition, announcement: Announcement) -> None:
@@ -120,3 +132,49 @@ class Announcer:
     def drop(self, tp: TopicPartition) -> None:
         """Forget `tp`'s announcements (ownership lost): the next owner re-announces them."""
         self._pending.pop(tp, None)
+
+    # ------------------------------------------------------------------ re-announcing
+
+    def reannounce_due(self, states: Iterable[PartitionState]) -> None:
+        """For each partition leased since the last call (`reannounce_below` set) and appending,
+        queue again the committed segments from its announced mark up to where the lease
+        started, ahead of anything this owner committed since."""
+        due = [s for s in states if s.reannounce_below is not None and s.accepting]
+        if not due:
+            return
+        marks = self._announced_marks({s.tp.topic for s in due})
+        for state in due:
+            tp, below = state.tp, state.reannounce_below
+            assert below is not None
+            mark = None if marks is None else marks.get(tp)
+            if mark is None:
+                # No mark (never committed, expired, or Kafka cannot say): only the newest
+                # segment can be unannounced for sure; the materializer's reconciliation at
+                # start covers anything older.
+                mark = below - 1
+            try:
+                segments = self._index.partition_segments(tp.topic, tp.partition, mark)
+            except IndexError_ as e:
+                log.warning("cannot list the segments of %s to re-announce: %s", tp, e)
+                continue
+            state.reannounce_below = None
+            again = [
+                Announcement(closed_event(seg), seg.last_offset + 1)
+                for seg in segments
+                if seg.last_offset < below
+            ]
+            metrics.REANNOUNCED.inc(len(again))
+            # Ahead of anything this owner committed since: the offset mark only moves forward.
+            self.add_first(tp, again)
+
+    def _announced_marks(self, topics: set[str]) -> dict[TopicPartition, int | None] | None:
+        """The group's committed offset per partition, or None if Kafka cannot say."""
+        marks: dict[TopicPartition, int | None] = {}
+        try:
+            for topic in topics:
+                for lag in self._bus.lag(self._group_id, topic):
+                    marks[TopicPartition(topic, lag.partition)] = lag.committed
+        except BusError as e:
+            log.warning("cannot read the committed offsets to re-announce from: %s", e)
+            return None
+        return marks

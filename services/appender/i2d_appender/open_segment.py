@@ -133,10 +133,6 @@ class OpenSegment:
         self._item_ids.add(meta.item_id)
         crashpoints.reached("segment_write")
 
-    @property
-    def item_ids(self) -> set[str]:
-        return set(self._item_ids)
-
     def finish(self) -> ClosedSegment:
         """Write the manifest and the end of the archive, then publish the object
         (If-None-Match semantics: ObjectExistsError if the name is taken)."""

@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from i2d_appender.partition import PartitionState
+from i2d_appender.partition import PartitionState, Phase
 from i2d_segments.bus import TopicPartition
 from i2d_segments.index import Index, IndexError_, PartitionProgress
 from i2d_segments.records import AppendMeta, SampleStatus
@@ -122,7 +122,7 @@ class ProgressPublisher:
         rows = [
             self._row(state, now, final)
             for state in list(owned.values())
-            if state.epoch is not None and state.stopped is None
+            if state.epoch is not None and state.phase is not Phase.STOPPED
         ]
         try:
             self.index.publish_progress(rows)

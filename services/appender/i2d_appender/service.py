@@ -9,10 +9,12 @@ consumer seeks to `next_offset`, so a record is in the index exactly once whatev
 
 Failures never skip data. A store or index call that fails discards what is not committed (the
 open segment; a completed object whose commit keeps failing is garbage for `gc`), seeks the
-partition back to the first uncommitted offset and pauses it for a doubling backoff; the other
-partitions go on. After `commit_attempts` consecutive failures the partition stops: paused,
-counted in a metric, logged, and readiness fails until the appender is restarted. A commit the
-index refuses as fenced means another appender owns the partition now: this one lets go of it.
+partition back to the first uncommitted offset and pauses it for a doubling backoff (`retry`);
+the other partitions go on. After `commit_attempts` consecutive failures the partition stops:
+paused, counted in a metric, logged, and readiness fails until the appender is restarted. A
+commit the index refuses as fenced means another appender owns the partition now: this one lets
+go of it. The phases a partition goes through, and how it moves between them, are
+`partition.Phase` and the methods of `partition.PartitionState`.
 """
 
 from __future__ import annotations
@@ -26,8 +28,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from i2d_appender import crashpoints, metrics
 from i2d_appender.announce import Announcement, Announcer, closed_event
 from i2d_appender.open_segment import ClosedSegment, OpenSegment
-from i2d_appender.partition import PartitionState
+from i2d_appender.partition import OnFailure, PartitionState, Phase
 from i2d_appender.progress import ProgressPublisher
+from i2d_appender.retry import RetryPolicy
 from i2d_appender.settings import AppenderSettings
 from i2d_segments.bus import Bus, BusError, Message, RebalanceListener, TopicPartition
 from i2d_segments.index import FencedError, Index, IndexError_
@@ -53,13 +56,15 @@ class AppenderService(RebalanceListener):
         health: Health | None = None,
     ) -> None:
         self.settings = settings
-        self.bus = bus
         self.store = store
         self.index = index
         self.health = health or Health()
         self.consumer = bus.consumer(settings.group_id)
         self.producer = bus.producer()
-        self.announcer = Announcer(self.producer, settings.closed_topic)
+        self.announcer = Announcer(
+            self.producer, settings.closed_topic, bus=bus, group_id=settings.group_id, index=index
+        )
+        self.retries = RetryPolicy.of(settings)
         self.owned: dict[TopicPartition, PartitionState] = {}
         self.progress = ProgressPublisher(
             index,
@@ -72,7 +77,6 @@ class AppenderService(RebalanceListener):
         # partition has nothing more to read, instead of waiting for the idle timeout.
         self._draining = threading.Event()
         self.failed: BaseException | None = None
-        self._stop = threading.Event()
         # Partitions rewound during the current batch: the rest of the batch is stale for them.
         self._rewound: set[TopicPartition] = set()
         self.health.add_check("partition_loop", lambda: self.failed is None)
@@ -92,13 +96,12 @@ class AppenderService(RebalanceListener):
             self._draining.clear()
 
     def stopped_partitions(self) -> dict[TopicPartition, str]:
-        return {tp: s.stopped for tp, s in self.owned.items() if s.stopped is not None}
+        return {tp: s.stop_reason for tp, s in self.owned.items() if s.stop_reason is not None}
 
     # ------------------------------------------------------------------ loop
 
     def run(self, stop: threading.Event) -> None:
         """Serve until `stop` is set; open segments are committed before returning."""
-        self._stop = stop
         self.consumer.subscribe([self.settings.append_topic], listener=self)
         try:
             while not stop.is_set():
@@ -124,7 +127,7 @@ class AppenderService(RebalanceListener):
         if messages:
             self._append_batch(messages)
         self._close_due(idle=not messages)
-        self._reannounce_due()
+        self.announcer.reannounce_due(self.owned.values())
         self.announcer.poll()
         self._commit_announced(self.announcer.partitions())
         self.progress.publish_due(self.owned)
@@ -151,11 +154,12 @@ class AppenderService(RebalanceListener):
             state = PartitionState(tp)
             self.owned[tp] = state
             if self._acquire(state):
+                state.resumed()  # the bus starts it at the index's next_offset
                 seeks[tp] = state.next_offset
             else:
                 # Retried from the loop (the partition can only be paused once assigned); its
                 # records are ignored until then.
-                self._schedule_retry(state)
+                self.retries.later(state.backoff)
         metrics.OWNED_PARTITIONS.set(len(self.owned))
         return seeks
 
@@ -199,37 +203,36 @@ class AppenderService(RebalanceListener):
             metrics.RETRIES.labels("acquire").inc()
             log.warning("cannot take %s yet: %s", tp, e)
             return False
-        state.epoch = lease.epoch
-        state.next_offset = lease.next_offset
-        state.failures = 0
-        state.reannounce_below = lease.next_offset
+        state.leased(lease.epoch, lease.next_offset)
         log.info("owning %s at offset %d, epoch %d", tp, lease.next_offset, lease.epoch)
         return True
 
     # ------------------------------------------------------------------ failures and retries
 
-    def _schedule_retry(self, state: PartitionState) -> None:
-        state.failures += 1
-        state.retry_at = time.monotonic() + state.backoff(
-            self.settings.retry_base_seconds, self.settings.retry_max_seconds
-        )
-
-    def _defer(self, state: PartitionState, what: str, error: BaseException) -> None:
+    def _defer(
+        self,
+        state: PartitionState,
+        what: str,
+        error: BaseException,
+        pending: ClosedSegment | None = None,
+    ) -> None:
         """A transient failure: rewind the partition to its first unprocessed offset and pause
-        it for a backoff, or stop it for good once failures outlast `commit_attempts`."""
+        it for a backoff, or stop it for good once failures outlast `commit_attempts`.
+        `pending`: a completed segment whose commit failed, to be retried first."""
         tp = state.tp
         metrics.RETRIES.labels(what).inc()
         self._rewound.add(tp)
-        if state.failures + 1 >= self.settings.commit_attempts:
-            self._stop_partition(state, f"{what} failed {state.failures + 1} times: {error}")
+        delay = self.retries.failed(state.backoff)
+        if delay is None:
+            self._stop_partition(state, f"{what} failed {state.backoff.failures} times: {error}")
             return
-        self._schedule_retry(state)
+        state.deferred(pending)
         log.warning(
             "%s of %s failed (%s); retrying in %.1fs from offset %d",
             what,
             tp,
             error,
-            state.retry_at - time.monotonic(),
+            delay,
             state.resume_offset,
         )
         self._pause(state, seek_to=state.resume_offset)
@@ -245,11 +248,20 @@ class AppenderService(RebalanceListener):
             # Not assigned any more (a rebalance is under way): the next owner seeks itself.
             log.warning("cannot pause %s: %s", state.tp, e)
 
+    def _resume(self, state: PartitionState) -> None:
+        if state.paused:
+            try:
+                self.consumer.resume([state.tp])
+            except BusError as e:
+                log.warning("cannot resume %s: %s", state.tp, e)
+                return  # tried again at the next step
+            state.paused = False
+        state.resumed()
+
     def _stop_partition(self, state: PartitionState, reason: str) -> None:
         if state.segment is not None:
             self._discard_segment(state, "stopped")
-        state.pending = None  # its object, if complete, is garbage for gc
-        state.stopped = reason
+        state.stop(reason)  # its pending object, if complete, is garbage for gc
         self._pause(state, seek_to=None)
         metrics.PARTITIONS_STOPPED.set(len(self.stopped_partitions()))
         log.error(
@@ -261,11 +273,14 @@ class AppenderService(RebalanceListener):
         )
 
     def _retry_due(self) -> None:
-        now = time.monotonic()
+        """Retry what each waiting partition whose backoff is over waits for (its lease, its
+        pending commit), then resume it."""
         for state in list(self.owned.values()):
-            if state.stopped is not None or state.retry_at > now:
+            if state.phase not in (Phase.ACQUIRING, Phase.WAITING):
                 continue
-            if state.epoch is None:
+            if not self.retries.due(state.backoff):
+                continue
+            if state.phase is Phase.ACQUIRING:
                 if not self._acquire(state):
                     self._defer(state, "acquire", IndexError_("index unavailable"))
                     continue
@@ -274,12 +289,7 @@ class AppenderService(RebalanceListener):
                 if self._commit(state, state.pending) is None:
                     continue
                 self._pause(state, seek_to=state.next_offset)  # past what the commit covered
-            if state.paused and state.pending is None:
-                try:
-                    self.consumer.resume([state.tp])
-                    state.paused = False
-                except BusError as e:
-                    log.warning("cannot resume %s: %s", state.tp, e)
+            self._resume(state)
 
     def _discard_segment(self, state: PartitionState, reason: str) -> None:
         seg = state.segment
@@ -429,13 +439,8 @@ class AppenderService(RebalanceListener):
             elif now - seg.opened >= self.settings.segment_max_age_seconds:
                 self._close(state, "age")
 
-    def _close_all(self, reason: str) -> None:
-        for state in list(self.owned.values()):
-            if state.segment is not None:
-                self._close(state, reason)
-
     def _close(
-        self, state: PartitionState, reason: str, on_failure: str = "defer"
+        self, state: PartitionState, reason: str, on_failure: OnFailure = "defer"
     ) -> ClosedSegment | None:
         """Complete and commit the open segment. On failure, `defer` rewinds and retries;
         `abandon` (revoke, shutdown) leaves the records to whoever reads the partition next."""
@@ -454,7 +459,7 @@ class AppenderService(RebalanceListener):
             if isinstance(e, ObjectExistsError):
                 # An earlier attempt under this epoch landed unbeknownst to us: the name is
                 # taken, so take a new epoch (a new name) and write the records again.
-                state.epoch = None
+                state.needs_new_lease()
             self._defer(state, "store complete", e)
             return None
         crashpoints.reached("after_complete")
@@ -472,7 +477,7 @@ class AppenderService(RebalanceListener):
         return committed
 
     def _commit(
-        self, state: PartitionState, closed: ClosedSegment, on_failure: str = "defer"
+        self, state: PartitionState, closed: ClosedSegment, on_failure: OnFailure = "defer"
     ) -> ClosedSegment | None:
         """The segment's index transaction, then its announcement is queued."""
         commit = closed.commit
@@ -490,13 +495,10 @@ class AppenderService(RebalanceListener):
                 state.pending = None
                 log.warning("abandoning %s: %s", commit.segment.segment_id, e)
                 return None
-            state.pending = closed
-            self._defer(state, "index commit", e)
+            self._defer(state, "index commit", e, pending=closed)
             return None
         crashpoints.reached("after_index_commit")
-        state.pending = None
-        state.failures = 0
-        state.next_offset = commit.next_offset
+        state.committed(commit.next_offset)
         metrics.SEGMENTS_CLOSED.inc()
         metrics.SEGMENT_BYTES.observe(commit.segment.bytes)
         self.announcer.add(
@@ -535,47 +537,6 @@ class AppenderService(RebalanceListener):
             crashpoints.reached("after_kafka_commit")
             for a in done:
                 self._delete_staged(a.staged)
-
-    def _reannounce_due(self) -> None:
-        due = [s for s in self.owned.values() if s.reannounce_below is not None and s.accepting]
-        if not due:
-            return
-        marks = self._announced_marks({s.tp.topic for s in due})
-        for state in due:
-            tp, below = state.tp, state.reannounce_below
-            assert below is not None
-            mark = None if marks is None else marks.get(tp)
-            if mark is None:
-                # No mark (never committed, expired, or Kafka cannot say): only the newest
-                # segment can be unannounced for sure; the materializer's reconciliation at
-                # start covers anything older.
-                mark = below - 1
-            try:
-                segments = self.index.partition_segments(tp.topic, tp.partition, mark)
-            except IndexError_ as e:
-                log.warning("cannot list the segments of %s to re-announce: %s", tp, e)
-                continue
-            state.reannounce_below = None
-            again = [
-                Announcement(closed_event(seg), seg.last_offset + 1)
-                for seg in segments
-                if seg.last_offset < below
-            ]
-            metrics.REANNOUNCED.inc(len(again))
-            # Ahead of anything this owner committed since: the offset mark only moves forward.
-            self.announcer.add_first(tp, again)
-
-    def _announced_marks(self, topics: set[str]) -> dict[TopicPartition, int | None] | None:
-        """The group's committed offset per partition, or None if Kafka cannot say."""
-        marks: dict[TopicPartition, int | None] = {}
-        try:
-            for topic in topics:
-                for lag in self.bus.lag(self.settings.group_id, topic):
-                    marks[TopicPartition(topic, lag.partition)] = lag.committed
-        except BusError as e:
-            log.warning("cannot read the committed offsets to re-announce from: %s", e)
-            return None
-        return marks
 
     def _delete_staged(self, names: Iterable[str]) -> None:
         for name in names:
