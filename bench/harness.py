@@ -1,9 +1,11 @@
 """The pieces of `make bench`: the local image server, url lists over its warm corpus, one
-timed run of either tool, and peak-RSS sampling of a process tree.
+timed run of img2dataset, of our `download` or of our service mode (`service` + `enqueue
+--wait`), and CPU / peak-RSS sampling of process trees.
 
-Both tools are run as commands (a user's view): images/s is successful images over the
+Every tool is run as commands (a user's view): images/s is successful images over the
 command's wall-clock time, start-up included. The "in-run" rate is each tool's own clock
-(img2dataset: first shard start to last shard end; ours: the summary's elapsed time).
+(img2dataset: first shard start to last shard end; our download: the summary's elapsed time;
+the service: from its "serving" log line, once its pipeline started, to the enqueue's return).
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from subprocess import Popen
+from typing import IO
 
 # Settings both tools get (img2dataset's defaults, spelled out).
 IMAGE_SIZE = 256
@@ -158,16 +162,9 @@ class Settings:
     timeout: int = 10
 
 
-def ours_command(
-    binary: str, url_list: Path, out: Path, s: Settings, extra: Sequence[str] = ()
-) -> list[str]:
+def fetch_flags(s: Settings, extra: Sequence[str] = ()) -> list[str]:
+    """What `download` and `service` both take: resizing, encoding, workers, segment size."""
     return [
-        binary,
-        "download",
-        "--url_list",
-        str(url_list),
-        "--output_folder",
-        str(out),
         "--image_size",
         str(IMAGE_SIZE),
         "--resize_mode",
@@ -184,9 +181,53 @@ def ours_command(
         str(s.shard_size),
         "--timeout",
         str(s.timeout),
+        *extra,
+    ]
+
+
+def ours_command(
+    binary: str, url_list: Path, out: Path, s: Settings, extra: Sequence[str] = ()
+) -> list[str]:
+    return [
+        binary,
+        "download",
+        "--url_list",
+        str(url_list),
+        "--output_folder",
+        str(out),
+        *fetch_flags(s, extra),
         "--progress",
         "False",
-        *extra,
+    ]
+
+
+def service_command(
+    binary: str, out: Path, s: Settings, extra: Sequence[str], idle_seconds: float
+) -> list[str]:
+    """`download`'s fetch flags; the input flags are enqueue's."""
+    return [
+        binary,
+        "service",
+        "--output_folder",
+        str(out),
+        *fetch_flags(s, extra),
+        "--segment_idle_seconds",
+        str(idle_seconds),
+    ]
+
+
+def enqueue_command(binary: str, url_list: Path, out: Path, s: Settings) -> list[str]:
+    return [
+        binary,
+        "enqueue",
+        "--url_list",
+        str(url_list),
+        "--output_folder",
+        str(out),
+        "--number_sample_per_shard",  # the rows' `key`, numbered as download numbers them
+        str(s.shard_size),
+        "--wait",
+        "--progress=False",
     ]
 
 
@@ -229,13 +270,15 @@ def ours_extra_flags(binary: str) -> list[str]:
 
 
 class TreeSampler:
-    """CPU time of a process tree (user + system, sampled: a process that exits between two
-    samples loses what it ran since the last one), peak resident memory of the process
-    (VmHWM, exact) and of its whole tree (sampled). CPU time, unlike wall-clock time, barely
-    moves when other jobs share the machine."""
+    """CPU time of process trees (user + system, sampled: a process that exits between two
+    samples loses what it ran since the last one), peak resident memory of the first process
+    (VmHWM, exact) and of all the trees together (sampled). CPU time, unlike wall-clock time,
+    barely moves when other jobs share the machine. `stop()` takes a last sample, so a tree
+    still running then is counted exactly."""
 
-    def __init__(self, pid: int, interval: float = 0.1) -> None:
+    def __init__(self, pid: int, *more: int, interval: float = 0.1) -> None:
         self.pid = pid
+        self.roots = (pid, *more)
         self.interval = interval
         self.main_kb = 0
         self.tree_kb = 0
@@ -246,22 +289,28 @@ class TreeSampler:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            tree = _tree(self.pid)
-            for p in tree:
-                ticks = _cpu_ticks(p)
-                if ticks is not None:
-                    self._ticks[p] = ticks
-            self.main_kb = max(self.main_kb, _status_kb(self.pid, "VmHWM"))
-            self.tree_kb = max(self.tree_kb, sum(_status_kb(p, "VmRSS") for p in tree))
+            self._sample()
             self._stop.wait(self.interval)
+
+    def _sample(self) -> None:
+        tree = [p for root in self.roots for p in _tree(root)]
+        for p in tree:
+            ticks = _cpu_ticks(p)
+            if ticks is not None:
+                self._ticks[p] = ticks
+        self.main_kb = max(self.main_kb, _status_kb(self.pid, "VmHWM"))
+        self.tree_kb = max(self.tree_kb, sum(_status_kb(p, "VmRSS") for p in tree))
 
     @property
     def cpu_seconds(self) -> float:
         return sum(self._ticks.values()) / os.sysconf("SC_CLK_TCK")
 
     def stop(self) -> None:
+        if self._stop.is_set():
+            return
         self._stop.set()
         self._thread.join()
+        self._sample()
 
 
 def _status_kb(pid: int, key: str) -> int:
@@ -295,23 +344,85 @@ def _tree(pid: int) -> list[int]:
     return out
 
 
+def _start(cmd: Sequence[str], log: IO[str], env: dict[str, str] | None = None) -> Popen[bytes]:
+    return subprocess.Popen(
+        cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
+    )
+
+
+def _failed(cmd: Sequence[str], code: int | None, log_path: Path, what: str = "") -> RuntimeError:
+    tail = log_path.read_text()[-3000:]
+    how = what or f"exited with {code}"
+    return RuntimeError(f"{' '.join(cmd[:2])} {how}; log {log_path}:\n{tail}")
+
+
 def run_timed(
     cmd: Sequence[str], log_path: Path, env: dict[str, str] | None = None
 ) -> tuple[float, TreeSampler, int]:
     """Run `cmd` to completion; (wall seconds, sampler, ru_maxrss of the child in KiB)."""
-    full_env = {**os.environ, **(env or {})}
     with log_path.open("w") as log:
         started = time.monotonic()
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=full_env)
+        proc = _start(cmd, log, env)
         sampler = TreeSampler(proc.pid)
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.monotonic() - started
         proc.returncode = os.waitstatus_to_exitcode(status)
     sampler.stop()
     if proc.returncode != 0:
-        tail = log_path.read_text()[-3000:]
-        raise RuntimeError(f"{cmd[0]} exited with {proc.returncode}; log {log_path}:\n{tail}")
+        raise _failed(cmd, proc.returncode, log_path)
     return wall, sampler, usage.ru_maxrss
+
+
+# How long a service has to exit after SIGTERM (not measured) before the bench fails.
+SERVICE_STOP_SECONDS = 60.0
+
+
+def run_service_timed(
+    service_cmd: Sequence[str],
+    enqueue_cmd: Sequence[str],
+    service_log: Path,
+    enqueue_log: Path,
+) -> tuple[float, TreeSampler, float]:
+    """Launch the service and `enqueue --wait` together; the measure ends when the enqueue
+    returns: (wall seconds, a sampler of both trees stopped then, the time.time() then). Then
+    SIGTERM the service and require it to exit 0 within SERVICE_STOP_SECONDS. Raises if either
+    fails, or if the service exits before the enqueue returns."""
+    with service_log.open("w") as slog, enqueue_log.open("w") as elog:
+        started = time.monotonic()
+        service = _start(service_cmd, slog)
+        enqueue = _start(enqueue_cmd, elog)
+        sampler = TreeSampler(service.pid, enqueue.pid)
+        try:
+            while enqueue.poll() is None:
+                if service.poll() is not None:
+                    raise _failed(service_cmd, service.returncode, service_log)
+                time.sleep(0.005)
+            wall = time.monotonic() - started
+            ended_at = time.time()
+            sampler.stop()
+            if enqueue.returncode != 0:
+                raise _failed(enqueue_cmd, enqueue.returncode, enqueue_log)
+            if service.poll() is not None:
+                raise _failed(service_cmd, service.returncode, service_log)
+            service.send_signal(signal.SIGTERM)
+            try:
+                code = service.wait(SERVICE_STOP_SECONDS)
+            except subprocess.TimeoutExpired:
+                raise _failed(
+                    service_cmd,
+                    None,
+                    service_log,
+                    f"did not exit within {SERVICE_STOP_SECONDS:.0f}s of SIGTERM",
+                ) from None
+            if code != 0:
+                raise _failed(service_cmd, code, service_log, f"exited with {code} on SIGTERM")
+        finally:
+            sampler.stop()
+            for proc in (enqueue, service):
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+    return wall, sampler, ended_at
 
 
 def shard_stats(folder: Path) -> tuple[int, int, dict[str, int], float | None]:
@@ -335,6 +446,30 @@ def shard_stats(folder: Path) -> tuple[int, int, dict[str, int], float | None]:
 _SUMMARY = re.compile(r"this run: .*?, ([\d.]+)s, [\d.]+ images/s")
 
 
+def _result(
+    tool: str,
+    corpus: str,
+    round_: int,
+    out: Path,
+    wall: float,
+    sampler: TreeSampler,
+    maxrss_kb: int = 0,
+    in_run: float | None = None,
+    in_run_from_stats: bool = False,
+) -> RunResult:
+    """The run's figures: rows, successes and statuses from the output's shard stats; in-run
+    seconds from the caller, or the stats' span (first start to last end)."""
+    rows, successes, statuses, span = shard_stats(out)
+    result = RunResult(
+        tool, corpus, round_, rows, successes, wall, span if in_run_from_stats else in_run
+    )
+    result.statuses = statuses
+    result.cpu_seconds = sampler.cpu_seconds
+    result.peak_rss_main_mb = max(sampler.main_kb, maxrss_kb) / 1024
+    result.peak_rss_tree_mb = sampler.tree_kb / 1024
+    return result
+
+
 def run_ours(
     binary: str,
     url_list: Path,
@@ -347,16 +482,73 @@ def run_ours(
     shutil.rmtree(out, ignore_errors=True)
     log = out.with_suffix(".log")
     wall, sampler, maxrss = run_timed(ours_command(binary, url_list, out, s, extra), log)
-    rows, successes, statuses, _ = shard_stats(out)
     m = _SUMMARY.search(log.read_text())
-    result = RunResult(
-        "ours", corpus, round_, rows, successes, wall, float(m.group(1)) if m else None
+    in_run = float(m.group(1)) if m else None
+    return _result("download", corpus, round_, out, wall, sampler, maxrss, in_run)
+
+
+def run_service(
+    binary: str,
+    url_list: Path,
+    out: Path,
+    s: Settings,
+    extra: Sequence[str],
+    corpus: str,
+    round_: int,
+    idle_seconds: float,
+) -> RunResult:
+    """`img2dataset service` and `img2dataset enqueue --wait` launched together on a fresh
+    folder: timed until the enqueue returns (every row recorded in the index). In-run is the
+    service's clock as download's summary is download's: from its pipeline's start (its
+    "serving" log line) to the enqueue's return."""
+    shutil.rmtree(out, ignore_errors=True)
+    log = out.with_suffix(".service.log")
+    wall, sampler, ended_at = run_service_timed(
+        service_command(binary, out, s, extra, idle_seconds),
+        enqueue_command(binary, url_list, out, s),
+        log,
+        out.with_suffix(".enqueue.log"),
     )
-    result.statuses = statuses
-    result.cpu_seconds = sampler.cpu_seconds
-    result.peak_rss_main_mb = max(sampler.main_kb, maxrss) / 1024
-    result.peak_rss_tree_mb = sampler.tree_kb / 1024
+    serving_at = _serving_at(log.read_text())
+    in_run = ended_at - serving_at if serving_at is not None else None
+    result = _result("service", corpus, round_, out, wall, sampler, in_run=in_run)
+    # The stats are the materializer's; the index is the truth of what is recorded.
+    index = _index_figures(binary, out)
+    if index is not None and index[0] != result.rows:
+        print(
+            f"  (service {corpus} round {round_}: the shard stats hold {result.rows} rows, "
+            f"the index {index[0]}: counting the index's)",
+            flush=True,
+        )
+        result.rows, result.successes, result.statuses = index
     return result
+
+
+_SERVING = re.compile(
+    r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3}) \w+ i2d_cli\.service: serving ", re.M
+)
+
+
+def _serving_at(log: str) -> float | None:
+    """The time.time() of the service's "serving" line (logging's local-time stamp)."""
+    m = _SERVING.search(log)
+    if m is None:
+        return None
+    return time.mktime(time.strptime(m.group(1), "%Y-%m-%d %H:%M:%S")) + int(m.group(2)) / 1000
+
+
+def _index_figures(binary: str, out: Path) -> tuple[int, int, dict[str, int]] | None:
+    """(rows, successes, statuses) recorded in the folder's index, from `status --json`."""
+    done = subprocess.run([binary, "status", str(out), "--json"], capture_output=True, text=True)
+    try:
+        progress = json.loads(done.stdout)["progress"]
+        return (
+            int(progress["committed"]),
+            int(progress["successes"]),
+            {k: int(v) for k, v in (progress.get("by_status") or {}).items()},
+        )
+    except (ValueError, KeyError, TypeError):
+        return None  # no answer: the shard stats stand
 
 
 def run_img2dataset(
@@ -367,10 +559,6 @@ def run_img2dataset(
     wall, sampler, maxrss = run_timed(
         img2dataset_command(binary, url_list, out, s), log, IMG2DATASET_ENV
     )
-    rows, successes, statuses, span = shard_stats(out)
-    result = RunResult("img2dataset", corpus, round_, rows, successes, wall, span)
-    result.statuses = statuses
-    result.cpu_seconds = sampler.cpu_seconds
-    result.peak_rss_main_mb = max(sampler.main_kb, maxrss) / 1024
-    result.peak_rss_tree_mb = sampler.tree_kb / 1024
-    return result
+    return _result(
+        "img2dataset", corpus, round_, out, wall, sampler, maxrss, in_run_from_stats=True
+    )

@@ -1,12 +1,14 @@
-"""`make bench`: our embedded download against img2dataset on the same url lists.
+"""`make bench`: our embedded download and our service mode against img2dataset on the same url
+lists.
 
     python -m bench.run --img2dataset .venv-bench/bin/img2dataset [--count 3000 --rounds 3]
 
 Starts the local image server over a warm, cached corpus; for each corpus (clean, faulty) runs
-the two tools alternately (ours, img2dataset, ours, ...) into fresh output folders with the
-same settings; then our download alone at two list sizes for peak RSS. Prints a table and
-writes the figures to <work>/results.json. Timings are wall-clock on a shared machine: run it
-on an idle one, and read the median.
+the three in turn (our download; our service: `img2dataset service` and `img2dataset enqueue
+--wait` launched together; img2dataset; then again) into fresh output folders with the same
+settings; then our download alone at two list sizes for peak RSS. Prints a table and writes the
+figures to <work>/results.json. Timings are wall-clock on a shared machine: run it on an idle
+one, and read the median.
 """
 
 from __future__ import annotations
@@ -29,11 +31,14 @@ from bench.harness import (
     ours_extra_flags,
     run_img2dataset,
     run_ours,
+    run_service,
     write_list,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_FAULTS = "missing=0.04,notimage=0.02,truncated=0.02,noai=0.02,slow=0.01"
+# The rotation of each round, and the rows of the table.
+TOOLS = ("download", "service", "img2dataset")
 
 
 def parse_faults(spec: str) -> dict[str, float]:
@@ -49,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--img2dataset", required=True, help="img2dataset 1.47 executable")
     p.add_argument("--ours", default=str(Path(sys.executable).parent / "img2dataset"))
     p.add_argument("--count", type=int, default=3000, help="urls per timed run")
-    p.add_argument("--rounds", type=int, default=3, help="runs of each tool per corpus")
+    p.add_argument("--rounds", type=int, default=3, help="runs of each of the three per corpus")
     p.add_argument("--corpus-size", type=int, default=5000, help="distinct photos served")
     p.add_argument("--faults", default=DEFAULT_FAULTS, help="the faulty corpus: kind=fraction")
     p.add_argument("--corpora", default="clean,faulty", help="which corpora to time")
@@ -67,6 +72,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help="number_sample_per_shard for both (default: count / (2 x processes), so every "
         "img2dataset process gets two shards)",
+    )
+    p.add_argument(
+        "--service-idle-seconds",
+        type=float,
+        default=0.5,
+        help="the service's --segment_idle_seconds (its default, 5 s, would add up to 5 idle "
+        "seconds to a run whose list does not end on a full segment)",
     )
     p.add_argument(
         "--rss-counts", default="5000,50000", help="list sizes for peak RSS ('' to skip)"
@@ -112,15 +124,19 @@ def main(argv: list[str] | None = None) -> int:
             f"image server {server.base_url}; {ns.count} urls per run, {ns.rounds} rounds; "
             f"processes={settings.processes}, img2dataset thread_count="
             f"{settings.img2dataset_threads}, ours thread_count={settings.ours_threads}, "
-            f"number_sample_per_shard={settings.shard_size}; ours extra flags: {extra or '-'}",
+            f"number_sample_per_shard={settings.shard_size}; ours extra flags: {extra or '-'}; "
+            f"service --segment_idle_seconds {ns.service_idle_seconds}",
             flush=True,
         )
         for name in [c for c in ns.corpora.split(",") if c]:
             for r in range(ns.rounds):
-                for tool in ("ours", "img2dataset"):
+                for tool in TOOLS:
                     out = runs_dir / f"{name}-{tool}-{r}"
-                    if tool == "ours":
+                    if tool == "download":
                         res = run_ours(ns.ours, lists[name], out, settings, extra, name, r)
+                    elif tool == "service":
+                        idle = ns.service_idle_seconds
+                        res = run_service(ns.ours, lists[name], out, settings, extra, name, r, idle)
                     else:
                         res = run_img2dataset(ns.img2dataset, lists[name], out, settings, name, r)
                     shutil.rmtree(out, ignore_errors=True)
@@ -155,6 +171,39 @@ def _line(r: RunResult) -> str:
     )
 
 
+# The figures of a tool, and whether higher is better: each ratio is put so that above 1 is
+# better for the tool it is about (for CPU, the other's CPU over this one's).
+FIGURES = (
+    ("images_per_second", True),
+    ("in_run_images_per_second", True),
+    ("cpu_ms_per_image", False),
+)
+# (tool, other): the ratios of the summary, "tool/other".
+PAIRS = (("download", "img2dataset"), ("service", "download"), ("service", "img2dataset"))
+# What a user relies on: the service mode at this fraction of download's images/s or above.
+SERVICE_TARGET = 0.9
+
+
+def _medians(runs: list[RunResult]) -> dict[str, float]:
+    return {
+        "images_per_second": round(median([r.images_per_second for r in runs]), 1),
+        "in_run_images_per_second": round(
+            median([r.in_run_images_per_second or 0.0 for r in runs]), 1
+        ),
+        "cpu_ms_per_image": round(median([r.cpu_ms_per_image or 0.0 for r in runs]), 2),
+        "successes": median([float(r.successes) for r in runs]),
+        "rows": median([float(r.rows) for r in runs]),
+    }
+
+
+def _ratios(mine: dict[str, float], other: dict[str, float]) -> dict[str, float | None]:
+    out: dict[str, float | None] = {}
+    for key, higher in FIGURES:
+        a, b = (mine[key], other[key]) if higher else (other[key], mine[key])
+        out[key] = round(a / b, 2) if a and b else None
+    return out
+
+
 def summarize(
     results: list[RunResult],
     settings: Settings,
@@ -164,36 +213,11 @@ def summarize(
 ) -> dict[str, object]:
     table: dict[str, dict[str, object]] = {}
     for corpus in sorted({r.corpus for r in results if not r.corpus.startswith("rss-")}):
-        row: dict[str, object] = {}
-        for tool in ("ours", "img2dataset"):
-            mine = [r for r in results if r.corpus == corpus and r.tool == tool]
-            row[tool] = {
-                "images_per_second": round(median([r.images_per_second for r in mine]), 1),
-                "in_run_images_per_second": round(
-                    median([r.in_run_images_per_second or 0.0 for r in mine]), 1
-                ),
-                "cpu_ms_per_image": round(median([r.cpu_ms_per_image or 0.0 for r in mine]), 2),
-                "successes": median([float(r.successes) for r in mine]),
-                "rows": median([float(r.rows) for r in mine]),
-            }
-        ours, theirs = row["ours"], row["img2dataset"]
-        assert isinstance(ours, dict) and isinstance(theirs, dict)
-        row["ratio"] = (
-            round(ours["images_per_second"] / theirs["images_per_second"], 2)
-            if theirs["images_per_second"]
-            else None
-        )
-        row["in_run_ratio"] = (
-            round(ours["in_run_images_per_second"] / theirs["in_run_images_per_second"], 2)
-            if theirs["in_run_images_per_second"]
-            else None
-        )
-        row["cpu_ratio"] = (
-            round(theirs["cpu_ms_per_image"] / ours["cpu_ms_per_image"], 2)
-            if ours["cpu_ms_per_image"]
-            else None
-        )
-        table[corpus] = row
+        tools = {
+            t: _medians([r for r in results if r.corpus == corpus and r.tool == t]) for t in TOOLS
+        }
+        ratios = {f"{a}/{b}": _ratios(tools[a], tools[b]) for a, b in PAIRS}
+        table[corpus] = {**tools, "ratios": ratios}
     rss = {
         r.corpus.removeprefix("rss-"): {
             "rows": r.rows,
@@ -218,6 +242,7 @@ def summarize(
             "img2dataset_thread_count": settings.img2dataset_threads,
             "ours_thread_count": settings.ours_threads,
             "number_sample_per_shard": settings.shard_size,
+            "service_segment_idle_seconds": ns.service_idle_seconds,
         },
         "medians": table,
         "rss": rss,
@@ -229,31 +254,44 @@ def render(report: dict[str, object]) -> str:
     medians = report["medians"]
     rss = report["rss"]
     assert isinstance(medians, dict) and isinstance(rss, dict)
+    block = f"{'median':>7} {'vs dl':>6} {'vs i2d':>6}"
     lines = [
-        f"{'':8} {'images/s (wall clock)':^27}   {'in-run images/s':^27}   "
-        f"{'CPU ms per image':^22}",
-        f"{'corpus':<8} {'ours':>7} {'img2dataset':>12} {'ratio':>6}   {'ours':>7} "
-        f"{'img2dataset':>12} {'ratio':>6}   {'ours':>5} {'img2dataset':>11} {'ratio':>4}"
-        "   ok/rows (ours, img2dataset)",
+        f"{'':21} {'images/s (wall clock)':^21}   {'in-run images/s':^21}   "
+        f"{'CPU ms per image':^21}",
+        f"{'corpus':<8} {'tool':<12} {block}   {block}   {block}   ok/rows",
     ]
     for corpus, row in medians.items():
-        o, t = row["ours"], row["img2dataset"]
-        lines.append(
-            f"{corpus:<8} {o['images_per_second']:>7.1f} {t['images_per_second']:>12.1f} "
-            f"{_ratio(row['ratio']):>6}   {o['in_run_images_per_second']:>7.1f} "
-            f"{t['in_run_images_per_second']:>12.1f} {_ratio(row['in_run_ratio']):>6}   "
-            f"{o['cpu_ms_per_image']:>5.1f} {t['cpu_ms_per_image']:>11.1f} "
-            f"{_ratio(row['cpu_ratio']):>4}   "
-            f"{o['successes']:.0f}/{o['rows']:.0f}, {t['successes']:.0f}/{t['rows']:.0f}"
-        )
-    lines.append(
+        ratios = row["ratios"]
+        for tool in TOOLS:
+            figures = row[tool]
+            vs_dl = ratios.get(f"{tool}/download", {})
+            vs_i2d = ratios.get(f"{tool}/img2dataset", {})
+            cells = [
+                f"{figures[key]:>7.{2 if key == 'cpu_ms_per_image' else 1}f} "
+                f"{_ratio(vs_dl.get(key)):>6} {_ratio(vs_i2d.get(key)):>6}"
+                for key, _ in FIGURES
+            ]
+            lines.append(
+                f"{corpus:<8} {tool:<12} {'   '.join(cells)}   "
+                f"{figures['successes']:.0f}/{figures['rows']:.0f}"
+            )
+    lines += [
         "medians; images/s = successful images / wall clock of the whole command (start-up"
-        " included); in-run = each tool's own clock; CPU = user+system of the process tree"
-        " per successful image (ratio: img2dataset / ours)"
-    )
+        " included); in-run = each tool's own clock; CPU = user+system of the process trees per"
+        " successful image; service = `img2dataset service` and `img2dataset enqueue --wait`"
+        " launched together, timed until the enqueue returns (every row in the index);"
+        " vs dl / vs i2d = this row over our download / over img2dataset (CPU: theirs over this"
+        " row's), above 1 is better",
+        "service / download, images/s: "
+        + ", ".join(
+            f"{corpus} {_ratio(row['ratios']['service/download']['images_per_second'])}"
+            for corpus, row in medians.items()
+        )
+        + f" (target: {SERVICE_TARGET:.2f}x or more)",
+    ]
     for count, r in rss.items():
         lines.append(
-            f"peak RSS, ours, {count} urls: {r['peak_rss_main_mb']:.0f} MB main process, "
+            f"peak RSS, our download, {count} urls: {r['peak_rss_main_mb']:.0f} MB main process, "
             f"{r['peak_rss_tree_mb']:.0f} MB with its workers ({r['seconds']}s)"
         )
     return "\n".join(lines)
