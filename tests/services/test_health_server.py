@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 import i2d_cli.serve as serve_module
+import i2d_segments.boot as boot
 from i2d_appender.service import AppenderService
 from i2d_appender.settings import AppenderSettings
 from i2d_segments.bus.memory import MemoryBus
@@ -112,9 +113,9 @@ def test_serve_answers_503_until_the_service_is_built_and_ready(
             super().__init__(*args, **kwargs)
 
     stop = threading.Event()
-    monkeypatch.setattr(serve_module, "open_kafka_bus", lambda _s: bus)
-    monkeypatch.setattr(serve_module, "store_from", lambda _s: LocalStore(tmp_path))
-    monkeypatch.setattr(serve_module, "index_from", slow_index)
+    monkeypatch.setattr(boot, "open_kafka_bus", lambda _s: bus)
+    monkeypatch.setattr(boot, "store_from", lambda _s: LocalStore(tmp_path))
+    monkeypatch.setattr(boot, "index_from", slow_index)
     monkeypatch.setattr(serve_module, "stop_event_on_signals", lambda: stop)
     monkeypatch.setattr("i2d_appender.service.AppenderService", SlowAppender)
     port = free_port()

@@ -3,18 +3,12 @@ over an output folder (no bus: catch up on its committed segments and exit)."""
 
 from __future__ import annotations
 
-import logging
-
 from pydantic import Field
 
 from i2d_materializer.consumer import ConsumerRunner, SegmentConsumer
-from i2d_segments.connect import index_from, open_kafka_bus, store_from
+from i2d_segments.boot import Wiring, run_service
 from i2d_segments.folder import OutputFolder
-from i2d_segments.index import Index
-from i2d_segments.runtime import Health, HealthServer, stop_event_on_signals
 from i2d_segments.settings import ConnectionSettings
-
-log = logging.getLogger(__name__)
 
 
 class ConsumerSettings(ConnectionSettings):
@@ -32,7 +26,9 @@ class ConsumerSettings(ConnectionSettings):
 def run_consumer(consumer: SegmentConsumer, settings: ConsumerSettings) -> int:
     """Returns how many segments were handled by the catch-up (folder mode) or 0 (bus mode,
     after SIGTERM/SIGINT stopped it cleanly). A folder that holds no dataset raises
-    `i2d_segments.folder.FolderError`."""
+    `i2d_segments.folder.FolderError`; Kafka, the store or the index out of reach at start
+    raises `i2d_segments.boot.StartupError`. Over the bus it boots as `img2dataset serve` does
+    (`i2d_segments.boot.run_service`): /metrics, /healthz and /readyz on `metrics_port`."""
     if settings.output_folder is not None:
         folder = OutputFolder.find(settings.output_folder)
         local_index = folder.open_existing_index()
@@ -40,37 +36,19 @@ def run_consumer(consumer: SegmentConsumer, settings: ConsumerSettings) -> int:
             return ConsumerRunner(consumer, None, folder.open_store(), local_index).catch_up()
         finally:
             local_index.close()
-    stop = stop_event_on_signals()
-    health = Health()
-    server = (
-        HealthServer(health, settings.metrics_host, settings.metrics_port).start()
-        if settings.metrics_port
-        else None
-    )
-    bus = open_kafka_bus(settings)
-    index: Index | None = None
-    try:
-        if settings.create_topics:
-            bus.create_topics(settings.topic_partitions())
-        index = index_from(settings)
-        health.add_check("index", lambda: index is not None and index.partitions() is not None)
-        runner = ConsumerRunner(
+    group_id = settings.group_id or consumer.group_id
+
+    def runner(s: ConsumerSettings, wiring: Wiring) -> ConsumerRunner:
+        return ConsumerRunner(
             consumer,
-            bus,
-            store_from(settings),
-            index,
-            topic=settings.closed_topic,
-            group_id=settings.group_id,
-            health=health,
-            poll_timeout=settings.poll_timeout_seconds,
+            wiring.bus,
+            wiring.store,
+            wiring.index,
+            topic=s.closed_topic,
+            group_id=group_id,
+            health=wiring.health,
+            poll_timeout=s.poll_timeout_seconds,
         )
-        health.started()  # its checks are registered: readiness is theirs from now on
-        log.info("consumer %s running", runner.group_id)
-        runner.run(stop)
-        return 0
-    finally:
-        if index is not None:
-            index.close()
-        bus.close()
-        if server is not None:
-            server.stop()
+
+    run_service(f"consumer {group_id}", settings, runner)
+    return 0
