@@ -3,7 +3,7 @@
 For every committed segment it writes `feeds/<segment_id>.jsonl` into the dataset's store: one
 line per stored image with its item_id, url, caption, stored size, and the image's mean colour
 (the enrichment: read from the segment, one streaming pass). The framework
-(`i2d_materializer.consumer`) does the rest: it looks each announced segment up in the index,
+(`i2d_segments.consumer`) does the rest: it looks each announced segment up in the index,
 commits offsets after `handle` returns, retries transient errors, and catches up on segments
 committed while the consumer was not running.
 
@@ -24,8 +24,7 @@ import logging
 
 from PIL import Image
 
-from i2d_materializer.consumer import ConsumerContext, SegmentConsumer
-from i2d_materializer.standalone import ConsumerSettings, run_consumer
+from i2d_segments.consumer import ConsumerContext, ConsumerSettings, SegmentConsumer, run_consumer
 from i2d_segments.index import SegmentRow
 
 

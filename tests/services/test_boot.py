@@ -13,10 +13,9 @@ from typing import Any
 import pytest
 
 import i2d_segments.boot as boot
-from i2d_materializer.consumer import ConsumerContext, SegmentConsumer
-from i2d_materializer.standalone import ConsumerSettings, run_consumer
 from i2d_segments.boot import StartupError, Wiring, run_service
 from i2d_segments.bus.memory import MemoryBus
+from i2d_segments.consumer import ConsumerContext, ConsumerSettings, SegmentConsumer, run_consumer
 from i2d_segments.index import Index, SegmentRow
 from i2d_segments.index.sqlite import SqliteIndex
 from i2d_segments.settings import ConnectionSettings

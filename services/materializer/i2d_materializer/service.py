@@ -27,11 +27,11 @@ import threading
 import time
 
 from i2d_materializer import metrics
-from i2d_materializer.consumer import ConsumerContext, ConsumerRunner, SegmentConsumer
 from i2d_materializer.manifests import write_manifests
 from i2d_materializer.metadata import metadata_table, parquet_bytes, stats
 from i2d_materializer.settings import MaterializerSettings
 from i2d_segments.bus import Bus
+from i2d_segments.consumer import ConsumerContext, ConsumerRunner, SegmentConsumer
 from i2d_segments.index import Index, SegmentRow
 from i2d_segments.naming import sidecar_name
 from i2d_segments.runtime import Health

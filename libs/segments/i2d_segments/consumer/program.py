@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from i2d_materializer.consumer import ConsumerRunner, SegmentConsumer
 from i2d_segments.boot import Wiring, run_service
+from i2d_segments.consumer.runner import ConsumerRunner, SegmentConsumer
 from i2d_segments.folder import OutputFolder
 from i2d_segments.settings import ConnectionSettings
 
