@@ -23,13 +23,17 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-# The test bench runs Debian's PostgreSQL (and Chromium for the dashboard's browser test);
+# The test bench runs Debian's PostgreSQL (and Chromium for the dashboard's browser test, and
+# Prometheus: promtool for the alert rules' unit tests, the server for the Grafana panels and
+# the alerts end to end; each test starts its own on a free port, never the package's service);
 # Kafka (Tansu) and S3 (moto) come from PyPI.
 servers:
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null)
 	@test -x /usr/bin/chromium || \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
+	@test -x /usr/bin/prometheus -a -x /usr/bin/promtool || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null)
 
 run: $(STAMP)
 	$(BIN)/python examples/demo.py --output_folder $(OUT)

@@ -13,7 +13,12 @@ equal, and `make test` fails when either differs from this script's output.
 Panels name their datasource by uid (`prometheus`, as provisioned by compose and as
 kube-prometheus-stack names its Prometheus); the chart can substitute another uid. Process
 panels select series by the `component` label, which both the compose Prometheus config and the
-chart's ServiceMonitor attach (fetcher, appender, materializer, status).
+chart's ServiceMonitor attach (fetcher, appender, materializer, status). Queries that select a
+consumer group name it as the services do by default (`group="appender"`); the chart rewrites
+those matchers to its `<service>.groupId` values.
+
+The first row, Health, holds the panels the alerts of deploy/prometheus/build_rules.py link to
+(each alert's `dashboard` annotation opens one of them by its panel id).
 """
 
 from __future__ import annotations
@@ -51,6 +56,27 @@ MATERIALIZER_SEGMENTS = "img2dataset_materializer_segments_total"
 MATERIALIZER_SECONDS = "img2dataset_materializer_segment_seconds"
 MATERIALIZER_LAG = "img2dataset_materializer_lag_seconds"
 CONSUMER_LAG = "img2dataset_consumer_lag"
+APPENDER_STOPPED = "img2dataset_appender_partitions_stopped"
+APPENDER_RETRIES = "img2dataset_appender_retries_total"
+APPENDER_ABANDONED = "img2dataset_appender_segments_abandoned_total"
+APPENDER_PENDING = "img2dataset_appender_announcements_pending"
+CONSUMER_EVENTS = "img2dataset_segment_consumer_events_total"
+# Prometheus' own series for every target it scrapes (1 when the scrape succeeded).
+UP = "up"
+
+# Consumer groups as the services name them by default (the chart rewrites these matchers).
+FETCHER_GROUP = 'group="fetcher"'
+APPENDER_GROUP = 'group="appender"'
+MATERIALIZER_GROUP = 'group="materializer"'
+
+# Titles of the panels the alerts link to (build_rules.py finds their ids by these).
+SERVICES_UP = "Services up"
+APPEND_PARTITIONS = "APPEND partitions"
+BACKLOG = "Backlog per consumer group"
+FAILURE_RATIO = "Fetch failure ratio by reason"
+APPENDER_ERRORS = "Appender retries and abandoned segments"
+SEGMENT_EVENTS = "SEGMENT_CLOSED events by outcome"
+COMMIT_LATENCY = "Commit latency"
 
 
 def target(expr: str, legend: str, ref: str) -> dict[str, Any]:
@@ -108,6 +134,97 @@ def row(title: str) -> dict[str, Any]:
 def sections() -> list[tuple[str, list[dict[str, Any]]]]:
     return [
         (
+            "Health",
+            [
+                panel(
+                    SERVICES_UP,
+                    "Targets Prometheus scrapes per component, and how many answered the last "
+                    "scrape. A target that does not answer is down or wedged; a component with "
+                    "no target at all is not running.",
+                    "short",
+                    [
+                        (f"sum by (component) ({UP}{{{COMPONENT}}})", "{{component}} up"),
+                        (f"count by (component) ({UP}{{{COMPONENT}}})", "{{component}} targets"),
+                    ],
+                ),
+                panel(
+                    APPEND_PARTITIONS,
+                    "APPEND partitions owned by the appenders (all of them should be), "
+                    "partitions stopped on a permanent error (none should be), and the "
+                    "records waiting on each partition: a partition nobody owns, or a stopped "
+                    "one, only grows.",
+                    "short",
+                    [
+                        (f"sum({APPENDER_OWNED})", "owned"),
+                        (f"sum({APPENDER_STOPPED})", "stopped"),
+                        (
+                            f"max by (partition) ({CONSUMER_LAG}{{{APPENDER_GROUP}}})",
+                            "waiting on {{partition}}",
+                        ),
+                    ],
+                ),
+                panel(
+                    BACKLOG,
+                    "Records not yet consumed per consumer group (urls: the fetchers, APPEND: "
+                    "the appenders, SEGMENT_CLOSED: the materializer), and the fetchers "
+                    "running. A backlog that grows while the fetchers are at their maximum "
+                    "needs more capacity or a slower producer.",
+                    "short",
+                    [
+                        (f"sum by (group) ({CONSUMER_LAG})", "{{group}} backlog"),
+                        (f'count({UP}{{component="fetcher"}} == 1)', "fetchers up"),
+                    ],
+                ),
+                panel(
+                    FAILURE_RATIO,
+                    "Failed rows of each reason over all rows the fetchers answered: a reason "
+                    "that jumps far above its usual share (dns, timeout, http_4xx, "
+                    "blocked_address, host_circuit_open...) points at the cause.",
+                    "percentunit",
+                    [
+                        (
+                            f"sum by (reason) (rate({FETCHER_FAILURES}[{RATE}]))"
+                            f" / ignoring (reason) group_left sum(rate({FETCHER_ROWS}[{RATE}]))",
+                            "{{reason}}",
+                        )
+                    ],
+                ),
+                panel(
+                    APPENDER_ERRORS,
+                    "Transient failures the appenders retried, by operation (store write, "
+                    "store read, store complete, acquire, dedup lookup, index commit, announce, "
+                    "kafka_commit); open segments thrown away and re-read from the committed "
+                    "offset, by reason; committed segments whose SEGMENT_CLOSED is not "
+                    "acknowledged yet.",
+                    "short",
+                    [
+                        (
+                            f"sum by (operation) (rate({APPENDER_RETRIES}[{RATE}]))",
+                            "retries: {{operation}}",
+                        ),
+                        (
+                            f"sum by (reason) (rate({APPENDER_ABANDONED}[{RATE}]))",
+                            "abandoned: {{reason}}",
+                        ),
+                        (f"sum({APPENDER_PENDING})", "announcements pending"),
+                    ],
+                ),
+                panel(
+                    SEGMENT_EVENTS,
+                    "SEGMENT_CLOSED events taken by each segment consumer (the materializer "
+                    "and your own), by outcome: handled, or skipped as malformed or as a "
+                    "segment the index does not hold.",
+                    "ops",
+                    [
+                        (
+                            f"sum by (group, outcome) (rate({CONSUMER_EVENTS}[{RATE}]))",
+                            "{{group}} {{outcome}}",
+                        )
+                    ],
+                ),
+            ],
+        ),
+        (
             "Throughput",
             [
                 panel(
@@ -163,7 +280,7 @@ def sections() -> list[tuple[str, list[dict[str, Any]]]]:
                     quantiles(FETCHER_SECONDS, "fetch"),
                 ),
                 panel(
-                    "Commit latency",
+                    COMMIT_LATENCY,
                     "Segment close to index commit and SEGMENT_CLOSED announcement (appender); "
                     "time to materialize one segment, and a segment's age when materialized.",
                     "s",

@@ -68,8 +68,12 @@ def test_both_shipped_copies_equal_the_builder_output() -> None:
     assert builder().main(["--check"]) == 0
 
 
+# Series Prometheus itself attaches to every target it scrapes (the Services up panel).
+PROMETHEUS_SERIES = frozenset({"up"})
+
+
 def test_every_query_names_a_metric_the_services_export() -> None:
-    exported = exported_metric_names()
+    exported = exported_metric_names() | PROMETHEUS_SERIES
     missing = {
         (title, name)
         for title, expr in queries()
@@ -189,7 +193,7 @@ def test_fetch_latency_and_bytes_move_when_a_url_is_fetched(
         return fn(*args)
 
     # The stubbed download never uses the client; the row still reserves its body's memory.
-    no_client: Any = SimpleNamespace(budget=ByteBudget(1 << 30))
+    no_client: Any = SimpleNamespace(budget=ByteBudget(1 << 30), robots=None)
 
     def fetch(url: str) -> AppendRecord:
         stats = RowStats()

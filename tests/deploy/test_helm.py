@@ -3,7 +3,8 @@ a shared library shipped in the wheel; no helm binary, no cluster), for the defa
 for ci/all-on-values.yaml; every manifest validated against the Kubernetes OpenAPI schemas
 (kubernetes-validate, strict: unknown fields fail) for the oldest Kubernetes the chart
 supports and a recent one. kubernetes-validate has no schemas for CRDs, so the KEDA
-ScaledObject and the prometheus-operator ServiceMonitor are checked structurally here."""
+ScaledObject and the prometheus-operator ServiceMonitor and PrometheusRule are checked
+structurally here (the PrometheusRule's rules by promtool in test_alerts.py)."""
 
 from __future__ import annotations
 
@@ -33,7 +34,11 @@ from tests.deploy.helpers import (
 
 # The chart's kubeVersion floor, and a recent release kubernetes-validate ships offline.
 KUBE_VERSIONS = ("1.25.0", "1.33.0")
-CRDS = {"ScaledObject": "keda.sh/v1alpha1", "ServiceMonitor": "monitoring.coreos.com/v1"}
+CRDS = {
+    "ScaledObject": "keda.sh/v1alpha1",
+    "ServiceMonitor": "monitoring.coreos.com/v1",
+    "PrometheusRule": "monitoring.coreos.com/v1",
+}
 COMPONENTS = ("fetcher", "appender", "materializer", "status")
 ALL_ON = "all-on-values.yaml"
 VALUE_SETS = {"defaults": None, "all-on": ALL_ON}
@@ -405,6 +410,36 @@ def test_metrics_service_and_service_monitor_reach_every_service() -> None:
     assert not by_kind(rendered("defaults"), "ServiceMonitor"), "optional, off by default"
 
 
+def test_prometheus_rule_for_the_operator() -> None:
+    """Structure the CRD schema would check: groups of named rules, each an alert or a record
+    with a PromQL string, durations, string labels and annotations."""
+    values = load_values(ALL_ON)
+    (rule,) = by_kind(rendered("all-on"), "PrometheusRule")
+    assert rule["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    assert set(rule) == {"apiVersion", "kind", "metadata", "spec"}
+    assert set(rule["spec"]) == {"groups"}
+    (group,) = rule["spec"]["groups"]
+    assert set(group) == {"name", "rules"} and group["name"]
+    assert group["rules"]
+    for r in group["rules"]:
+        assert ("alert" in r) != ("record" in r), r
+        allowed = (
+            {"alert", "expr", "for", "labels", "annotations"}
+            if "alert" in r
+            else {"record", "expr"}
+        )
+        assert set(r) <= allowed, r
+        assert isinstance(r["expr"], str) and r["expr"].strip()
+        if "for" in r:
+            assert re.fullmatch(r"\d+(ms|s|m|h|d|w)", r["for"]), r["for"]
+        for key in ("labels", "annotations"):
+            assert all(isinstance(v, str) for v in r.get(key, {}).values()), (r.get("alert"), key)
+        if "alert" in r:
+            assert r["labels"]["team"] == values["metrics"]["prometheusRule"]["ruleLabels"]["team"]
+            assert r["annotations"]["dashboard"].startswith("https://grafana.example.com/d/")
+    assert not by_kind(rendered("defaults"), "PrometheusRule"), "optional, off by default"
+
+
 # --- autoscaling ---------------------------------------------------------------------------
 
 KEDA_OFF = {"fetcher": {"autoscaling": {"keda": {"enabled": False}, "minReplicas": 1}}}
@@ -510,5 +545,10 @@ def test_dashboard_configmap_for_the_grafana_sidecar() -> None:
         '"uid": "prometheus"'
     )
     assert shipped["panels"][1]["datasource"] == {"type": "prometheus", "uid": uid}
+    # Queries that select a consumer group select this release's.
+    exprs = json.dumps(shipped)
+    assert 'group=\\"appender\\"' in json.dumps(source)
+    assert 'group=\\"appender\\"' not in exprs
+    assert f'group=\\"{values["appender"]["groupId"]}\\"' in exprs
     default = [d for d in by_kind(rendered("defaults"), "ConfigMap")]
     assert not [d for d in default if d["metadata"]["name"].endswith("-dashboard")]
