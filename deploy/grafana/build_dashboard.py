@@ -138,13 +138,19 @@ def sections() -> list[tuple[str, list[dict[str, Any]]]]:
             [
                 panel(
                     SERVICES_UP,
-                    "Targets Prometheus scrapes per component, and how many answered the last "
-                    "scrape. A target that does not answer is down or wedged; a component with "
-                    "no target at all is not running.",
+                    "Targets Prometheus scrapes per component, how many answered the last "
+                    "scrape, and whether every readiness check passes (as /readyz says). A "
+                    "target that does not answer is down or wedged; a component with no target "
+                    "at all is not running; one that answers but is not ready waits for a "
+                    "dependency or a partition.",
                     "short",
                     [
                         (f"sum by (component) ({UP}{{{COMPONENT}}})", "{{component}} up"),
                         (f"count by (component) ({UP}{{{COMPONENT}}})", "{{component}} targets"),
+                        (
+                            f"min by (component) (img2dataset_readiness_check{{{COMPONENT}}})",
+                            "{{component}} readiness checks pass (1) or one fails (0)",
+                        ),
                     ],
                 ),
                 panel(

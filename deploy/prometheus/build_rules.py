@@ -384,6 +384,30 @@ sum by (reason) (increase({D.FETCHER_FAILURES}[10m])) > 20
             D.SERVICES_UP,
         ),
         Alert(
+            "Img2datasetServiceNotReady",
+            f"min by (job, component, instance, check) "
+            f"(img2dataset_readiness_check{{{COMPONENTS}}}) == 0",
+            "10m",
+            "warning",
+            "{{ $labels.component }} {{ $labels.instance }} is not ready: "
+            "its check {{ $labels.check }} fails",
+            """The service answers but one of its readiness checks has failed for 10 minutes
+            (the same checks /readyz lists): a dependency it cannot reach (index, bus), no
+            partition assigned to it, or a partition it stopped. Kubernetes takes a pod that is
+            not ready out of its Service; its work waits.""",
+            """1. Which check: the alert's `check` label, or `curl <service>:9100/readyz`.
+
+            2. `index` / `bus`: PostgreSQL or Kafka is unreachable from it (credentials,
+            network, the server itself); the service retries by itself once it is back.
+
+            3. `partitions_assigned` / `partitions_owned`: more members than partitions
+            (scale down, or add partitions), or a group that cannot rebalance.
+
+            4. `partitions` (appender): a partition stopped on a permanent error; see
+            Img2datasetAppendPartitionStopped.""",
+            D.SERVICES_UP,
+        ),
+        Alert(
             "Img2datasetServiceMissing",
             'absent(up{component="appender"}) or absent(up{component="materializer"})',
             "10m",

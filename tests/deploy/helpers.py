@@ -166,8 +166,21 @@ def exported_metric_names() -> frozenset[str]:
         _import_all(package)
     from i2d_status.metrics import status_registry
 
+    from prometheus_client import CollectorRegistry
+
+    from i2d_segments.runtime import Health, ReadinessCollector
+
     snapshot = _status_snapshot()
-    return frozenset(_series_names(REGISTRY) | _series_names(status_registry(lambda: snapshot)))
+    # What every health server adds at scrape time (HealthServer, the status app).
+    health = Health()
+    health.add_check("index", lambda: True)
+    readiness = CollectorRegistry(auto_describe=False)
+    readiness.register(ReadinessCollector(health))
+    return frozenset(
+        _series_names(REGISTRY)
+        | _series_names(status_registry(lambda: snapshot))
+        | _series_names(readiness)
+    )
 
 
 _LABEL_GROUPS = re.compile(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)")

@@ -77,6 +77,32 @@ def test_ready_once_started_and_every_check_passes(server: tuple[Health, int]) -
     assert get(port, "/readyz")[0] == 503
 
 
+def test_metrics_say_ready_and_each_check_as_readyz_does(server: tuple[Health, int]) -> None:
+    """What an alert on "a service not ready" reads: the same verdict at scrape time."""
+    health, port = server
+    held = threading.Event()
+    health.add_check("partitions", held.is_set)
+    health.add_check("index", lambda: True)
+    health.started()
+
+    def series() -> dict[str, float]:
+        text = get(port, "/metrics")[1].decode()
+        return {
+            line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith(("img2dataset_ready", "img2dataset_readiness_check"))
+        }
+
+    assert series() == {
+        "img2dataset_ready": 0.0,
+        'img2dataset_readiness_check{check="index"}': 1.0,
+        'img2dataset_readiness_check{check="partitions"}': 0.0,
+    }
+    held.set()
+    assert series()["img2dataset_ready"] == 1.0
+    assert get(port, "/metrics")[1].count(b"# TYPE img2dataset_ready gauge") == 1
+
+
 def test_a_check_that_raises_is_not_ready(server: tuple[Health, int]) -> None:
     health, port = server
 

@@ -7,7 +7,9 @@
   stopped on a permanent error); it answers JSON with each check. The server starts before the
   service is built (liveness and /metrics answer during a slow start-up), so until then, and
   with no check at all, the answer is 503.
-- `/metrics`: prometheus-client's registry.
+- `/metrics`: prometheus-client's registry, plus `img2dataset_ready` and
+  `img2dataset_readiness_check{check}` computed from the same checks at scrape time, so an
+  alert can say which dependency made a service not ready.
 - Signals (`stop_event_on_signals`, from `signals`): the first SIGTERM or SIGINT sets a stop
   event (the loop finishes the work in flight and commits it); a second one exits at once.
 """
@@ -22,11 +24,21 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TypeVar
 
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from collections.abc import Iterator
+
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from i2d_segments.signals import stop_event_on_signals
 
-__all__ = ["Health", "HealthServer", "retry_call", "stop_event_on_signals"]
+__all__ = [
+    "Health",
+    "HealthServer",
+    "ReadinessCollector",
+    "retry_call",
+    "stop_event_on_signals",
+]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -84,13 +96,39 @@ class Health:
         return ok, {"ready": ok, "started": self._started, "checks": checks}
 
 
+class ReadinessCollector(Collector):
+    """`img2dataset_ready` (what /readyz answers, 1 or 0) and `img2dataset_readiness_check`
+    per check, evaluated when scraped."""
+
+    def __init__(self, health: Health) -> None:
+        self.health = health
+
+    def collect(self) -> Iterator[Metric]:
+        checks = self.health.readiness()
+        ready = GaugeMetricFamily(
+            "img2dataset_ready", "1 when the service is ready (as /readyz answers), else 0."
+        )
+        ready.add_metric([], 1.0 if self.health.ready(checks) else 0.0)
+        yield ready
+        per_check = GaugeMetricFamily(
+            "img2dataset_readiness_check",
+            "Each readiness check of the service: 1 passing, 0 failing.",
+            labels=["check"],
+        )
+        for name, ok in sorted(checks.items()):
+            per_check.add_metric([name], 1.0 if ok else 0.0)
+        yield per_check
+
+
 class _Handler(BaseHTTPRequestHandler):
     health: Health  # set on the per-server subclass
+    readiness: CollectorRegistry  # the health's ReadinessCollector, per server
 
     def do_GET(self) -> None:
         path = self.path.split("?", 1)[0]
         if path == "/metrics":
-            self._send(200, generate_latest(REGISTRY), CONTENT_TYPE_LATEST)
+            body = generate_latest(REGISTRY) + generate_latest(self.readiness)
+            self._send(200, body, CONTENT_TYPE_LATEST)
         elif path == "/healthz":
             ok = self.health.alive()
             self._send(200 if ok else 503, b"ok\n" if ok else b"stalled\n", "text/plain")
@@ -115,7 +153,9 @@ class HealthServer:
     """Serves /metrics, /healthz and /readyz from a daemon thread."""
 
     def __init__(self, health: Health, host: str, port: int) -> None:
-        handler = type("Handler", (_Handler,), {"health": health})
+        readiness = CollectorRegistry(auto_describe=False)
+        readiness.register(ReadinessCollector(health))
+        handler = type("Handler", (_Handler,), {"health": health, "readiness": readiness})
         self._server = ThreadingHTTPServer((host, port), handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(

@@ -23,7 +23,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 
-from i2d_segments.runtime import Health
+from i2d_segments.runtime import Health, ReadinessCollector
 from i2d_status.metrics import status_registry
 from i2d_status.schema import HistoryPoint, HistoryResponse, StatusResponse, json_schema
 from i2d_status.source import StatusSource
@@ -54,6 +54,7 @@ class StatusApp:
         self.history: deque[HistoryPoint] = deque(maxlen=source.settings.history_points)
         self.last_error: str | None = None
         self.registry = status_registry(lambda: self.latest)
+        self.registry.register(ReadinessCollector(self.health))
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="status-io")
         self._task: asyncio.Task[None] | None = None
         self.health.add_check("index", lambda: source.index_ok)
