@@ -6,8 +6,8 @@ alert rules, time-scaled.
 - Every query of every panel of the Grafana dashboard, as Grafana sends it (a range query over
   the run, `$__rate_interval` replaced by the value Grafana computes for a 1 s scrape), answers
   with data: a label typo, a histogram queried without `_bucket` or a wrong window would answer
-  nothing. The appender's retry and abandoned-segment counters are the exception while nothing
-  was retried or abandoned: their series only exist after a first event (see EVENT_ONLY).
+  nothing. Labelled counters exist at 0 from the start (a retry or an abandoned segment that
+  never happened shows 0, not "No data").
 - The rules evaluate without error, no alert fires while the pipeline is healthy, and two
   provoked failures fire theirs: an appender stopped (its APPEND partitions unowned, the service
   down) and fetchers pointed at a dead host (the failure ratio of its reason).
@@ -38,7 +38,6 @@ from confluent_kafka import Producer
 
 from i2d_imageserver import ImageServer, make_url_list
 from i2d_segments.index.postgres import PostgresIndex
-from tests.deploy.helpers import promql_metric_names
 from tests.servers.kafka import KAFKA_TEST_CONFIG, start_tansu
 from tests.servers.proc import ServerProcess, free_port, wait_for_port, wait_until
 from tests.servers.prometheus import Prometheus, start_prometheus, wait_for_alerts
@@ -52,12 +51,6 @@ SCALE = 60
 SCRAPE = "1s"
 # Grafana's $__rate_interval: max(4 x the scrape interval, the step + the scrape interval).
 GRAFANA_VARIABLES = {"$__rate_interval": "4s"}
-# Counters whose labelled series the services create at their first event: with no retry and
-# no abandoned segment in a healthy run they have no series yet, so their panels' queries can
-# only show that Prometheus knows the family (from the targets' metadata).
-EVENT_ONLY = frozenset(
-    {"img2dataset_appender_retries_total", "img2dataset_appender_segments_abandoned_total"}
-)
 COMPONENTS = ("fetcher", "appender", "materializer", "status")
 
 
@@ -120,7 +113,6 @@ def has_finite_value(result: list[dict[str, Any]]) -> bool:
 def check_every_panel_query(prom: Prometheus, board: dict[str, Any], start: float) -> None:
     end = time.time()
     empty = []
-    tolerated = []
     checked = 0
     for panel in board["panels"]:
         for target in panel.get("targets", []):
@@ -128,17 +120,9 @@ def check_every_panel_query(prom: Prometheus, board: dict[str, Any], start: floa
             checked += 1
             if has_finite_value(prom.query_range(expr, start, end, 1.0)):
                 continue
-            names = promql_metric_names(expr)
-            if names and names <= EVENT_ONLY:
-                known = all(prom.api("targets/metadata", metric=n) for n in names)
-                assert known, f"{panel['title']}: {expr}: Prometheus never saw {names}"
-                tolerated.append(expr)
-                continue
             empty.append((panel["title"], expr))
     assert not empty, f"panel queries without data ({len(empty)} of {checked}): {empty}"
-    print(
-        f"{checked} panel queries, {checked - len(tolerated)} with data; no event yet: {tolerated}"
-    )
+    print(f"{checked} panel queries, every one with data")
 
 
 class DeadHostFeed:

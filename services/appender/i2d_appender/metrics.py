@@ -53,3 +53,24 @@ REANNOUNCED = Counter(
     "img2dataset_appender_segments_reannounced_total",
     "Committed segments announced again on taking a partition (a previous owner's may be lost).",
 )
+
+# Every label value these counters take, created at 0 at import: a dashboard panel shows 0
+# rather than "No data", and an alert's increase() sees the first event.
+RECORD_OUTCOMES = ("stored", "duplicate", "failure", "malformed")
+RETRY_OPERATIONS = (
+    "acquire",
+    "announce",
+    "dedup lookup",
+    "index commit",
+    "kafka_commit",
+    "store complete",
+    "store read",
+    "store write",
+)
+ABANDON_REASONS = ("fenced", "lost", "stopped", "store complete", "store read", "store write")
+for _outcome in RECORD_OUTCOMES:
+    RECORDS.labels(_outcome)
+for _operation in RETRY_OPERATIONS:
+    RETRIES.labels(_operation)
+for _reason in ABANDON_REASONS:
+    SEGMENTS_ABANDONED.labels(_reason)

@@ -42,6 +42,7 @@ from i2d_segments.store import SegmentStore, StoreError
 
 log = logging.getLogger(__name__)
 
+EVENT_OUTCOMES = ("handled", "malformed", "unknown_segment")
 EVENTS = Counter(
     "img2dataset_segment_consumer_events_total",
     "SEGMENT_CLOSED events taken by a segment consumer, by group and outcome "
@@ -112,6 +113,8 @@ class ConsumerRunner:
         self.consumer = consumer
         self.topic = topic
         self.group_id = group_id or consumer.group_id
+        for outcome in EVENT_OUTCOMES:  # at 0 from the start: "No data" is not 0 on a panel
+            EVENTS.labels(self.group_id, outcome)
         self.ctx = ConsumerContext(store, index)
         self.health = health or Health()
         self.held = HeldPartitions()
