@@ -13,8 +13,13 @@ segments about every second (`partition_progress`, one row per partition), read 
 one snapshot of the index. A partition's live row counts only while it is fresh and of the
 partition's current epoch, and its open rows only while its open segment starts at or past
 the committed position (else it was committed since, and the committed figures hold it).
-Everything read is O(segments + partitions); the one query over sample rows (counts by
-status and by error) runs again only when a segment was committed since the last one.
+No figure counts rows: the counts by status and by error and the dataset's sizes are totals
+the index keeps in each commit's transaction (a handful of rows, whatever the number of
+samples), the segments are read newest first by index, a page at a time. The one read of sample
+rows is the list of latest committed rows: the `recent_items` newest rows of each of a few newest
+segments (by the segment index, with a LIMIT: at most one segment's rows are read for each, so
+its cost depends on the segment size, never on the dataset's), read again only when a segment
+was committed since.
 
 Every method is blocking (the adapters are); the web app calls them from one worker thread.
 A part that cannot be read (Kafka down) becomes an entry of `errors` with the rest still
@@ -507,8 +512,12 @@ class StatusSource:
         )
 
     def index_view(self) -> IndexResponse:
-        totals = self.index.totals()
-        errors = sorted(self.index.error_counts().items(), key=lambda kv: (-kv[1], kv[0]))
+        with self.index.snapshot():  # figures of one state: they add up
+            totals = self.index.totals()
+            by_error = self.index.error_counts()
+            by_status = self.index.status_counts()
+            partitions = self.index.partitions()
+        errors = sorted(by_error.items(), key=lambda kv: (-kv[1], kv[0]))
         return IndexResponse(
             mode=self.mode,
             generated_at=self.clock(),
@@ -520,7 +529,7 @@ class StatusSource:
                 first_created_at=totals.first_created_at,
                 last_created_at=totals.last_created_at,
             ),
-            status_counts=dict(sorted(self.index.status_counts().items())),
+            status_counts=dict(sorted(by_status.items())),
             error_counts=[Failure(reason=r, count=n) for r, n in errors],
             partitions=[
                 PartitionState(
@@ -531,7 +540,7 @@ class StatusSource:
                     owner=p.owner,
                     updated_at=p.updated_at,
                 )
-                for p in self.index.partitions()
+                for p in partitions
             ],
             errors=[],
         )
@@ -578,9 +587,11 @@ class StatusSource:
     def segments_page(self, limit: int, offset: int) -> SegmentsResponse:
         limit = max(0, min(limit, 1000))
         offset = max(0, offset)
-        rows = self.index.recent_segments(limit, offset)
+        with self.index.snapshot():
+            rows = self.index.recent_segments(limit, offset)
+            total = self.index.totals().segments
         return SegmentsResponse(
-            total=self.index.totals().segments,
+            total=total,
             limit=limit,
             offset=offset,
             segments=[self._segment_model(s) for s in rows],

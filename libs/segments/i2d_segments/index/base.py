@@ -91,11 +91,13 @@ class SampleRow:
 
 @dataclass(frozen=True, slots=True)
 class IndexTotals:
-    """Sizes of the committed dataset, for dashboards: one aggregate instead of every row."""
+    """Sizes of the committed dataset, for dashboards: kept by the commits (one row to read)."""
 
     segments: int
     items: int  # sum of the segments' item_count
-    samples: int  # sum of the segments' sample_count (rows recorded, a resampled row counted again)
+    # Sample rows in the index, each once (a row that moved to a newer segment counts there
+    # only): the sum of status_counts(). The segments' sample_count says what each committed.
+    samples: int
     bytes: int
     first_created_at: float | None
     last_created_at: float | None
@@ -262,21 +264,21 @@ class Index(ABC):
 
     @abstractmethod
     def status_counts(self) -> dict[str, int]:
-        """Sample rows per status."""
+        """Sample rows per status (the SQL adapters read totals their commits keep)."""
 
     @abstractmethod
     def error_counts(self) -> dict[str, int]:
-        """Failed sample rows per error message."""
+        """Failed sample rows per error message (likewise)."""
 
     def totals(self) -> IndexTotals:
         """Counts and sizes over every committed segment. The default walks `segments()`;
-        the SQL adapters answer with one aggregate query."""
+        the SQL adapters read the totals their commits keep."""
         rows = self.segments()
         created = [s.created_at for s in rows]
         return IndexTotals(
             segments=len(rows),
             items=sum(s.item_count for s in rows),
-            samples=sum(s.sample_count for s in rows),
+            samples=sum(self.status_counts().values()),
             bytes=sum(s.bytes for s in rows),
             first_created_at=min(created) if created else None,
             last_created_at=max(created) if created else None,

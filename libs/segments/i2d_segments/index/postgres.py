@@ -50,7 +50,6 @@ from i2d_segments.index.sqlbase import (
     ITEM_KEEP_FIRST,
     MOVES_INTO_SQL,
     PARTITION_STATE_SQL,
-    RECORD_MOVES_SQL,
     SAMPLE_UPSERT_SET,
     SEGMENT_EXISTS_SQL,
     SqlIndex,
@@ -58,6 +57,7 @@ from i2d_segments.index.sqlbase import (
     commit_gate,
     to_moves,
 )
+from i2d_segments.index.totals import record_commit
 
 T = TypeVar("T")
 Conn = psycopg.Connection[tuple[Any, ...]]
@@ -95,6 +95,24 @@ _MOVE_SAMPLES = (
 def _pg(sql: str) -> str:
     """The shared SQL uses `?` placeholders; psycopg wants `%s`."""
     return sql.replace("?", "%s")
+
+
+class _Tx:
+    """The `totals.Db` of one Postgres transaction (`?` placeholders, as the shared SQL)."""
+
+    def __init__(self, conn: Conn) -> None:
+        self.conn = conn
+
+    def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        return self.conn.execute(_pg(sql), params).fetchall()
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+        self.conn.execute(_pg(sql), params)
+
+    def execute_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        if rows:
+            with self.conn.cursor() as cur:
+                cur.executemany(_pg(sql), rows)
 
 
 class PostgresIndex(SqlIndex):
@@ -220,6 +238,8 @@ class PostgresIndex(SqlIndex):
                         return
                     for statement in migration.statements():
                         conn.execute(statement)
+                    if migration.step is not None:
+                        migration.step(_Tx(conn))
                     conn.execute(
                         "INSERT INTO schema_migrations (version, name, applied_at) "
                         "VALUES (%s, %s, %s)",
@@ -270,7 +290,8 @@ class PostgresIndex(SqlIndex):
                         if samples:
                             _copy(cur, _STAGE_SAMPLES, SAMPLE_COLUMNS, samples)
                             cur.execute(_MOVE_SAMPLES)
-                    conn.execute(_pg(RECORD_MOVES_SQL), (segment_id,))
+                    seg = commit.segment
+                    record_commit(_Tx(conn), segment_id, seg.item_count, seg.bytes, seg.created_at)
                     conn.execute(_pg(ADVANCE_SQL), (commit.next_offset, now, *key))
                 return to_moves(conn.execute(_pg(MOVES_INTO_SQL), (segment_id,)).fetchall())
 

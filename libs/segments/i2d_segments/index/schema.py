@@ -5,6 +5,10 @@ Files live in `i2d_segments/index/migrations/` as `NNNN_<name>.<engine>.sql` (en
 per engine, and both engines must have exactly the same versions: a version one engine lacks is a
 packaging bug, caught here rather than as a drifting schema.
 
+A version may also have a Python step (`STEPS`), run after its statements in the same
+transaction: work SQL alone cannot do the same way in both engines, or should log its progress
+(0006 fills the totals from the rows of an existing index).
+
 Each adapter applies the pending versions in order, one transaction per version, recording each
 in `schema_migrations` within that transaction; it serialises concurrent `migrate()` calls with
 the engine's own lock (SQLite: BEGIN IMMEDIATE; Postgres: an advisory transaction lock) and
@@ -16,9 +20,12 @@ from __future__ import annotations
 
 import re
 import sqlite3
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from typing import Literal
+
+from i2d_segments.index.totals import TOTALS_VERSION, Db, backfill_totals
 
 Engine = Literal["sqlite", "postgres"]
 ENGINES: tuple[Engine, ...] = ("sqlite", "postgres")
@@ -33,11 +40,16 @@ SCHEMA_MIGRATIONS_DDL = (
 )
 
 
+# Python steps by version: run after the version's statements, in its transaction.
+STEPS: dict[int, Callable[[Db], None]] = {TOTALS_VERSION: backfill_totals}
+
+
 @dataclass(frozen=True, slots=True)
 class Migration:
     version: int
     name: str
     sql: str
+    step: Callable[[Db], None] | None = None
 
     def statements(self) -> list[str]:
         return split_statements(self.sql)
@@ -76,7 +88,8 @@ def load_migrations(engine: Engine) -> list[Migration]:
     out: list[Migration] = []
     for version in versions:
         name, file_name = mine[version]
-        out.append(Migration(version, name, folder.joinpath(file_name).read_text("utf-8")))
+        sql = folder.joinpath(file_name).read_text("utf-8")
+        out.append(Migration(version, name, sql, STEPS.get(version)))
     return out
 
 

@@ -46,6 +46,12 @@ from i2d_segments.index.rows import (
     to_sample,
     to_segment,
 )
+from i2d_segments.index.totals import (
+    DATASET_TOTALS_SQL,
+    ERROR_COUNTS_SQL,
+    STATUS_COUNTS_SQL,
+    TOTALS_VERSION,
+)
 
 # Ids per lookup query: far under SQLite's bind limit (32766) and a cheap plan for Postgres.
 LOOKUP_CHUNK = 1000
@@ -90,8 +96,9 @@ ADVANCE_SQL = (
 )
 # "Latest outcome wins": every column but the key takes the incoming row's value, when the
 # outcome differs, and the row moves to the committing segment, remembering the segment it
-# leaves (previous_segment_id, read back by RECORD_MOVES_SQL in the same transaction: the SET
-# sees the row as it is when locked, which no read before the upsert could promise against a
+# leaves and the outcome it had there (previous_*, read back by totals.record_commit in the same
+# transaction, which records the move and moves the row's count: the SET sees the row as it is
+# when locked, which no read before the upsert could promise against a
 # concurrent commit of the same row on another partition). The same outcome again is a
 # redelivery (a fetcher that died before committing its `urls` offsets fetches its rows
 # again): the row stays in the segment that first recorded it. Either way each row is in
@@ -100,20 +107,13 @@ _OUTCOME = ("url", "caption", "status", "error", "item_id")
 SAMPLE_UPSERT_SET = (
     "ON CONFLICT (sample_id) DO UPDATE SET "
     + ", ".join(f"{c} = excluded.{c}" for c in SAMPLE_COLUMNS[1:])
-    + ", previous_segment_id = samples.segment_id"
+    + ", previous_segment_id = samples.segment_id, previous_status = samples.status, "
+    + "previous_error = samples.error"
     # COALESCE: NULL-safe and the same text on both engines (no IS DISTINCT FROM in SQLite
     # before 3.39), at the price of taking '' for NULL. attrs is NOT NULL (JSONB on Postgres).
     + " WHERE "
     + " OR ".join(f"COALESCE(samples.{c}, '') <> COALESCE(excluded.{c}, '')" for c in _OUTCOME)
     + " OR samples.attrs <> excluded.attrs"
-)
-# After the upsert, in the commit's transaction: the rows this segment took from older ones
-# (inserted rows have no previous segment; rows left in place are not in this segment).
-RECORD_MOVES_SQL = (
-    "INSERT INTO segment_moves (segment_id, from_segment_id, samples) "
-    "SELECT segment_id, previous_segment_id, COUNT(*) FROM samples "
-    "WHERE segment_id = ? AND previous_segment_id IS NOT NULL "
-    "GROUP BY segment_id, previous_segment_id"
 )
 _MOVES = "SELECT segment_id, from_segment_id, samples FROM segment_moves"
 MOVES_INTO_SQL = f"{_MOVES} WHERE segment_id = ? ORDER BY from_segment_id"
@@ -200,6 +200,7 @@ class SqlIndex(Index):
     """Implements every read of the port over `_fetch`; adapters add writes and connections."""
 
     _live_progress = False  # partition_progress and download_runs exist (once seen, for good)
+    _totals = False  # the totals tables exist (once seen, for good)
 
     @abstractmethod
     def _fetch(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
@@ -319,10 +320,15 @@ class SqlIndex(Index):
         return [to_sample(r) for r in rows]
 
     def totals(self) -> IndexTotals:
-        rows = self._fetch(
-            "SELECT COUNT(*), COALESCE(SUM(item_count), 0), COALESCE(SUM(sample_count), 0), "
-            "COALESCE(SUM(bytes), 0), MIN(created_at), MAX(created_at) FROM segments"
-        )
+        if self._has_totals():
+            rows = self._fetch(DATASET_TOTALS_SQL)
+        else:
+            # An index older than the totals, read without migrating it (status): what it can
+            # say from the segment rows alone (a row that moved counts in both segments).
+            rows = self._fetch(
+                "SELECT COUNT(*), COALESCE(SUM(item_count), 0), COALESCE(SUM(sample_count), 0), "
+                "COALESCE(SUM(bytes), 0), MIN(created_at), MAX(created_at) FROM segments"
+            )
         n, items, samples, size, first, last = rows[0]
         return IndexTotals(
             segments=int(n),
@@ -375,14 +381,30 @@ class SqlIndex(Index):
         rows = self._fetch(f"{_RUN} ORDER BY started_at DESC, run_id DESC LIMIT 1")
         return to_run(rows[0]) if rows else None
 
+    # -- totals (see totals.py): kept by each commit, read without counting rows -------------
+
+    def _has_totals(self) -> bool:
+        if not self._totals:
+            rows = self._fetch(
+                "SELECT 1 FROM schema_migrations WHERE version = ?", (TOTALS_VERSION,)
+            )
+            self._totals = bool(rows)
+        return self._totals
+
     def status_counts(self) -> dict[str, int]:
-        rows = self._fetch("SELECT status, COUNT(*) FROM samples GROUP BY status")
+        if self._has_totals():
+            rows = self._fetch(STATUS_COUNTS_SQL)
+        else:
+            rows = self._fetch("SELECT status, COUNT(*) FROM samples GROUP BY status")
         return {str(status): int(n) for status, n in rows}
 
     def error_counts(self) -> dict[str, int]:
-        rows = self._fetch(
-            "SELECT error, COUNT(*) FROM samples WHERE status <> ? AND error IS NOT NULL "
-            "GROUP BY error",
-            (SUCCESS_STATUS,),
-        )
+        if self._has_totals():
+            rows = self._fetch(ERROR_COUNTS_SQL, (SUCCESS_STATUS,))
+        else:
+            rows = self._fetch(
+                "SELECT error, COUNT(*) FROM samples WHERE status <> ? AND error IS NOT NULL "
+                "GROUP BY error",
+                (SUCCESS_STATUS,),
+            )
         return {str(error): int(n) for error, n in rows}

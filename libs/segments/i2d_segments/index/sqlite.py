@@ -45,7 +45,6 @@ from i2d_segments.index.sqlbase import (
     ITEM_KEEP_FIRST,
     MOVES_INTO_SQL,
     PARTITION_STATE_SQL,
-    RECORD_MOVES_SQL,
     SAMPLE_UPSERT_SET,
     SEGMENT_EXISTS_SQL,
     SqlIndex,
@@ -53,6 +52,7 @@ from i2d_segments.index.sqlbase import (
     commit_gate,
     to_moves,
 )
+from i2d_segments.index.totals import record_commit
 
 _INSERT_ITEM = (
     f"INSERT INTO items ({cols(ITEM_COLUMNS)}) VALUES ({', '.join('?' * len(ITEM_COLUMNS))}) "
@@ -62,6 +62,23 @@ _UPSERT_SAMPLE = (
     f"INSERT INTO samples ({cols(SAMPLE_COLUMNS)}) "
     f"VALUES ({', '.join('?' * len(SAMPLE_COLUMNS))}) {SAMPLE_UPSERT_SET}"
 )
+
+
+class _Tx:
+    """The `totals.Db` of one SQLite write transaction."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        return self.conn.execute(sql, params).fetchall()
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+        self.conn.execute(sql, params)
+
+    def execute_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        if rows:
+            self.conn.executemany(sql, rows)
 
 
 class SqliteIndex(SqlIndex):
@@ -152,6 +169,8 @@ class SqliteIndex(SqlIndex):
                     continue
                 for statement in migration.statements():
                     conn.execute(statement)
+                if migration.step is not None:
+                    migration.step(_Tx(conn))
                 conn.execute(
                     "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
                     (migration.version, migration.name, time.time()),
@@ -183,7 +202,8 @@ class SqliteIndex(SqlIndex):
                 conn.execute(INSERT_SEGMENT_SQL, seg_values)
                 conn.executemany(_INSERT_ITEM, items)
                 conn.executemany(_UPSERT_SAMPLE, samples)
-                conn.execute(RECORD_MOVES_SQL, (segment_id,))
+                seg = commit.segment
+                record_commit(_Tx(conn), segment_id, seg.item_count, seg.bytes, seg.created_at)
                 conn.execute(ADVANCE_SQL, (commit.next_offset, now, *key))
             return to_moves(conn.execute(MOVES_INTO_SQL, (segment_id,)).fetchall())
 
