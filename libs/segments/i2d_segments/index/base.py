@@ -71,8 +71,9 @@ class ItemRow:
     height: int | None
     original_width: int | None
     original_height: int | None
-    # sha256 of the stored member bytes: item_id hashes the ORIGINAL download (DESIGN.md), which
-    # differs once the image is re-encoded, so ranged reads are verified against this.
+    # sha256 of the stored member bytes: item_id hashes the ORIGINAL download (see
+    # docs/architecture.md, "Identities"), which differs once the image is re-encoded, so
+    # ranged reads are verified against this.
     data_sha256: str | None = None
 
 
