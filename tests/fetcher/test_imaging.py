@@ -62,7 +62,9 @@ def test_defaults_are_img2datasets() -> None:
     assert (o.timeout, o.retries, o.compute_hash, o.extract_exif) == (10, 0, "sha256", True)
     assert (o.min_image_size, o.max_image_area, o.max_aspect_ratio) == (0, math.inf, math.inf)
     assert o.user_agent_token is None
-    assert o.disallowed_header_directives == ("noai", "noimageai", "noindex", "noimageindex")
+    # img2dataset's four, and noml (its issue #365)
+    assert o.disallowed_header_directives[:4] == ("noai", "noimageai", "noindex", "noimageindex")
+    assert o.disallowed_header_directives[4:] == ("noml",)
 
 
 def test_option_forms_img2dataset_users_type() -> None:

@@ -36,6 +36,24 @@ RESIZE_SECONDS = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
 
+ROBOTS_HITS = Counter(
+    "img2dataset_fetcher_robots_cache_hits_total",
+    "Urls checked against a robots.txt already cached (per worker process).",
+)
+ROBOTS_MISSES = Counter(
+    "img2dataset_fetcher_robots_cache_misses_total",
+    "Urls whose site's robots.txt was not cached (or had expired): they waited for a fetch, "
+    "their own or one already in flight for the site.",
+)
+ROBOTS_FETCHES = Counter(
+    "img2dataset_fetcher_robots_fetches_total",
+    "robots.txt requests by result: ok (2xx, its rules), unavailable (4xx: all allowed), "
+    "unreachable (5xx, 429: all disallowed for a while), timeout (the same), stale (failed; "
+    "an earlier copy used), error (no answer: the row that asked failed with the reason).",
+    ["result"],
+)
+ROBOTS_RESULTS = ("ok", "unavailable", "unreachable", "timeout", "stale", "error")
+
 
 def observe(stats: RowStats) -> None:
     if stats.fetch_seconds is not None:
@@ -44,3 +62,11 @@ def observe(stats: RowStats) -> None:
         BYTES.inc(stats.downloaded_bytes)
     if stats.resize_seconds is not None:
         RESIZE_SECONDS.observe(stats.resize_seconds)
+    if stats.robots:
+        for what, n in stats.robots.items():
+            if what == "hit":
+                ROBOTS_HITS.inc(n)
+            elif what == "miss":
+                ROBOTS_MISSES.inc(n)
+            elif what.startswith("fetch:"):
+                ROBOTS_FETCHES.labels(what[6:]).inc(n)

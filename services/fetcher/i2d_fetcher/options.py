@@ -22,7 +22,8 @@ EncodeFormat = Literal["jpg", "png", "webp"]
 HashName = Literal["md5", "sha256", "sha512"]
 Interpolation = Literal["nearest", "linear", "cubic", "area", "lanczos"]
 
-DEFAULT_DISALLOWED_DIRECTIVES = ("noai", "noimageai", "noindex", "noimageindex")
+# img2dataset's four, and `noml` (img2dataset issue #365).
+DEFAULT_DISALLOWED_DIRECTIVES = ("noai", "noimageai", "noindex", "noimageindex", "noml")
 # img2dataset has no png default (it asks for 0-9); zlib's usual level is a sane one.
 DEFAULT_PNG_COMPRESSION = 6
 DEFAULT_ALLOWED_FORMATS = ("jpeg", "png", "webp", "gif", "bmp", "tiff", "avif", "ico")
@@ -121,11 +122,27 @@ class FetchOptions(BaseModel):
         0.5, ge=0, description="Seconds before the first retry; doubled per retry, jittered."
     )
     user_agent_token: str | None = Field(
-        None, description="Added to the User-Agent; X-Robots-Tag values scoped to it apply."
+        None,
+        description="Added to the User-Agent; X-Robots-Tag values and robots.txt groups naming "
+        "it apply (as do those naming img2dataset or img2dataset-segments).",
+    )
+    respect_robots_txt: bool = Field(
+        True,
+        description="Read each site's /robots.txt once and skip the urls it disallows for "
+        "img2dataset, img2dataset-segments, user_agent_token or * ('disallowed by robots.txt'); "
+        "its Crawl-delay spaces the site's requests. Off (--respect_robots_txt False): the "
+        "opt-outs site owners publish there are ignored and their images downloaded anyway.",
+    )
+    respect_iptc_data_mining: bool = Field(
+        True,
+        description="Refuse images whose embedded XMP metadata says IPTC/PLUS data mining is "
+        "prohibited (plus:DataMining DMI-PROHIBITED, -AIMLTRAINING, -GENAIMLTRAINING, "
+        "-EXCEPTSEARCHENGINEINDEXING): 'disallowed by IPTC data mining: <value>'.",
     )
     disallowed_header_directives: Annotated[tuple[str, ...], NoDecode] = Field(
         DEFAULT_DISALLOWED_DIRECTIVES,
-        description="X-Robots-Tag directives that forbid using an image ([] to ignore them).",
+        description="X-Robots-Tag directives that forbid using an image ([] to ignore them); "
+        "img2dataset's default list plus noml.",
     )
     ignore_ssl_certificate: bool = Field(False, description="Accept invalid TLS certificates.")
     max_body_bytes: int = Field(

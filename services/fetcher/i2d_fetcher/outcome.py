@@ -32,6 +32,9 @@ class RowStats:
     fetch_seconds: float | None = None  # the download, retries included; None: not tried
     downloaded_bytes: int = 0
     resize_seconds: float | None = None  # decode/resize/encode; None: not reached
+    # robots.txt lookups and fetches of the worker since the last row that reported them
+    # (http/robotscache.py `take_counts`): `hit`, `miss`, `fetch:<result>`.
+    robots: dict[str, int] | None = None
 
 
 @dataclass(frozen=True, slots=True)

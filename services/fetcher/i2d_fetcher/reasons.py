@@ -11,8 +11,8 @@ from __future__ import annotations
 import re
 
 # (reason, pattern at the start of the message). The messages are this fetcher's own: see
-# http/client.py, http/robots.py, imaging/pipeline.py, imaging/formats.py, imaging/blur.py,
-# row.py and outcome.py.
+# http/client.py, http/robots.py, http/robotscache.py, imaging/pipeline.py, imaging/xmp.py,
+# imaging/formats.py, imaging/blur.py, row.py and outcome.py.
 _RULES: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
     (reason, re.compile(pattern))
     for reason, pattern in (
@@ -29,6 +29,9 @@ _RULES: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
         ("too_many_redirects", r"too many redirects"),
         ("host_circuit_open", r"host circuit open"),
         ("robots", r"Use of image disallowed by X-Robots-Tag"),
+        ("robots_txt_unreachable", r"disallowed by robots\.txt \(unreachable"),
+        ("robots_txt", r"disallowed by robots\.txt"),
+        ("iptc_data_mining", r"disallowed by IPTC data mining"),
         ("too_large", r"body larger than"),
         ("bad_body", r"(incomplete body|undecodable body|bad response)"),
         ("hash_mismatch", r"hash mismatch"),
@@ -66,7 +69,8 @@ def reason_of(message: str | None) -> str:
 
 # Reasons a failure may not last: the same row fetched again later may succeed (rate limits,
 # server errors, timeouts, DNS, refused or reset connections, TLS hiccups, a host's circuit
-# open, a worker that died, a record that could not be published).
+# open, a worker that died, a record that could not be published, a robots.txt that did not
+# answer: the site's rows are refused until it does).
 # `--retry_failed transient` fetches those rows again; a 404, a filter or a bad image stays.
 TRANSIENT_REASONS = frozenset(
     {
@@ -77,6 +81,7 @@ TRANSIENT_REASONS = frozenset(
         "connection",
         "tls",
         "host_circuit_open",
+        "robots_txt_unreachable",
         "worker_died",
         "publish_failed",
     }

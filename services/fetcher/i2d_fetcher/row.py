@@ -104,6 +104,8 @@ async def fetch_row(
             return failure(row, SampleStatus.FAILED_TO_DOWNLOAD, _describe(e))
         finally:
             stats.fetch_seconds = time.monotonic() - started - reservation.waited
+            if client.robots is not None:
+                stats.robots = client.robots.take_counts()
         data = downloaded.data
         stats.downloaded_bytes = len(data)
         expected = _expected_hash(row, opts.verify_hash[0]) if opts.verify_hash else None

@@ -3,6 +3,10 @@
 Prints the base url on stdout once it serves (after the list is written, and after `--warm`
 generated its images), so a caller can start it on port 0 and read the port. Serves until
 SIGTERM or SIGINT, then shuts down cleanly (exit status 0).
+
+Serves a /robots.txt that allows /img/ and /fault/ and disallows the rest (`--robots-txt FILE`
+serves another, `--no-robots-txt` none: 404), so a crawler honouring robots.txt runs as on
+a real site and still fetches every url of its lists.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from i2d_imageserver.app import ServerConfig, make_app, warm
+from i2d_imageserver.app import BENCH_ROBOTS_TXT, RobotsFile, ServerConfig, make_app, warm
 from i2d_imageserver.corpus import DEFAULT_MEMORY_BYTES
 from i2d_imageserver.server import start_site
 from i2d_imageserver.urls import make_url_list, parse_faults
@@ -42,6 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="generate the listed images before printing the base url",
     )
     p.add_argument("--slow-delay", type=float, default=2.0, help="seconds, for /fault/slow/")
+    robots = p.add_mutually_exclusive_group()
+    robots.add_argument(
+        "--robots-txt", type=Path, help="serve this file as /robots.txt (default: allow all images)"
+    )
+    robots.add_argument("--no-robots-txt", action="store_true", help="answer 404 for /robots.txt")
     return p
 
 
@@ -50,7 +59,12 @@ async def serve(ns: argparse.Namespace) -> None:
     config = ServerConfig(
         corpus=ns.corpus, memory_bytes=ns.memory_mb << 20, slow_delay=ns.slow_delay
     )
-    app = make_app(config)
+    robots_txt: str | None = BENCH_ROBOTS_TXT
+    if ns.no_robots_txt:
+        robots_txt = None
+    elif ns.robots_txt is not None:
+        robots_txt = ns.robots_txt.read_text()
+    app = make_app(config, robots=RobotsFile(robots_txt))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

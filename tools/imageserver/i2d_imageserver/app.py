@@ -1,4 +1,5 @@
-"""The aiohttp application: photos under /img/, the same photos with faults under /fault/."""
+"""The aiohttp application: photos under /img/, the same photos with faults under /fault/,
+and a /robots.txt when one is set (404 otherwise)."""
 
 from __future__ import annotations
 
@@ -24,6 +25,25 @@ from i2d_imageserver.urls import (
     ImageName,
     parse_name,
 )
+
+# What `python -m i2d_imageserver` serves as /robots.txt unless told otherwise: every image
+# and fault path allowed, the rest not, so a crawler that reads it matches each url against
+# a rule of each kind (as on a real site) and fetches every url of a list.
+BENCH_ROBOTS_TXT = """\
+# i2d image server
+User-agent: *
+Allow: /img/
+Allow: /fault/
+Disallow: /
+"""
+
+
+@dataclass
+class RobotsFile:
+    """The /robots.txt served (None: 404); it may change while the server runs."""
+
+    text: str | None = None
+    requests: int = 0  # how many were served (404s included)
 
 
 @dataclass(frozen=True)
@@ -60,18 +80,23 @@ class Stats:
 
 
 STATS = web.AppKey("stats", Stats)
+ROBOTS = web.AppKey("robots", RobotsFile)
 CORPUS = web.AppKey("corpus", Corpus)
 CONFIG = web.AppKey("config", ServerConfig)
 
 Handler = Callable[[web.Request, ImageName], Awaitable[web.StreamResponse]]
 
 
-def make_app(config: ServerConfig, stats: Stats | None = None) -> web.Application:
+def make_app(
+    config: ServerConfig, stats: Stats | None = None, robots: RobotsFile | None = None
+) -> web.Application:
     app = web.Application()
     app[CONFIG] = config
     app[STATS] = stats or Stats()
+    app[ROBOTS] = robots or RobotsFile()
     app[CORPUS] = Corpus(config.corpus, config.memory_bytes)
     app.router.add_get("/", index)
+    app.router.add_get("/robots.txt", robots_txt)
     app.router.add_get("/img/{name}", image)
     app.router.add_get("/fault/{kind}/{name}", fault)
 
@@ -89,6 +114,16 @@ async def index(request: web.Request) -> web.Response:
         *(f"  /fault/{kind}/<seed>[_<w>x<h>].<ext>: {what}" for kind, what in FAULTS.items()),
     ]
     return web.Response(text="\n".join(lines) + "\n")
+
+
+async def robots_txt(request: web.Request) -> web.Response:
+    """Counted apart from the images (`ImageServer.robots_requests`): tests count image
+    requests, and a crawler adds one robots.txt request per site."""
+    robots = request.app[ROBOTS]
+    robots.requests += 1
+    if robots.text is None:
+        raise web.HTTPNotFound(text="no robots.txt\n")
+    return web.Response(text=robots.text, content_type="text/plain")
 
 
 async def photo_bytes(request: web.Request, name: ImageName, variant: str = "photo") -> bytes:
@@ -244,6 +279,12 @@ async def f_exif(request: web.Request, name: ImageName) -> web.StreamResponse:
     return await send(request, await photo_bytes(request, name, "exif"), "image/jpeg")
 
 
+async def f_datamining(request: web.Request, name: ImageName) -> web.StreamResponse:
+    value = request.query.get("value", "DMI-PROHIBITED-AIMLTRAINING")
+    data = synth.jpeg_with_xmp(await photo_bytes(request, name), synth.xmp_data_mining(value))
+    return await send(request, data, "image/jpeg")
+
+
 async def f_bomb(request: web.Request, name: ImageName) -> web.StreamResponse:
     return await send(request, await photo_bytes(request, name, "bomb"), "image/png")
 
@@ -275,6 +316,7 @@ FAULT_HANDLERS: dict[str, Handler] = {
     "robots": f_robots,
     "alpha": f_alpha,
     "exif": f_exif,
+    "datamining": f_datamining,
     "bomb": f_bomb,
     "gzipbomb": f_gzipbomb,
     "redirect": f_redirect,

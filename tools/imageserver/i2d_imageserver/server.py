@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from i2d_imageserver.app import ServerConfig, Stats, make_app
+from i2d_imageserver.app import RobotsFile, ServerConfig, Stats, make_app
 from i2d_imageserver.corpus import DEFAULT_MEMORY_BYTES
 from i2d_imageserver.urls import image_path
 
@@ -33,7 +33,9 @@ class ImageServer:
     """`with ImageServer() as server: server.url_for(7, 640, 480)`.
 
     `count(kind)` and `hits(url)` tell how many requests the server saw (e.g. that a 404 was
-    not retried); `last_headers` holds the headers of the latest request."""
+    not retried); `last_headers` holds the headers of the latest request. /robots.txt is 404
+    unless `robots_txt` is given (or set later: `server.robots_txt = "..."`); its requests
+    are counted apart, in `robots_requests`."""
 
     def __init__(
         self,
@@ -45,6 +47,7 @@ class ImageServer:
         slow_delay: float = 2.0,
         drip_interval: float = 0.5,
         drip_chunks: int = 40,
+        robots_txt: str | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -56,6 +59,7 @@ class ImageServer:
             drip_chunks=drip_chunks,
         )
         self.stats = Stats()
+        self.robots = RobotsFile(robots_txt)
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
@@ -90,7 +94,7 @@ class ImageServer:
     async def _serve(self) -> None:
         self._stop = asyncio.Event()
         runner, self.port = await start_site(
-            make_app(self.config, self.stats), self.host, self.port
+            make_app(self.config, self.stats, self.robots), self.host, self.port
         )
         self._ready.set()
         try:
@@ -160,6 +164,18 @@ class ImageServer:
     def last_headers(self) -> Mapping[str, str]:
         with self.stats.lock:
             return dict(self.stats.last_headers)
+
+    @property
+    def robots_txt(self) -> str | None:
+        return self.robots.text
+
+    @robots_txt.setter
+    def robots_txt(self, text: str | None) -> None:
+        self.robots.text = text  # one attribute, read by the server's thread: atomic
+
+    @property
+    def robots_requests(self) -> int:
+        return self.robots.requests
 
     def reset_counters(self) -> None:
         self.stats.reset()

@@ -165,6 +165,27 @@ def photo_with_exif(seed: int, width: int, height: int) -> bytes:
     return encode(render(seed, width, height), "jpg", jpeg_quality_for(seed), exif=sample_exif())
 
 
+def xmp_data_mining(value: str) -> bytes:
+    """An XMP packet whose IPTC/PLUS `plus:DataMining` is `value` (a code such as
+    DMI-PROHIBITED-AIMLTRAINING, or a full vocabulary url)."""
+    if "/" not in value:
+        value = "http://ns.useplus.org/ldf/vocab/" + value
+    return (
+        '<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>'
+        '<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF '
+        'xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+        '<rdf:Description rdf:about="" xmlns:plus="http://ns.useplus.org/ldf/xmp/1.0/">'
+        f"<plus:DataMining>{value}</plus:DataMining>"
+        '</rdf:Description></rdf:RDF></x:xmpmeta><?xpacket end="w"?>'
+    ).encode()
+
+
+def jpeg_with_xmp(jpeg: bytes, packet: bytes) -> bytes:
+    """The JPEG with an XMP APP1 segment right after its SOI marker."""
+    body = b"http://ns.adobe.com/xap/1.0/\x00" + packet
+    return jpeg[:2] + b"\xff\xe1" + struct.pack(">H", len(body) + 2) + body + jpeg[2:]
+
+
 def png_bomb(width: int, height: int) -> bytes:
     """A valid greyscale PNG of `width` x `height` black pixels: tiny on the wire, huge in
     memory once decoded (deflate packs ~1000:1 on zeros).

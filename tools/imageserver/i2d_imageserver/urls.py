@@ -34,6 +34,8 @@ FAULTS: dict[str, str] = {
     "robots": "the image with one X-Robots-Tag header per ?tag= value",
     "alpha": "a PNG with an alpha channel (left half transparent)",
     "exif": "a JPEG carrying EXIF tags (Make, Model, DateTimeOriginal, Orientation)",
+    "datamining": "a JPEG whose XMP carries IPTC plus:DataMining ?value= (default "
+    "DMI-PROHIBITED-AIMLTRAINING)",
     "bomb": "a PNG decompression bomb: tiny body, huge pixel count (default 20000x20000)",
     "gzipbomb": "Content-Encoding: gzip of ?mb= (default 64) megabytes of zeros",
     "redirect": "302 to the same image under /img/, or to ?to=URL (any url: redirect tests)",

@@ -15,6 +15,10 @@ retried only when a retry can help.
 - Memory: with a `Reservation` (budget.py), the body's bytes are reserved before they are
   read, from the worker's budget of body bytes in flight; waiting for them is not counted
   against the timeout either (the server is not the one being slow).
+- robots.txt (robotscache.py): each site's is read once, through this same client (guard,
+  DNS cache, host slots), before the first request to it; a url it disallows is never
+  requested, and its Crawl-delay spaces the host's requests. Checked on every redirect hop.
+  The wait for it is not counted against the timeout: the robots.txt fetch has its own.
 - X-Robots-Tag is checked as soon as the headers arrive; a disallowed body is never read.
 - Retries: only for transient failures (timeouts, connection errors, truncated bodies, 408,
   429, 5xx), with exponential backoff and jitter, honouring a short Retry-After. Never for a
@@ -44,10 +48,13 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from i2d_fetcher.http.budget import BASE_RESERVATION, ByteBudget, Reservation
+from i2d_fetcher.http.errors import FetchFailed
 from i2d_fetcher.http.hosts import CIRCUIT_OPEN_MESSAGE, CircuitOpen, HostLimiter
 from i2d_fetcher.http.netguard import BLOCKED_PREFIX, AddressPolicy, BlockedAddress, literal_address
 from i2d_fetcher.http.resolver import AiodnsLookup, CachingResolver, Lookup
 from i2d_fetcher.http.robots import DISALLOWED_MESSAGE, is_disallowed
+from i2d_fetcher.http.robotscache import RobotsAnswer, RobotsCache, agent_tokens
+from i2d_fetcher.http.robotstxt import MAX_ROBOTS_BYTES
 from i2d_fetcher.options import FetchOptions
 from i2d_fetcher.reasons import one_line
 from i2d_segments import __version__
@@ -59,31 +66,13 @@ PAUSING_STATUSES = frozenset({429, 503})  # their Retry-After pauses the whole h
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 SCHEMES = frozenset({"http", "https"})
 MAX_RETRY_AFTER = 30.0  # seconds; a server asking for longer gets a failure, not a stalled slot
+ROBOTS_MAX_REDIRECTS = 5  # RFC 9309 2.3.1.2
+ROBOTS_ACCEPT = "text/plain,*/*;q=0.5"
+# robots.txt bodies being read at once, per client: their own budget, so that a site's rows
+# never wait behind images for the memory of its robots.txt (nor images behind robots.txt).
+ROBOTS_BYTES_IN_FLIGHT = 4 * 1024 * 1024
 
-
-class FetchFailed(Exception):
-    """The download failed with `message`; `transient` failures may succeed if tried again;
-    `host_failure`s (no answer: refused, reset, timed out) count towards the host's breaker."""
-
-    def __init__(
-        self,
-        message: str,
-        transient: bool,
-        retry_after: float | None = None,
-        *,
-        host_failure: bool = False,
-        status: int | None = None,
-    ) -> None:
-        message = one_line(message)
-        super().__init__(message, transient, retry_after)
-        self.message = message
-        self.transient = transient
-        self.retry_after = retry_after
-        self.host_failure = host_failure
-        self.status = status
-
-    def __str__(self) -> str:
-        return self.message
+__all__ = ["Downloaded", "FetchFailed", "HttpClient", "download", "fetch_robots", "open_client"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +120,8 @@ class HttpClient:
         self.policy = policy
         self.hosts = hosts
         self.proxy = proxy
+        self.robots: RobotsCache | None = None  # set by open_client
+        self.robots_budget = ByteBudget(ROBOTS_BYTES_IN_FLIGHT)
 
     async def check(self, url: URL) -> None:
         """FetchFailed if `url`'s host is, or resolves only to, a refused address. The
@@ -153,6 +144,8 @@ class HttpClient:
             raise FetchFailed(f"DNS resolution failed: {_reason(e)}", transient=False) from None
 
     async def close(self) -> None:
+        if self.robots is not None:
+            await self.robots.close()
         await self.session.close()
         await self.resolver.close()  # a resolver passed in is not closed by the connector
 
@@ -168,11 +161,15 @@ class HttpClient:
         await self.close()
 
 
-def open_client(opts: FetchOptions, concurrency: int, lookup: Lookup | None = None) -> HttpClient:
+def open_client(
+    opts: FetchOptions, concurrency: int, lookup: Lookup | None = None, *, workers: int = 1
+) -> HttpClient:
     """One client per fetcher: a pooled connector sized to the concurrency, the caching
     resolver (DNS is the first bottleneck at scale; `lookup` replaces real DNS in tests), no
     proxies or netrc from the environment, no cookie jar (millions of hosts, nothing to
-    remember), redirects left to `download`. Call it inside the running event loop."""
+    remember), redirects left to `download`, the robots.txt cache. `workers` is how many
+    such clients share the per-host limits (a site's Crawl-delay is split across them). Call
+    it inside the running event loop."""
     policy = AddressPolicy(opts.allowed_networks)
     direct = opts.proxy is None
     # Through a proxy the connector only ever reaches the proxy, which the operator chose.
@@ -206,7 +203,18 @@ def open_client(opts: FetchOptions, concurrency: int, lookup: Lookup | None = No
         opts.host_cooldown,
     )
     budget = ByteBudget(opts.max_body_bytes_in_flight)
-    return HttpClient(session, resolver, policy, hosts, opts.proxy, budget)
+    client = HttpClient(session, resolver, policy, hosts, opts.proxy, budget)
+
+    async def robots_of(url: URL) -> RobotsAnswer:
+        return await fetch_robots(client, url, opts)
+
+    client.robots = RobotsCache(
+        robots_of,
+        agent_tokens(opts.user_agent_token),
+        unreachable_ttl=opts.host_cooldown,
+        share=workers,
+    )
+    return client
 
 
 async def download(
@@ -266,9 +274,12 @@ async def _attempt(
         budget -= time.monotonic() - started
         if budget <= 0:
             raise _timed_out(opts)
+        interval = 0.0  # the site's Crawl-delay (our part of it)
+        if opts.respect_robots_txt and client.robots is not None:
+            interval = await client.robots.check(target)  # not the server's time: not counted
         key = f"{target.raw_host}:{target.port}"
         try:
-            async with client.hosts.slot(key) as slot:
+            async with client.hosts.slot(key, interval) as slot:
                 started = time.monotonic()
                 waited = reservation.waited if reservation is not None else 0.0
                 try:
@@ -294,6 +305,105 @@ async def _attempt(
             raise _timed_out(opts)
         target = parse_url(result)
     raise AssertionError("unreachable")
+
+
+async def fetch_robots(client: HttpClient, url: URL, opts: FetchOptions) -> RobotsAnswer:
+    """GET a `/robots.txt` as a download is made (address guard, DNS cache, the host's slot,
+    rate and breaker; `opts.timeout` for the whole of it, not counting waits for a slot), with
+    up to ROBOTS_MAX_REDIRECTS redirects and at most MAX_ROBOTS_BYTES of body read: what
+    was read is kept, cut at its last complete line. FetchFailed when no answer came; a
+    redirect chain that is too long or leads to no http(s) url ends as the redirect's own
+    answer (no body), which the cache takes as "unavailable"."""
+    budget = opts.timeout
+    target = url
+    status = 0  # of the last redirect
+    for hop in itertools.count():
+        started = time.monotonic()
+        try:
+            async with asyncio.timeout(budget):
+                await client.check(target)
+        except TimeoutError:
+            raise _timed_out(opts) from None
+        except FetchFailed as e:
+            if hop == 0:
+                raise
+            # A redirect to a refused address or a name that does not resolve leads nowhere.
+            return RobotsAnswer(status, b"", {}, e.message)
+        budget -= time.monotonic() - started
+        if budget <= 0:
+            raise _timed_out(opts)
+        key = f"{target.raw_host}:{target.port}"
+        try:
+            async with client.hosts.slot(key) as slot, client.robots_budget.reservation() as memory:
+                started = time.monotonic()
+                try:
+                    result = await _robots_request(client, target, opts, budget, memory)
+                except FetchFailed as e:
+                    slot.failed() if e.host_failure else slot.answered()
+                    raise
+                slot.answered()
+                budget -= time.monotonic() - started - memory.waited
+        except CircuitOpen:
+            raise FetchFailed(CIRCUIT_OPEN_MESSAGE, transient=False) from None
+        if isinstance(result, RobotsAnswer):
+            return result
+        location, status = result
+        if hop >= ROBOTS_MAX_REDIRECTS:
+            return RobotsAnswer(status, b"", {}, "too many redirects")
+        if budget <= 0:
+            raise _timed_out(opts)
+        try:
+            target = parse_url(location)
+        except FetchFailed as e:
+            return RobotsAnswer(status, b"", {}, e.message)
+    raise AssertionError("unreachable")
+
+
+async def _robots_request(
+    client: HttpClient,
+    url: URL,
+    opts: FetchOptions,
+    budget: float,
+    reservation: Reservation,
+) -> RobotsAnswer | tuple[URL, int]:
+    """One hop of a robots.txt fetch: the answer, or where a redirect points."""
+    try:
+        async with asyncio.timeout(budget) as deadline:
+            memory = _BodyMemory(reservation, deadline)
+            async with client.session.get(
+                url,
+                allow_redirects=False,
+                timeout=_hop_timeout(opts),
+                proxy=client.proxy,
+                headers={"Accept": ROBOTS_ACCEPT},
+            ) as resp:
+                memory.response = resp
+                location = resp.headers.get("Location")
+                if resp.status in REDIRECT_STATUSES and location:
+                    try:
+                        return resp.url.join(URL(location)), resp.status
+                    except ValueError:
+                        return RobotsAnswer(resp.status, b"", {}, "invalid redirect location")
+                headers = _copy(resp.headers)
+                if not 200 <= resp.status < 300:
+                    reason = _bounded(f"HTTP Error {resp.status}: {resp.reason}")
+                    return RobotsAnswer(resp.status, b"", headers, reason)
+                data = bytearray()
+                async for chunk in resp.content.iter_any():
+                    room = MAX_ROBOTS_BYTES - len(data)
+                    if len(chunk) >= room:
+                        data += chunk[:room]
+                        resp.close()  # the rest is not read (RFC 9309 2.5)
+                        cut = data.rfind(b"\n")  # a rule cut in the middle is no rule
+                        del data[cut + 1 :]
+                        break
+                    data += chunk
+                    await memory.need(len(data), grow=min(MAX_ROBOTS_BYTES, 2 * len(data)))
+                return RobotsAnswer(resp.status, bytes(data), headers)
+    except FetchFailed:
+        raise
+    except Exception as e:
+        raise classify(e, opts) from None
 
 
 def parse_url(url: str | URL) -> URL:
@@ -440,7 +550,8 @@ def _protocol_of(resp: aiohttp.ClientResponse | None) -> ResponseHandler | None:
 
 
 def _timed_out(opts: FetchOptions) -> FetchFailed:
-    return FetchFailed(f"timed out after {opts.timeout:g}s", transient=True, host_failure=True)
+    message = f"timed out after {opts.timeout:g}s"
+    return FetchFailed(message, transient=True, host_failure=True, timed_out=True)
 
 
 def classify(e: Exception, opts: FetchOptions) -> FetchFailed:
@@ -452,10 +563,10 @@ def classify(e: Exception, opts: FetchOptions) -> FetchFailed:
         return FetchFailed(str(os_error), transient=False)
     if isinstance(e, aiohttp.SocketTimeoutError):  # sock_read
         message = f"read timed out: no data for {opts.read_timeout:g}s"
-        return FetchFailed(message, transient=True, host_failure=True)
+        return FetchFailed(message, transient=True, host_failure=True, timed_out=True)
     if isinstance(e, aiohttp.ConnectionTimeoutError):  # sock_connect
         message = f"connect timed out after {opts.connect_timeout:g}s"
-        return FetchFailed(message, transient=True, host_failure=True)
+        return FetchFailed(message, transient=True, host_failure=True, timed_out=True)
     if isinstance(e, TimeoutError):  # the attempt's total
         return _timed_out(opts)
     if isinstance(e, aiohttp.ClientPayloadError):

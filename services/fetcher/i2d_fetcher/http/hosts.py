@@ -8,7 +8,8 @@ A request to a host takes a slot (`async with hosts.slot(key) as slot`), which:
   is let through, and its outcome closes the breaker or opens it again;
 - waits while the host asked for a pause (429/503 with Retry-After, via `pause`);
 - waits for one of the host's `max_connections` slots;
-- spaces request starts to `rate` per second (0: no limit).
+- spaces request starts to `rate` per second (0: no limit), or further apart when the
+  request asks for a longer `interval` (the site's robots.txt Crawl-delay).
 
 The slot covers one request only: a retry's backoff sleeps without it. State is kept per host
 only while it matters (in use, paused, failing), so millions of hosts cost no memory.
@@ -86,7 +87,9 @@ class HostLimiter:
         return len(self._hosts)
 
     @asynccontextmanager
-    async def slot(self, key: str) -> AsyncIterator[Slot]:
+    async def slot(self, key: str, interval: float = 0.0) -> AsyncIterator[Slot]:
+        """Hold one of `key`'s slots; its start waits at least `interval` seconds after the
+        host's previous one (and at least 1 / rate)."""
         host = self._hosts.get(key)
         if host is None:
             host = self._hosts[key] = _Host(asyncio.Semaphore(self.max_connections))
@@ -99,7 +102,7 @@ class HostLimiter:
                 slot = Slot(self, host, probe=self._admit(host, claim_probe=True))
                 try:
                     await self._wait_pause(host)
-                    await self._wait_rate(host)
+                    await self._wait_rate(host, interval)
                     yield slot
                 finally:
                     if slot.probe and not slot.reported:
@@ -136,12 +139,13 @@ class HostLimiter:
         while (delay := host.paused_until - self._clock()) > 0:
             await self._sleep(delay)
 
-    async def _wait_rate(self, host: _Host) -> None:
-        if not self.interval:
+    async def _wait_rate(self, host: _Host, interval: float = 0.0) -> None:
+        interval = max(self.interval, interval)
+        if not interval:
             return
         now = self._clock()
         start = max(now, host.next_start)
-        host.next_start = start + self.interval
+        host.next_start = start + interval
         if start > now:
             await self._sleep(start - now)
 

@@ -1,4 +1,6 @@
-"""X-Robots-Tag opt-outs, read from the response headers before the body.
+"""X-Robots-Tag opt-outs, read from the response headers before the body. (robots.txt is
+robotstxt.py and robotscache.py; the IPTC data-mining opt-out in an image's XMP,
+imaging/xmp.py.)
 
 img2dataset's rule: every X-Robots-Tag header value counts; a value may be scoped to one user
 agent with a `token:` prefix; directives are comma-separated and case-insensitive. Two

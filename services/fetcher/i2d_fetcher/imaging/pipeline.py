@@ -4,8 +4,9 @@
 pool. What it does, in order, and why:
 
 0. Tell the format from the magic bytes: anything but an allowed image format fails here,
-   and the body is opened by that format's plugin only. `disable_all_reencoding` stops here
-   and keeps the bytes.
+   and the body is opened by that format's plugin only. An image whose XMP metadata
+   prohibits AI/ML data mining (IPTC/PLUS `plus:DataMining`, xmp.py) is refused here, when
+   `respect_iptc_data_mining`. `disable_all_reencoding` stops here and keeps the bytes.
 1. Open lazily (header only) and apply the size filters on the original dimensions: a
    rejected image costs no decoding.
 2. Plan the geometry from the original size (img2dataset's rules per resize mode).
@@ -42,7 +43,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, JpegImagePlugin, PngImagePlugin
 
-from i2d_fetcher.imaging import formats, guard
+from i2d_fetcher.imaging import formats, guard, xmp
 from i2d_fetcher.imaging.blur import Box, blur_boxes
 from i2d_fetcher.imaging.exif import extract_exif
 from i2d_fetcher.imaging.gate import DecodeGate
@@ -190,6 +191,11 @@ def process_image(
     """Decode, filter, resize, blur `boxes` and encode; raises ImageRejected for a sample that
     fails. With a `gate`, a heavy decode first waits for its memory in the gate's budget."""
     fmt = check_format(data, opts)
+    if opts.respect_iptc_data_mining:
+        prohibited = xmp.refusal(data, fmt.name)
+        if prohibited is not None:
+            message = xmp.MESSAGE.format(prohibited)
+            raise ImageRejected(SampleStatus.FAILED_TO_DOWNLOAD, message)
     if opts.disable_all_reencoding:  # img2dataset: raw bytes, no filters, no sizes
         return ProcessedImage(data, fmt.ext, fmt.mime, None, None, None, None, _exif(data, opts))
     try:

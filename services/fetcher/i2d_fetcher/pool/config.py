@@ -31,6 +31,9 @@ class WorkerConfig:
     log_level: int = logging.WARNING
     # Shared by every worker process: heavy decodes reserve their memory in it.
     decode_gate: DecodeGate | None = None
+    # Worker processes sharing the per-host limits (options holds this one's part of them);
+    # a site's robots.txt Crawl-delay is split across them the same way.
+    workers: int = 1
 
 
 def share(total: int, workers: int, index: int) -> int:

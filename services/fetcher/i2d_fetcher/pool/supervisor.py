@@ -17,8 +17,10 @@ aiohttp or Pillow.
   worker would never reach /metrics).
 - The options travel once, when a worker starts. Per-host politeness is per worker, so
   `max_connections_per_host` is split across the workers (`share`, at least 1 each) and
-  `host_rate_limit` divided by their count: the total stays within the configured limit. The
-  DNS cache and the circuit breaker are per worker too: a dead host opens a breaker in each.
+  `host_rate_limit` divided by their count: the total stays within the configured limit; a
+  site's robots.txt Crawl-delay likewise (each worker spaces its requests N times the delay).
+  The DNS cache, the robots.txt cache and the circuit breaker are per worker too: a dead host
+  opens a breaker in each, and each reads a site's robots.txt once.
 - Back-pressure: the caller keeps at most `thread_count` rows in flight; a row goes to the
   worker with the fewest, so none has more than ceil(thread_count / N).
 - A worker that dies (a segfaulting decoder, the OOM killer): its rows in flight become
@@ -137,6 +139,7 @@ class FetchWorkers:
             caption_col=config.caption_col,
             log_level=config.log_level,
             decode_gate=self._gate,
+            workers=self.count,
         )
         process = self._ctx.Process(
             target=_worker_entry,

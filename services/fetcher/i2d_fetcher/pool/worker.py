@@ -60,7 +60,7 @@ async def _serve(sock: socket.socket, config: WorkerConfig) -> None:
     tasks: set[asyncio.Task[None]] = set()
     opts = config.options
     imaging = ImagingThread()
-    async with open_client(opts, config.concurrency) as client:
+    async with open_client(opts, config.concurrency, workers=config.workers) as client:
 
         async def handle(task_id: int, value: bytes) -> None:
             try:
