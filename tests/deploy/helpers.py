@@ -164,11 +164,10 @@ def exported_metric_names() -> frozenset[str]:
     status service's own registry over a full snapshot (consumer lag, index figures)."""
     for package in SERVICE_PACKAGES:
         _import_all(package)
-    from i2d_status.metrics import status_registry
-
     from prometheus_client import CollectorRegistry
 
     from i2d_segments.runtime import Health, ReadinessCollector
+    from i2d_status.metrics import status_registry
 
     snapshot = _status_snapshot()
     # What every health server adds at scrape time (HealthServer, the status app).

@@ -20,11 +20,9 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TypeVar
-
-from collections.abc import Iterator
 
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -133,8 +131,8 @@ class _Handler(BaseHTTPRequestHandler):
             ok = self.health.alive()
             self._send(200 if ok else 503, b"ok\n" if ok else b"stalled\n", "text/plain")
         elif path == "/readyz":
-            ok, body = self.health.ready_body()
-            self._send(200 if ok else 503, json.dumps(body).encode(), "application/json")
+            ok, verdict = self.health.ready_body()
+            self._send(200 if ok else 503, json.dumps(verdict).encode(), "application/json")
         else:
             self._send(404, b"not found\n", "text/plain")
 
