@@ -36,3 +36,40 @@ def test_extra_fields_of_a_urls_record_never_replace_the_rows_own_metadata() -> 
     # `enqueue` writes it (its place in its list).
     assert out["sample_id"] == row.sample_id == "x" and "sample_id" not in row.extra
     assert out["license"] == "cc0"  # the other extra columns are kept
+
+
+def test_a_failure_record_is_made_one_way_from_whatever_is_known_of_the_row() -> None:
+    from i2d_segments.records import AppendMeta, AppendRecord, SampleStatus, UrlRow
+
+    row = UrlRow(url="http://h/a.jpg", caption="a cat", row_key="000000001", extra={"l": 1})
+    from_row = AppendRecord.failure(row, "HTTP Error 404: Not Found")
+    assert from_row.payload is None
+    assert (from_row.meta.sample_id, from_row.meta.url, from_row.meta.caption) == (
+        row.sample_id,
+        row.url,
+        "a cat",
+    )
+    assert from_row.meta.key == "000000001" and from_row.meta.extra == {"l": 1}
+    assert from_row.meta.status is SampleStatus.FAILED_TO_DOWNLOAD
+    assert from_row.key == row.sample_id.encode()  # failures are keyed by sample
+
+    # A success that fails late keeps its row's columns and claim check, loses its item.
+    stored = AppendMeta(
+        sample_id="s1", url="http://h/b.jpg", status=SampleStatus.SUCCESS, item_id="ab" * 32,
+        width=10, staged="staging/ab", extra={"l": 2},
+    )  # fmt: skip
+    late = AppendRecord.failure(stored, "could not publish record: too big")
+    assert late.meta.item_id is None and late.meta.staged == "staging/ab"
+    assert (late.meta.sample_id, late.meta.extra) == ("s1", {"l": 2})
+    assert late.meta.error_message == "could not publish record: too big"
+    assert late.key == b"s1"
+
+    # A value that is no row at all: its text stands as its url, its hash as its identity.
+    raw = AppendRecord.failure(b'{"url": 3, "row_key": "000000002"}', "malformed row: url")
+    assert raw.meta.url == '{"url": 3, "row_key": "000000002"}'
+    assert raw.meta.key == "000000002"
+    again = AppendRecord.failure(b'{"url": 3, "row_key": "000000002"}', "malformed row: url")
+    assert raw.meta.sample_id == again.meta.sample_id
+
+    resize = AppendRecord.failure(row, "cannot identify image", SampleStatus.FAILED_TO_RESIZE)
+    assert resize.meta.status is SampleStatus.FAILED_TO_RESIZE

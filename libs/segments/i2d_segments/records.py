@@ -275,6 +275,17 @@ class AppendMeta(BaseModel):
         return out
 
 
+def row_identity(row: UrlRow) -> dict[str, Any]:
+    """The fields of an APPEND record that come from its input row, success or failure."""
+    return {
+        "sample_id": row.sample_id,
+        "url": row.url,
+        "caption": row.caption,
+        "key": row.metadata_key,
+        "extra": row.extra,
+    }
+
+
 class AppendRecord(BaseModel):
     """One record of the APPEND topic: a success with its payload, or a failure without."""
 
@@ -282,6 +293,36 @@ class AppendRecord(BaseModel):
 
     meta: AppendMeta
     payload: bytes | None = None
+
+    @classmethod
+    def failure(
+        cls,
+        row: UrlRow | AppendMeta | bytes,
+        error: str,
+        status: SampleStatus = SampleStatus.FAILED_TO_DOWNLOAD,
+    ) -> AppendRecord:
+        """The failed sample of one input row, with its reason and no payload: the one way a
+        failure record is made. `row` is what is known of the row: its `UrlRow`; the record of
+        a row that failed after it was fetched (a success whose bytes cannot be published or
+        read back: it keeps the row's columns, loses its item, and keeps its claim check so
+        the appender still deletes it); or the raw `urls` value of a row that cannot be parsed
+        (identified by the id it carries, else the hash of its text, which stands as its url)."""
+        if isinstance(row, AppendMeta):
+            meta = row.model_copy(
+                update={"status": status, "error_message": error, "item_id": None}
+            )
+        elif isinstance(row, UrlRow):
+            meta = AppendMeta(**row_identity(row), status=status, error_message=error)
+        else:
+            text = row.decode("utf-8", errors="replace").strip()
+            meta = AppendMeta(
+                sample_id=unparsed_sample_id(row),
+                url=text[:4096],
+                key=row_key_of(row),
+                status=status,
+                error_message=error,
+            )
+        return cls(meta=meta, payload=None)
 
     @property
     def key(self) -> bytes:

@@ -386,7 +386,7 @@ class AppenderService(RebalanceListener):
                     self._defer(state, "store read", e)
                     return
                 if payload is None:
-                    record = _as_failure(record, _missing_payload_reason(record))
+                    record = AppendRecord.failure(record.meta, _missing_payload_reason(record))
         outcome = "failure"
         if record.meta.status is SampleStatus.SUCCESS:
             outcome = "duplicate" if stored else "stored"
@@ -550,16 +550,3 @@ def _missing_payload_reason(record: AppendRecord) -> str:
     if record.meta.staged:
         return f"appender: claim-check payload {record.meta.staged} is gone"
     return "appender: success record without its image bytes"
-
-
-def _as_failure(record: AppendRecord, reason: str) -> AppendRecord:
-    """A success whose bytes cannot be had is recorded as a failed sample, with the reason,
-    rather than stopping the partition on one bad record."""
-    meta = record.meta.model_copy(
-        update={
-            "status": SampleStatus.FAILED_TO_DOWNLOAD,
-            "error_message": reason,
-            "item_id": None,
-        }
-    )
-    return AppendRecord(meta=meta, payload=None)

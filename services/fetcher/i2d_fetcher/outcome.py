@@ -9,19 +9,15 @@ work in worker processes it never needs those.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from i2d_fetcher.reasons import reason_of
 from i2d_segments.records import (
-    AppendMeta,
     AppendRecord,
     MalformedRecord,
     SampleStatus,
     UrlRow,
     encode_append,
     parse_url_value,
-    row_key_of,
-    unparsed_sample_id,
 )
 
 
@@ -71,9 +67,9 @@ def parse(value: bytes, url_col: str, caption_col: str | None) -> UrlRow | Outco
     try:
         return parse_url_value(value, url_col, caption_col)
     except (MalformedRecord, UnicodeDecodeError) as e:
-        return Outcome.of(failure_record(value, f"malformed row: {e}"))
+        return Outcome.of(AppendRecord.failure(value, f"malformed row: {e}"))
     except (ValueError, RecursionError) as e:  # a bound missed upstream: still one row's failure
-        return Outcome.of(failure_record(value, f"malformed row: {type(e).__name__}"))
+        return Outcome.of(AppendRecord.failure(value, f"malformed row: {type(e).__name__}"))
 
 
 def failed_value(
@@ -84,32 +80,4 @@ def failed_value(
     row = parse(value, url_col, caption_col)
     if not isinstance(row, UrlRow):
         return row
-    return Outcome.of(failure(row, SampleStatus.FAILED_TO_DOWNLOAD, error))
-
-
-def failure_record(raw: bytes, error: str) -> AppendRecord:
-    """A row we could not even parse still gets its sample row, keyed by its text."""
-    text = raw.decode("utf-8", errors="replace").strip()
-    return AppendRecord(
-        meta=AppendMeta(
-            sample_id=unparsed_sample_id(raw),
-            url=text[:4096],
-            key=row_key_of(raw),
-            status=SampleStatus.FAILED_TO_DOWNLOAD,
-            error_message=error,
-        )
-    )
-
-
-def failure(row: UrlRow, status: SampleStatus, message: str) -> AppendRecord:
-    return AppendRecord(meta=AppendMeta(**row_fields(row), status=status, error_message=message))
-
-
-def row_fields(row: UrlRow) -> dict[str, Any]:
-    return {
-        "sample_id": row.sample_id,
-        "url": row.url,
-        "caption": row.caption,
-        "key": row.metadata_key,
-        "extra": row.extra,
-    }
+    return Outcome.of(AppendRecord.failure(row, error))

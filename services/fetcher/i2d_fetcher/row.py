@@ -25,9 +25,9 @@ from i2d_fetcher.imaging.blur import Box, InvalidBoxes, boxed_item_id, parse_box
 from i2d_fetcher.imaging.gate import DecodeGate
 from i2d_fetcher.imaging.pipeline import ImageRejected, ProcessedImage, process_image
 from i2d_fetcher.options import FetchOptions
-from i2d_fetcher.outcome import Outcome, RowStats, failure, parse, row_fields
+from i2d_fetcher.outcome import Outcome, RowStats, parse
 from i2d_fetcher.reasons import one_line
-from i2d_segments.records import AppendMeta, AppendRecord, SampleStatus, UrlRow
+from i2d_segments.records import AppendMeta, AppendRecord, SampleStatus, UrlRow, row_identity
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ async def fetch_row(
         # Before the download: a row whose boxes cannot be read is not worth fetching.
         boxes = parse_boxes(row.extra.get(opts.bbox_col)) if opts.bbox_col else ()
     except InvalidBoxes as e:
-        return failure(row, SampleStatus.FAILED_TO_RESIZE, str(e))
+        return AppendRecord.failure(row, str(e), SampleStatus.FAILED_TO_RESIZE)
     async with client.budget.reservation() as reservation:
         started = time.monotonic()
         try:
@@ -98,10 +98,10 @@ async def fetch_row(
                 client, row.url, opts, max_bytes=opts.max_body_bytes, reservation=reservation
             )
         except FetchFailed as e:
-            return failure(row, SampleStatus.FAILED_TO_DOWNLOAD, e.message)
+            return AppendRecord.failure(row, e.message, SampleStatus.FAILED_TO_DOWNLOAD)
         except Exception as e:  # a bug must cost one row, not the fetcher
             log.exception("unexpected download error for %s", row.url)
-            return failure(row, SampleStatus.FAILED_TO_DOWNLOAD, _describe(e))
+            return AppendRecord.failure(row, _describe(e), SampleStatus.FAILED_TO_DOWNLOAD)
         finally:
             stats.fetch_seconds = time.monotonic() - started - reservation.waited
             if client.robots is not None:
@@ -113,14 +113,15 @@ async def fetch_row(
             done = await run_cpu(process_body, data, opts, tuple(boxes), expected, gate)
         except Exception as e:  # a bug in a decoder must cost one row, not the worker
             log.exception("unexpected imaging error for %s", row.url)
-            return failure(row, SampleStatus.FAILED_TO_RESIZE, _describe(e))
+            return AppendRecord.failure(row, _describe(e), SampleStatus.FAILED_TO_RESIZE)
     stats.resize_seconds = done.seconds
     if done.failure is not None:
-        return failure(row, *done.failure)
+        status, message = done.failure
+        return AppendRecord.failure(row, message, status)
     image = done.image
     assert image is not None
     meta = AppendMeta(
-        **row_fields(row),
+        **row_identity(row),
         status=SampleStatus.SUCCESS,
         item_id=boxed_item_id(done.item_id, boxes) if boxes else done.item_id,
         ext=image.ext,

@@ -172,7 +172,9 @@ class FetcherService(HeldPartitions):
             return outcome
         record = decode_append(outcome.value)
         if self.store is None or record.meta.item_id is None:
-            failed = _as_failure(record, "payload too large for the bus and no store configured")
+            failed = AppendRecord.failure(
+                record.meta, "payload too large for the bus and no store configured"
+            )
             return Outcome.of(failed, outcome.stats)
         name = staging_name(record.meta.item_id)
         assert record.payload is not None
@@ -186,7 +188,7 @@ class FetcherService(HeldPartitions):
                 # e.g. a record the broker refuses: still report the row, without payload.
                 record = decode_append(outcome.value)
                 log.error("APPEND delivery failed for %s: %s", record.meta.url, err)
-                failed = _as_failure(record, f"could not publish record: {err}")
+                failed = AppendRecord.failure(record.meta, f"could not publish record: {err}")
                 self._produce(m, Outcome.of(failed, outcome.stats))
                 return
             if err is not None:
@@ -203,15 +205,3 @@ class FetcherService(HeldPartitions):
         self.producer.produce(
             self.settings.append_topic, outcome.value, key=outcome.key, on_delivery=delivered
         )
-
-
-def _as_failure(record: AppendRecord, error: str) -> AppendRecord:
-    meta = record.meta.model_copy(
-        update={
-            "status": SampleStatus.FAILED_TO_DOWNLOAD,
-            "error_message": error,
-            "item_id": None,
-            "staged": None,
-        }
-    )
-    return AppendRecord(meta=meta, payload=None)
