@@ -9,19 +9,20 @@ import csv
 import gzip
 import json
 import math
+import sys
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import IO, Any
-
-import pyarrow as pa
-import pyarrow.parquet as pq
+from typing import IO, TYPE_CHECKING, Any
 
 from i2d_cli.errors import InputError
 from i2d_fetcher.options import FetchOptions
 from i2d_segments import safejson
 from i2d_segments.ids import list_id_for, row_id
 from i2d_segments.records import UnparsedRow, UrlRow, row_content
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 # Dataset-wide shard numbers of a list's shards (Index.allocate_shard): (list id, local shard)
 # -> shard. Without one, shard ids run on across the files of one url_list, as in img2dataset.
@@ -58,7 +59,15 @@ def input_files(url_list: str | Path, input_format: str) -> list[Path]:
 
 # What reading a damaged list raises: not gzip, truncated gzip, corrupt deflate data, a csv
 # field over the limit, a parquet file that does not parse.
-_READ_ERRORS = (OSError, EOFError, zlib.error, csv.Error, pa.ArrowException)
+_READ_ERRORS: tuple[type[BaseException], ...] = (OSError, EOFError, zlib.error, csv.Error)
+
+
+def _read_errors() -> tuple[type[BaseException], ...]:
+    """The errors that mean "this list cannot be read". pyarrow (a third of a second to import)
+    is loaded by parquet lists only, so its errors count once it is loaded: `enqueue` and
+    `download` of a txt, csv or json list start without it."""
+    arrow = sys.modules.get("pyarrow")
+    return _READ_ERRORS if arrow is None else (*_READ_ERRORS, arrow.ArrowException)
 # A caption may be long, but a missing closing quote must not swallow the rest of the file
 # into one field: 16 MiB, well past any caption, far under the memory of a worker.
 csv.field_size_limit(16 << 20)
@@ -176,7 +185,7 @@ class RowReader:
                 for position, rec in enumerate(self._records(path), start=1):
                     row = self._row(rec, keys.key(position - 1))
                     yield _placed(row, list_id, position - 1)
-            except _READ_ERRORS as e:
+            except _read_errors() as e:
                 raise InputError(f"{path}: unreadable after {position} rows: {e}") from e
             keys.end_file(position)
 
@@ -218,6 +227,8 @@ class RowReader:
                 self._check_columns(path, columns)
             yield from records
         else:  # parquet
+            import pyarrow.parquet as pq
+
             pf = pq.ParquetFile(path)
             self._check_columns(path, pf.schema_arrow.names)
             columns = [c for c in self._wanted() if c in pf.schema_arrow.names]
@@ -511,9 +522,11 @@ def count_rows(url_list: str | Path, input_format: str) -> int | None:
     """A cheap total for the progress bar: lines of txt lists, rows of parquet; else None."""
     files = input_files(url_list, input_format)
     if input_format == "parquet":
+        import pyarrow.parquet as pq
+
         try:
             return sum(pq.ParquetFile(p).metadata.num_rows for p in files)
-        except _READ_ERRORS as e:
+        except _read_errors() as e:
             raise InputError(f"not a readable parquet file: {e}") from e
     if input_format != "txt":
         return None
