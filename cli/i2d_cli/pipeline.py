@@ -58,19 +58,23 @@ class PipelineSettings:
         number_sample_per_shard: int,
         segment_max_bytes: int,
         segment_idle_seconds: float,
+        poll_seconds: float = POLL_SECONDS,
     ) -> PipelineSettings:
+        """`poll_seconds`: the longest wait of each service's poll, so how soon it notices a
+        stop (a download ends sooner with short ones; an idle service queries less with long
+        ones: a record wakes a waiting poll at once either way)."""
         common = {
             "urls_topic": fetcher.urls_topic,
             "append_topic": fetcher.append_topic,
             "closed_topic": fetcher.closed_topic,
             "metrics_port": 0,  # the process serves one /metrics for all three
             "create_topics": False,  # create_local_topics does, with APPEND's start offsets
-            "poll_timeout_seconds": POLL_SECONDS,
+            "poll_timeout_seconds": poll_seconds,
         }
         return cls(
             fetcher=fetcher.model_copy(
                 update={
-                    "poll_timeout_seconds": min(fetcher.poll_timeout_seconds, POLL_SECONDS),
+                    "poll_timeout_seconds": min(fetcher.poll_timeout_seconds, poll_seconds),
                     "commit_interval_seconds": min(fetcher.commit_interval_seconds, COMMIT_SECONDS),
                 }
             ),

@@ -40,6 +40,9 @@ HELP = "Run the pipeline on an output folder until stopped; feed it with enqueue
 
 # How often the service logs its progress while it has work.
 REPORT_SECONDS = 10.0
+# Longest wait of each service's poll: records wake a poll at once, so this only bounds how
+# soon a stop is noticed; short polls would cost an idle service queries for nothing.
+SERVICE_POLL_SECONDS = 0.5
 
 
 class ServiceOptions(FolderOptions):
@@ -125,6 +128,7 @@ class LocalService:
                 number_sample_per_shard=self.opts.number_sample_per_shard,
                 segment_max_bytes=self.opts.segment_max_bytes,
                 segment_idle_seconds=self.opts.segment_idle_seconds,
+                poll_seconds=SERVICE_POLL_SECONDS,
             )
             pipeline = LocalPipeline(bus, store, index, settings, self.health, failed=self.stop)
             self.health.started()

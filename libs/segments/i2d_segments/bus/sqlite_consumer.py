@@ -43,6 +43,8 @@ log = logging.getLogger(__name__)
 
 # One `poll_batch` returns at most this many value bytes (at least one record).
 MAX_BATCH_BYTES = 32 * 1024 * 1024
+# Longest gap between two looks for other processes' writes while nothing comes.
+IDLE_POLL_INTERVAL = 0.1
 
 
 class _Plan(NamedTuple):
@@ -72,6 +74,11 @@ class SqliteConsumer(Consumer):
         self._generation = -1  # the group generation the assignment was last planned at
         self._next_heartbeat = 0.0
         self._next_liveness = 0.0
+        # How often a waiting poll looks for other processes' writes: `poll_interval` after
+        # records came, doubling while none come, up to IDLE_POLL_INTERVAL. An idle member
+        # then costs a few queries a second, not fifty; this process's own writes wake it at
+        # once whatever the interval (the bus's condition).
+        self._look_every = bus.poll_interval
 
     @bus_errors
     def subscribe(self, topics: Sequence[str], listener: RebalanceListener | None = None) -> None:
@@ -108,6 +115,7 @@ class SqliteConsumer(Consumer):
             self._sync_assignment()
             batch = self._read(max_messages)
             if batch:
+                self._look_every = self._bus.poll_interval
                 return batch
             if not self._wait(deadline, seen, version):
                 return []
@@ -447,8 +455,11 @@ class SqliteConsumer(Consumer):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return False
-            if self._bus._wait_for_change(seen, min(remaining, self._bus.poll_interval)):
+            if self._bus._wait_for_change(seen, min(remaining, self._look_every)):
                 return True
+            self._look_every = min(
+                2 * self._look_every, max(IDLE_POLL_INTERVAL, self._bus.poll_interval)
+            )
             with self._lock:
                 self._check_open()
                 if self._data_version() != version:
