@@ -25,10 +25,15 @@ NAME = "download"
 HELP = "Download a url list into a local folder (embedded mode)."
 
 
+# The fetcher's own options (img2dataset's names) are `download`'s and `service`'s flags, less
+# its connection settings and the `urls` record's field names: rows reach a local fetcher in
+# the topic's own format (--url_col/--caption_col name the input file's columns).
+LOCAL_FETCHER_SKIP = (*ConnectionSettings.model_fields, "group_id", "url_field", "caption_field")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_flags(parser, DownloadOptions)
-    # The fetcher's own options (img2dataset's names); connection settings mean nothing here.
-    add_model_flags(parser, FetcherSettings, skip=(*ConnectionSettings.model_fields, "group_id"))
+    add_model_flags(parser, FetcherSettings, skip=LOCAL_FETCHER_SKIP)
     add_model_flags(parser, Img2datasetCompat, group_title="img2dataset's own machinery")
 
 
@@ -77,10 +82,8 @@ def unread_rest(input_error: str) -> str:
 def local_fetcher_settings(ns: argparse.Namespace) -> FetcherSettings:
     """The in-process fetcher's settings from `download`'s or `service`'s flags."""
     kwargs = model_kwargs(ns, FetcherSettings)
-    # --url_col/--caption_col name the input file's columns (DownloadOptions); rows reach the
-    # in-process fetcher re-encoded with the topic's own field names, so its defaults apply.
     # --metrics_port/--metrics_host serve the whole run's /metrics (FolderOptions).
-    for name in ("url_col", "caption_col", "metrics_port", "metrics_host"):
+    for name in ("metrics_port", "metrics_host"):
         kwargs.pop(name, None)
     return FetcherSettings(**kwargs, metrics_port=0, create_topics=False)
 

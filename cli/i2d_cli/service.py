@@ -66,7 +66,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_flags(parser, ServiceOptions)
     # The fetcher's options, as `download` takes them. The input columns are enqueue's: rows
     # reach the service in the `urls` topic's own format.
-    skip = (*ConnectionSettings.model_fields, "group_id", "url_col", "caption_col")
+    skip = (*ConnectionSettings.model_fields, "group_id", "url_field", "caption_field")
     add_model_flags(parser, FetcherSettings, skip=skip)
 
 

@@ -58,14 +58,14 @@ class Outcome:
         )
 
 
-def parse(value: bytes, url_col: str, caption_col: str | None) -> UrlRow | Outcome | None:
+def parse(value: bytes, url_field: str, caption_field: str | None) -> UrlRow | Outcome | None:
     """A `urls` record's row; or the outcome of a malformed one; None for a blank line.
 
     Never raises for the record's content: invalid UTF-8 or JSON, JSON nested too deep or
     holding a number Python cannot read are a failed sample `malformed row: ...`, so the
     record is answered and the fetcher goes on."""
     try:
-        return parse_url_value(value, url_col, caption_col)
+        return parse_url_value(value, url_field, caption_field)
     except (MalformedRecord, UnicodeDecodeError) as e:
         return Outcome.of(AppendRecord.failure(value, f"malformed row: {e}"))
     except (ValueError, RecursionError) as e:  # a bound missed upstream: still one row's failure
@@ -73,11 +73,11 @@ def parse(value: bytes, url_col: str, caption_col: str | None) -> UrlRow | Outco
 
 
 def failed_value(
-    value: bytes, error: str, url_col: str = "url", caption_col: str | None = "caption"
+    value: bytes, error: str, url_field: str = "url", caption_field: str | None = "caption"
 ) -> Outcome | None:
     """The failure outcome of a `urls` record that could not be fetched at all (its worker
     died): keyed and described like the row itself; None for a blank line."""
-    row = parse(value, url_col, caption_col)
+    row = parse(value, url_field, caption_field)
     if not isinstance(row, UrlRow):
         return row
     return Outcome.of(AppendRecord.failure(row, error))

@@ -61,12 +61,12 @@ async def fetch_value(
     value: bytes,
     opts: FetchOptions,
     run_cpu: RunCpu,
-    url_col: str = "url",
-    caption_col: str | None = "caption",
+    url_field: str = "url",
+    caption_field: str | None = "caption",
     gate: DecodeGate | None = None,
 ) -> Outcome | None:
     """A `urls` record's outcome; None for a blank line (nothing to report)."""
-    row = parse(value, url_col, caption_col)
+    row = parse(value, url_field, caption_field)
     if not isinstance(row, UrlRow):
         return row
     stats = RowStats()

@@ -90,8 +90,8 @@ class FetcherService(HeldPartitions):
         config = WorkerConfig(
             options=self.options,
             concurrency=self.settings.thread_count,
-            url_col=self.settings.url_col,
-            caption_col=self.settings.caption_col,
+            url_field=self.settings.url_field,
+            caption_field=self.settings.caption_field,
             log_level=logging.getLogger().getEffectiveLevel(),
         )
         await loop.run_in_executor(

@@ -30,8 +30,8 @@ class FetcherSettings(ConnectionSettings, FetchOptions):
         "per core; 0 = all in this process, images on a thread). thread_count and the per-host "
         "limits are split across them.",
     )
-    url_col: str = Field("url", description="JSON field of a `urls` record holding the url.")
-    caption_col: str | None = Field(
+    url_field: str = Field("url", description="JSON field of a `urls` record holding the url.")
+    caption_field: str | None = Field(
         "caption", description="JSON field of a `urls` record holding the caption."
     )
     inline_payload_limit: int = Field(

@@ -26,8 +26,8 @@ class WorkerConfig:
 
     options: FetchOptions
     concurrency: int  # rows it may be given at once: its connection pool's size
-    url_col: str = "url"
-    caption_col: str | None = "caption"
+    url_field: str = "url"
+    caption_field: str | None = "caption"
     log_level: int = logging.WARNING
     # Shared by every worker process: heavy decodes reserve their memory in it.
     decode_gate: DecodeGate | None = None

@@ -21,7 +21,7 @@ class InlineFetcher:
     async def fetch(self, value: bytes) -> Outcome | None:
         c = self.config
         return await fetch_value(
-            self.client, value, c.options, self._imaging, c.url_col, c.caption_col
+            self.client, value, c.options, self._imaging, c.url_field, c.caption_field
         )
 
     def close(self) -> None:

@@ -135,8 +135,8 @@ class FetchWorkers:
         worker_config = WorkerConfig(
             options=worker_options(config.options, self.count, index),
             concurrency=concurrency,
-            url_col=config.url_col,
-            caption_col=config.caption_col,
+            url_field=config.url_field,
+            caption_field=config.caption_field,
             log_level=config.log_level,
             decode_gate=self._gate,
             workers=self.count,
@@ -186,7 +186,7 @@ class FetchWorkers:
                 future.set_result(self._died(value))
 
     def _died(self, value: bytes) -> Outcome | None:
-        return failed_value(value, WORKER_DIED, self.config.url_col, self.config.caption_col)
+        return failed_value(value, WORKER_DIED, self.config.url_field, self.config.caption_field)
 
     async def _replace(self, worker: _Worker) -> None:
         loop = asyncio.get_running_loop()

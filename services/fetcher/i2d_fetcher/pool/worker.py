@@ -69,14 +69,14 @@ async def _serve(sock: socket.socket, config: WorkerConfig) -> None:
                     value,
                     opts,
                     imaging,
-                    config.url_col,
-                    config.caption_col,
+                    config.url_field,
+                    config.caption_field,
                     config.decode_gate,
                 )
             except Exception as e:  # a bug: the row must still be answered, or it waits forever
                 log.exception("unexpected error fetching %r", value[:200])
                 error = f"fetch worker error: {type(e).__name__}"
-                outcome = failed_value(value, error, config.url_col, config.caption_col)
+                outcome = failed_value(value, error, config.url_field, config.caption_field)
             channel.send((task_id, outcome))
 
         def on_message(message: tuple[int, bytes]) -> None:
