@@ -68,6 +68,8 @@ def _read_errors() -> tuple[type[BaseException], ...]:
     `download` of a txt, csv or json list start without it."""
     arrow = sys.modules.get("pyarrow")
     return _READ_ERRORS if arrow is None else (*_READ_ERRORS, arrow.ArrowException)
+
+
 # A caption may be long, but a missing closing quote must not swallow the rest of the file
 # into one field: 16 MiB, well past any caption, far under the memory of a worker.
 csv.field_size_limit(16 << 20)
