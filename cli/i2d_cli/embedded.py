@@ -37,7 +37,7 @@ from i2d_fetcher.settings import FetcherSettings
 from i2d_segments.bus import EmbeddedBus
 from i2d_segments.bus.memory import MemoryBus
 from i2d_segments.folder import BUS_FILE, OutputFolder
-from i2d_segments.index import DownloadRun, Index, IndexError_
+from i2d_segments.index import DownloadRun, Index, IndexAccessError
 from i2d_segments.ops.gc import find_abandoned_uploads, find_garbage
 from i2d_segments.records import UnparsedRow, UrlRow, encode_url_row
 from i2d_segments.runtime import Health, HealthServer
@@ -108,7 +108,7 @@ class RunRecord:
         self._written = now
         try:
             self.index.record_run(dataclasses.replace(self.run, updated_at=time.time()))
-        except IndexError_ as e:
+        except IndexAccessError as e:
             if not self._warned:
                 self._warned = True
                 log.warning("cannot record the run's progress in the index: %s", e)

@@ -37,7 +37,7 @@ from i2d_fetcher.options import FetchOptions
 from i2d_segments.bus import Bus, BusError, Message
 from i2d_segments.connect import index_from, open_kafka_bus
 from i2d_segments.folder import FolderError, OutputFolder, create_urls_topic
-from i2d_segments.index import Index, IndexError_
+from i2d_segments.index import Index, IndexAccessError
 from i2d_segments.records import UnparsedRow, UrlRow, encode_url_row
 from i2d_segments.settings import ConnectionSettings
 from i2d_segments.signals import stop_event_on_signals
@@ -185,7 +185,7 @@ def _destination(settings: EnqueueSettings) -> Iterator[tuple[Index, Bus, Output
         return
     try:
         index = index_from(settings)
-    except IndexError_ as e:
+    except IndexAccessError as e:
         # The index says which rows are recorded and numbers each list's shards: without it
         # a list would be sent again whole, under keys another list may already hold.
         raise _Refused(
@@ -223,7 +223,7 @@ def run(ns: argparse.Namespace) -> int:
     except _Refused as e:
         print(f"img2dataset: {e}", file=sys.stderr)
         return 1
-    except (BusError, FolderError, IndexError_) as e:
+    except (BusError, FolderError, IndexAccessError) as e:
         print(f"img2dataset: enqueue: {' '.join(str(e).split())}", file=sys.stderr)
         return 1
     return 0

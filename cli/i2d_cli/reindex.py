@@ -18,7 +18,7 @@ from i2d_cli.dataset import DatasetOptions, index_url_of, store_of
 from i2d_cli.flags import add_model_flags, model_kwargs
 from i2d_cli.progress import Progress
 from i2d_segments.connect import open_index
-from i2d_segments.index import IndexError_, SegmentRow
+from i2d_segments.index import IndexAccessError, SegmentRow
 from i2d_segments.ops.reindex import DEFAULT_TOPIC, ReindexError, rebuild_index
 from i2d_segments.store import StoreError
 
@@ -66,7 +66,7 @@ def run(ns: argparse.Namespace) -> int:
     except ReindexError as e:
         print(f"img2dataset: {e}", file=sys.stderr)
         return 2
-    except (IndexError_, StoreError) as e:
+    except (IndexAccessError, StoreError) as e:
         print(f"img2dataset: reindex failed: {e}", file=sys.stderr)
         return 1
     finally:

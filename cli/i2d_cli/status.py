@@ -19,7 +19,7 @@ import sys
 
 from i2d_cli.flags import add_model_flags, model_kwargs
 from i2d_segments.bus import BusError
-from i2d_segments.index import IndexError_
+from i2d_segments.index import IndexAccessError
 from i2d_segments.store import StoreError
 from i2d_status.settings import StatusSettings
 from i2d_status.source import StatusSource
@@ -100,7 +100,7 @@ def print_once(settings: StatusSettings, *, as_json: bool) -> int:
         return 2
     try:
         snapshot = source.status()
-    except (IndexError_, StoreError, BusError) as e:
+    except (IndexAccessError, StoreError, BusError) as e:
         print(f"img2dataset: cannot read the status: {e}", file=sys.stderr)
         return 1
     finally:

@@ -18,7 +18,7 @@ from pydantic import Field
 from i2d_cli.dataset import DatasetOptions, existing_index_of, store_of
 from i2d_cli.flags import add_model_flags, model_kwargs
 from i2d_cli.progress import Progress
-from i2d_segments.index import IndexError_, SegmentRow
+from i2d_segments.index import IndexAccessError, SegmentRow
 from i2d_segments.ops.verify import DEFAULT_SAMPLE, Mismatch, verify_dataset
 from i2d_segments.store import StoreError
 
@@ -60,7 +60,7 @@ def run(ns: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"img2dataset: {e}", file=sys.stderr)
         return 2
-    except (IndexError_, StoreError) as e:
+    except (IndexAccessError, StoreError) as e:
         print(f"img2dataset: verify failed: {e}", file=sys.stderr)
         return 1
     finally:

@@ -42,7 +42,7 @@ from i2d_segments.ops.reindex import rebuild_index
 from i2d_segments.reader import DatasetReader
 from i2d_segments.records import SegmentClosed
 from i2d_segments.segment.manifest import MANIFEST_NAME, SegmentManifest, decode_manifest
-from i2d_segments.segment.reader import iter_members
+from i2d_segments.segment.stream import iter_members
 from i2d_segments.store import SegmentStore
 from tests.chaos.workload import Ledger
 from tests.index_diff import index_differences

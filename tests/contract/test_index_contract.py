@@ -25,7 +25,7 @@ import pytest
 from i2d_segments.index import (
     FencedError,
     Index,
-    IndexError_,
+    IndexAccessError,
     ItemRow,
     PostgresIndex,
     SampleRow,
@@ -316,7 +316,7 @@ def test_first_offset_below_next_offset_is_refused(index: Index) -> None:
     index.commit_segment(simple_commit(2, 0, 99, lease.epoch, "first"))
 
     overlapping = simple_commit(2, 50, 149, lease.epoch, "overlap")
-    with pytest.raises(IndexError_) as raised:
+    with pytest.raises(IndexAccessError) as raised:
         index.commit_segment(overlapping)
     assert not isinstance(raised.value, FencedError)
     assert index.segment(overlapping.segment.segment_id) is None
@@ -769,14 +769,14 @@ def test_postgres_index_survives_a_server_restart(
         postgres_server.restart()
         # A commit on the dropped connection fails (the caller retries); the retry reconnects.
         after = simple_commit(0, 10, 19, lease.epoch, "after")
-        with pytest.raises(IndexError_):
+        with pytest.raises(IndexAccessError):
             idx.commit_segment(after)
         idx.commit_segment(after)
         row = idx.partition(TOPIC, 0)
         assert row is not None and row.next_offset == 20
 
         postgres_server.stop()
-        with pytest.raises(IndexError_):
+        with pytest.raises(IndexAccessError):
             idx.segments()
         postgres_server.start()
         assert [s.first_offset for s in idx.segments()] == [0, 10]

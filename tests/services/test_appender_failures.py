@@ -14,7 +14,7 @@ from i2d_appender.partition import TRANSITIONS, PartitionState, Phase
 from i2d_appender.retry import Backoff, RetryPolicy
 from i2d_appender.service import AppenderService
 from i2d_segments.bus import TopicPartition
-from i2d_segments.index import IndexError_, PartitionLease, SegmentCommit, SegmentMove
+from i2d_segments.index import IndexAccessError, PartitionLease, SegmentCommit, SegmentMove
 from i2d_segments.index.sqlite import SqliteIndex
 from tests.append_records import success
 from tests.services.test_appender import TOPIC, Harness
@@ -31,13 +31,13 @@ class FlakyIndex(SqliteIndex):
     def acquire_partition(self, topic: str, partition: int, owner: str) -> PartitionLease:
         if self.acquire_failures:
             self.acquire_failures -= 1
-            raise IndexError_("index unavailable (test)")
+            raise IndexAccessError("index unavailable (test)")
         return super().acquire_partition(topic, partition, owner)
 
     def commit_segment(self, commit: SegmentCommit) -> list[SegmentMove]:
         if self.commit_failures:
             self.commit_failures -= 1
-            raise IndexError_("commit failed (test)")
+            raise IndexAccessError("commit failed (test)")
         return super().commit_segment(commit)
 
 

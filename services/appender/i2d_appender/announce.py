@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from i2d_appender import metrics
 from i2d_appender.partition import PartitionState
 from i2d_segments.bus import Bus, BusError, Message, Producer, TopicPartition
-from i2d_segments.index import Index, IndexError_, SegmentRow
+from i2d_segments.index import Index, IndexAccessError, SegmentRow
 from i2d_segments.records import SegmentClosed
 
 log = logging.getLogger(__name__)
@@ -154,7 +154,7 @@ class Announcer:
                 mark = below - 1
             try:
                 segments = self._index.partition_segments(tp.topic, tp.partition, mark)
-            except IndexError_ as e:
+            except IndexAccessError as e:
                 log.warning("cannot list the segments of %s to re-announce: %s", tp, e)
                 continue
             state.reannounce_below = None

@@ -23,7 +23,7 @@ from typing import Any
 
 from i2d_appender.partition import PartitionState, Phase
 from i2d_segments.bus import TopicPartition
-from i2d_segments.index import Index, IndexError_, PartitionProgress
+from i2d_segments.index import Index, IndexAccessError, PartitionProgress
 from i2d_segments.records import AppendMeta, SampleStatus
 
 log = logging.getLogger(__name__)
@@ -126,7 +126,7 @@ class ProgressPublisher:
         ]
         try:
             self.index.publish_progress(rows)
-        except IndexError_ as e:
+        except IndexAccessError as e:
             if now - self._last_failure_log >= LOG_EVERY_SECONDS:
                 self._last_failure_log = now
                 log.warning("cannot publish the live progress (retried every %.0fs): %s",

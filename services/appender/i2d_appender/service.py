@@ -33,7 +33,7 @@ from i2d_appender.progress import ProgressPublisher
 from i2d_appender.retry import RetryPolicy
 from i2d_appender.settings import AppenderSettings
 from i2d_segments.bus import Bus, BusError, Message, RebalanceListener, TopicPartition
-from i2d_segments.index import FencedError, Index, IndexError_
+from i2d_segments.index import FencedError, Index, IndexAccessError
 from i2d_segments.records import (
     AppendRecord,
     MalformedRecord,
@@ -199,7 +199,7 @@ class AppenderService(RebalanceListener):
         tp = state.tp
         try:
             lease = self.index.acquire_partition(tp.topic, tp.partition, self.settings.owner)
-        except IndexError_ as e:
+        except IndexAccessError as e:
             metrics.RETRIES.labels("acquire").inc()
             log.warning("cannot take %s yet: %s", tp, e)
             return False
@@ -282,7 +282,7 @@ class AppenderService(RebalanceListener):
                 continue
             if state.phase is Phase.ACQUIRING:
                 if not self._acquire(state):
-                    self._defer(state, "acquire", IndexError_("index unavailable"))
+                    self._defer(state, "acquire", IndexAccessError("index unavailable"))
                     continue
                 self._pause(state, seek_to=state.next_offset)
             if state.pending is not None:
@@ -344,7 +344,7 @@ class AppenderService(RebalanceListener):
             return set()
         try:
             return self.index.existing_items(ids)
-        except IndexError_ as e:
+        except IndexAccessError as e:
             for tp in {m.tp for m, _ in decoded}:
                 self._defer(self.owned[tp], "dedup lookup", e)
             return None
@@ -490,7 +490,7 @@ class AppenderService(RebalanceListener):
             log.error("segment %s fenced, letting %s go: %s", commit.segment.segment_id, tp, e)
             self._let_go(state)
             return None
-        except IndexError_ as e:
+        except IndexAccessError as e:
             if on_failure == "abandon":
                 state.pending = None
                 log.warning("abandoning %s: %s", commit.segment.segment_id, e)

@@ -27,7 +27,7 @@ import threading
 import time
 
 from i2d_materializer import metrics
-from i2d_materializer.manifests import write_manifests
+from i2d_materializer.dataset_manifests import write_manifests
 from i2d_materializer.metadata import metadata_table, parquet_bytes, stats
 from i2d_materializer.settings import MaterializerSettings
 from i2d_segments.bus import Bus

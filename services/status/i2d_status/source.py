@@ -40,7 +40,7 @@ from i2d_segments.bus import Bus, BusError
 from i2d_segments.index import (
     DownloadRun,
     Index,
-    IndexError_,
+    IndexAccessError,
     IndexTotals,
     PartitionProgress,
     PartitionRow,
@@ -435,7 +435,7 @@ class StatusSource:
                 committed = self._committed(totals)
                 run = self.index.latest_run() if self.bus is None else None
             self.index_ok = True
-        except IndexError_:
+        except IndexAccessError:
             self.index_ok = False
             raise
         live = self._live(partitions, progress, now)

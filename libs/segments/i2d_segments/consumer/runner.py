@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from prometheus_client import Counter
 
 from i2d_segments.bus import Bus, Consumer, HeldPartitions, Message, TopicPartition
-from i2d_segments.index import Index, IndexError_, SampleRow, SegmentRow
+from i2d_segments.index import Index, IndexAccessError, SampleRow, SegmentRow
 from i2d_segments.reader import DatasetReader, Item
 from i2d_segments.records import MalformedRecord, SegmentClosed
 from i2d_segments.runtime import Health, retry_call
@@ -49,7 +49,7 @@ EVENTS = Counter(
     "(handled, malformed, unknown_segment).",
     ["group", "outcome"],
 )
-TRANSIENT = (StoreError, IndexError_)
+TRANSIENT = (StoreError, IndexAccessError)
 
 
 @dataclass
@@ -181,7 +181,7 @@ class ConsumerRunner:
         segment = retry_call(
             lambda: self.ctx.index.segment(segment_id),
             what="segment lookup",
-            retry_on=(IndexError_,),
+            retry_on=(IndexAccessError,),
             attempts=self.retry_attempts,
         )
         if segment is None:

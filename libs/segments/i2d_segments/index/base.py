@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
-class IndexError_(RuntimeError):  # named so as not to shadow the builtin IndexError
+class IndexAccessError(RuntimeError):  # named so as not to shadow the builtin IndexError
     """An index operation failed."""
 
 
-class FencedError(IndexError_):
+class FencedError(IndexAccessError):
     """The caller's epoch is no longer the partition's: another owner took over (zombie)."""
 
 

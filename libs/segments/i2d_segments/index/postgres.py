@@ -13,7 +13,7 @@ Connection loss (a Postgres restart, a failover, an idle connection cut by a pro
   again, so a service survives a database restart without being restarted itself. Retrying
   `acquire_partition` is safe: if the lost attempt did bump the epoch, the retry bumps it again
   and the caller holds the newest lease, which is all fencing needs.
-- `commit_segment` does NOT retry by itself: it raises IndexError_ and the next call reconnects.
+- `commit_segment` does NOT retry by itself: it raises IndexAccessError and the next call reconnects.
   The caller (the appender) retries the same commit; if the lost attempt had in fact committed,
   the retry finds its segment and returns without writing (see `commit_gate`).
 
@@ -32,7 +32,7 @@ from typing import Any, TypeVar
 
 import psycopg
 
-from i2d_segments.index.base import IndexError_, PartitionLease, SegmentCommit, SegmentMove
+from i2d_segments.index.base import IndexAccessError, PartitionLease, SegmentCommit, SegmentMove
 from i2d_segments.index.rows import (
     ITEM_COLUMNS,
     SAMPLE_COLUMNS,
@@ -143,7 +143,7 @@ class PostgresIndex(SqlIndex):
 
     def _connection(self) -> Conn:
         if self._closed:
-            raise IndexError_("the Postgres index is closed")
+            raise IndexAccessError("the Postgres index is closed")
         conn = self._conn
         if conn is not None and not conn.closed and not conn.broken:
             return conn
@@ -154,7 +154,7 @@ class PostgresIndex(SqlIndex):
                 self.dsn, autocommit=True, connect_timeout=max(1, int(self._connect_timeout))
             )
         except psycopg.Error as e:
-            raise IndexError_(f"cannot connect to the Postgres index: {e}") from e
+            raise IndexAccessError(f"cannot connect to the Postgres index: {e}") from e
         self._staging_ready = False
         return self._conn
 
@@ -180,7 +180,7 @@ class PostgresIndex(SqlIndex):
                     # Inside a snapshot a new connection would read another state: no retry.
                     if self._lost(conn) and retry and attempt == 1 and not self._in_snapshot:
                         continue
-                    raise IndexError_(f"Postgres index: {e}") from e
+                    raise IndexAccessError(f"Postgres index: {e}") from e
             raise AssertionError("unreachable: the second attempt returns or raises")
 
     def _fetch(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
@@ -212,7 +212,7 @@ class PostgresIndex(SqlIndex):
                         self._in_snapshot = False
             except psycopg.Error as e:
                 self._lost(conn)
-                raise IndexError_(f"Postgres index: {e}") from e
+                raise IndexAccessError(f"Postgres index: {e}") from e
 
     # One array parameter instead of thousands of bind parameters: one plan, one round trip.
     _lookup_chunk = 20_000

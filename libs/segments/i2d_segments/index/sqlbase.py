@@ -16,7 +16,7 @@ from i2d_segments.index.base import (
     DownloadRun,
     FencedError,
     Index,
-    IndexError_,
+    IndexAccessError,
     IndexTotals,
     ItemRow,
     PartitionProgress,
@@ -159,7 +159,7 @@ def commit_gate(
     Returns True to write, False when this very segment is already committed: a caller that lost
     its connection during COMMIT cannot know whether it landed, retries, and must not then be told
     its offsets are stale. The same segment id means the same partition, first offset and epoch,
-    so the same owner's same data. Raises FencedError for a stale or missing epoch, IndexError_
+    so the same owner's same data. Raises FencedError for a stale or missing epoch, IndexAccessError
     for a first offset below the committed position.
     """
     current = None if state is None else int(state[0])
@@ -174,9 +174,9 @@ def commit_gate(
     return True
 
 
-def refuse_offset(commit: SegmentCommit, next_offset: int) -> IndexError_:
+def refuse_offset(commit: SegmentCommit, next_offset: int) -> IndexAccessError:
     seg = commit.segment
-    return IndexError_(
+    return IndexAccessError(
         f"segment {seg.segment_id} starts at offset {seg.first_offset}, below partition "
         f"{seg.topic}/{seg.partition}'s committed next_offset {next_offset}"
     )
@@ -259,7 +259,7 @@ class SqlIndex(Index):
                 return int(rows[0][0])
             try:
                 self._write_many(ALLOCATE_SHARD_SQL, [(*key, time.time())])
-            except IndexError_:
+            except IndexAccessError:
                 # Postgres: another list took the same next number at the same time (the
                 # shard column is unique); read again, then take the next one.
                 if attempt == 4:

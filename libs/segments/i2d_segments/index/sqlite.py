@@ -27,7 +27,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from i2d_segments.index.base import IndexError_, PartitionLease, SegmentCommit, SegmentMove
+from i2d_segments.index.base import IndexAccessError, PartitionLease, SegmentCommit, SegmentMove
 from i2d_segments.index.rows import (
     ITEM_COLUMNS,
     SAMPLE_COLUMNS,
@@ -100,7 +100,7 @@ class SqliteIndex(SqlIndex):
             self._conn.execute("PRAGMA journal_mode = WAL")
             self._conn.execute("PRAGMA synchronous = FULL")
         except sqlite3.Error as e:
-            raise IndexError_(f"cannot open the SQLite index {self.path}: {e}") from e
+            raise IndexAccessError(f"cannot open the SQLite index {self.path}: {e}") from e
 
     @classmethod
     def open(cls, path: str | Path) -> SqliteIndex:
@@ -129,14 +129,14 @@ class SqliteIndex(SqlIndex):
                         conn.execute("ROLLBACK")
                     raise
             except sqlite3.Error as e:
-                raise IndexError_(f"SQLite index {self.path}: {e}") from e
+                raise IndexAccessError(f"SQLite index {self.path}: {e}") from e
 
     def _fetch(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
             try:
                 return self._conn.execute(sql, params).fetchall()
             except sqlite3.Error as e:
-                raise IndexError_(f"SQLite index {self.path}: {e}") from e
+                raise IndexAccessError(f"SQLite index {self.path}: {e}") from e
 
     def _write_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         with self._write() as conn:
@@ -150,7 +150,7 @@ class SqliteIndex(SqlIndex):
             try:
                 self._conn.execute("BEGIN")
             except sqlite3.Error as e:
-                raise IndexError_(f"SQLite index {self.path}: {e}") from e
+                raise IndexAccessError(f"SQLite index {self.path}: {e}") from e
             try:
                 yield
             finally:

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from i2d_segments.index import Index, IndexError_
+from i2d_segments.index import Index, IndexAccessError
 from i2d_segments.naming import SEGMENTS_PREFIX, STAGING_PREFIX
 from i2d_segments.store import IncompleteUpload, ObjectInfo, SegmentStore, StoreError
 
@@ -175,7 +175,7 @@ def collect_garbage(
                 continue  # committed since it was listed
             store.delete(garbage.name)
             deleted.append(garbage)
-        except (StoreError, IndexError_) as e:
+        except (StoreError, IndexAccessError) as e:
             report.errors.append(f"cannot delete {garbage.name}: {e}")
     report.objects = deleted
     return report

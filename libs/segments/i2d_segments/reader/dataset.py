@@ -23,8 +23,8 @@ from i2d_segments.folder import INNER_FOLDER, FolderError, OutputFolder
 from i2d_segments.ids import sha256_hex
 from i2d_segments.index import Index, ItemRow, SampleRow
 from i2d_segments.naming import object_name_of
+from i2d_segments.reader.dataset_manifest import WIDS_NAME, segment_ids_from_wids, shard_segments
 from i2d_segments.reader.item import Item
-from i2d_segments.reader.manifest import WIDS_NAME, segment_ids_from_wids, shard_segments
 from i2d_segments.segment import SegmentSample, iter_samples
 from i2d_segments.store import SegmentStore
 

@@ -16,7 +16,7 @@ from i2d_segments.segment.format import (
     validate_key,
     validate_metadata_name,
 )
-from i2d_segments.segment.reader import (
+from i2d_segments.segment.stream import (
     Member,
     SegmentSample,
     VerifyResult,

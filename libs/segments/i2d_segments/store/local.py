@@ -26,7 +26,7 @@ from i2d_segments.store.base import (
     SegmentUpload,
     StoreError,
 )
-from i2d_segments.store.names import check_name
+from i2d_segments.store.name_check import check_name
 
 _TEMP_RE = re.compile(r"^\.(?P<base>.+)\.[0-9a-f]{16}\.part$")
 

@@ -39,7 +39,7 @@ from i2d_segments.store.base import (
     SegmentUpload,
     StoreError,
 )
-from i2d_segments.store.names import check_name
+from i2d_segments.store.name_check import check_name
 
 if TYPE_CHECKING:
     from _typeshed import WriteableBuffer

@@ -9,7 +9,7 @@ segments, in segment order, so rewriting them is idempotent:
   WebDataset's `braceexpand` expands;
 - `manifests/wids.json`: a wids dataset description (`wids_version` 1, `shardlist` of
   `{"url", "nsamples"}`); urls are relative to the manifest, so the folder or bucket can move;
-- `manifests/summary.json`: counts of the dataset (see `i2d_materializer.manifests`).
+- `manifests/summary.json`: counts of the dataset (see `i2d_materializer.dataset_manifests`).
 
 The shard lists (the three first files) name only the segments that hold at least one image
 (`holds_images`): a segment whose rows all failed stores no WebDataset sample (its

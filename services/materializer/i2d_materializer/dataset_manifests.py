@@ -2,7 +2,7 @@
 
 Each file is a function of the committed segments and the sample counts alone (no clock), so
 rewriting them after a duplicate event yields the same bytes. Formats: see
-`i2d_segments.reader.manifest`; the shard lists (`shards.txt`, `shards_brace.txt`,
+`i2d_segments.reader.dataset_manifest`; the shard lists (`shards.txt`, `shards_brace.txt`,
 `wids.json`) name the segments that hold images only, so every listed shard loads in any
 WebDataset reader. The summary:
 
@@ -19,7 +19,7 @@ from typing import Any
 
 from i2d_segments.index import Index
 from i2d_segments.naming import object_name_of
-from i2d_segments.reader.manifest import (
+from i2d_segments.reader.dataset_manifest import (
     BRACE_NAME,
     SHARDS_NAME,
     SUMMARY_NAME,
