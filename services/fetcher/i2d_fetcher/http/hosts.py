@@ -117,10 +117,6 @@ class HostLimiter:
         if host is not None and seconds > 0:
             host.paused_until = max(host.paused_until, self._clock() + seconds)
 
-    def is_open(self, key: str) -> bool:
-        host = self._hosts.get(key)
-        return host is not None and self._is_open(host, self._clock())
-
     # ------------------------------------------------------------------ internals
 
     def _is_open(self, host: _Host, now: float) -> bool:
