@@ -13,9 +13,9 @@ Connection loss (a Postgres restart, a failover, an idle connection cut by a pro
   again, so a service survives a database restart without being restarted itself. Retrying
   `acquire_partition` is safe: if the lost attempt did bump the epoch, the retry bumps it again
   and the caller holds the newest lease, which is all fencing needs.
-- `commit_segment` does NOT retry by itself: it raises IndexAccessError and the next call reconnects.
-  The caller (the appender) retries the same commit; if the lost attempt had in fact committed,
-  the retry finds its segment and returns without writing (see `commit_gate`).
+- `commit_segment` does NOT retry by itself: it raises IndexAccessError and the next call
+  reconnects. The caller (the appender) retries the same commit; if the lost attempt had in fact
+  committed, the retry finds its segment and returns without writing (see `commit_gate`).
 
 One connection per instance, used under a lock, so threads may share an instance; a service that
 needs parallel commits opens one instance per worker.
@@ -90,6 +90,9 @@ _MOVE_SAMPLES = (
     f"INSERT INTO samples ({cols(SAMPLE_COLUMNS)}) "
     f"SELECT {_SAMPLE_SELECT} FROM {_STAGE_SAMPLES} ORDER BY sample_id {SAMPLE_UPSERT_SET}"
 )
+
+
+_COMMIT_WORK_MEM = "SET LOCAL work_mem = '64MB'"
 
 
 def _pg(sql: str) -> str:
@@ -282,6 +285,9 @@ class PostgresIndex(SqlIndex):
                     return found is not None
 
                 if commit_gate(commit, state, already_committed):
+                    # The ORDER BY of 10k staged rows (about 6 MB) spills to a temporary file
+                    # with the default work_mem (4 MB): sort them in memory, for this commit.
+                    conn.execute(_COMMIT_WORK_MEM)
                     conn.execute(_pg(INSERT_SEGMENT_SQL), seg_values)
                     with conn.cursor() as cur:
                         if items:
