@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 OUT     ?= out
 
-.PHONY: help venv servers run test lint typecheck unit bench diff chaos clean
+.PHONY: help venv servers run test lint typecheck unit bench diff chaos scale clean
 
 help:
 	@echo "make run    - download the bundled example list into ./$(OUT) (embedded mode)"
@@ -13,6 +13,7 @@ help:
 	@echo "make lint / make typecheck / make unit - the parts of make test"
 	@echo "make bench  - images/s against img2dataset 1.47 on a local corpus (BENCH_ARGS='--count 1000 --rounds 1')"
 	@echo "make diff   - same lists downloaded by img2dataset 1.47 and by this tool: same layouts (installs 1.47)"
+	@echo "make scale  - the index and status at 5 M samples on PostgreSQL (SCALE_ARGS='--samples 1000000')"
 	@echo "make chaos  - fault injection: CHAOS_ROUNDS (50) rounds of appender crashes and faults, with a summary"
 
 venv: $(STAMP)
@@ -49,6 +50,12 @@ unit: $(STAMP) servers
 	$(BIN)/pytest -q
 
 test: lint typecheck unit
+
+# The index and the status service at 5 M samples (not part of `make test`; ~6 min, ~6 GB in
+# /tmp): SCALE_ARGS='--samples 1000000', '--engine sqlite' or '--pg-setting shared_buffers=2GB'.
+SCALE_ARGS ?=
+scale: $(STAMP) servers
+	$(BIN)/python -m bench.scale $(SCALE_ARGS)
 
 # The long run of tests/chaos (make test runs a short schedule of it); prints rounds and
 # invariants held. CHAOS_SEED=<n> varies the schedule, CHAOS_KINDS=zombie,... narrows it.
