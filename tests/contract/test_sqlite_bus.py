@@ -159,7 +159,7 @@ class Recorder(RebalanceListener):
 # -- several processes ---------------------------------------------------------------------------
 
 PRODUCER = r"""
-import json, sys
+import json, sys, time
 from i2d_segments.bus.sqlite import SqliteBus
 path, worker, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
 bus = SqliteBus(path)  # both children open a fresh file at once: schema created once
@@ -174,7 +174,14 @@ for i in range(count):
     report = lambda e, m: reports.append([m.value.decode(), m.partition, m.offset])
     producer.produce("shared", value, key=key, on_delivery=report)
     if i % 50 == 49:
-        producer.flush(30)  # many small transactions, interleaved with the other process
+        producer.flush(30)  # many small transactions, interleaved with the other process:
+        # round r starts once the other process has written r - 1 rounds (lockstep, so the
+        # two really write at the same time whatever the scheduler does).
+        done = (i + 1) // 50
+        deadline = time.monotonic() + 30
+        while sum(p.high_watermark for p in bus.lag("-", "shared")) < 50 * (2 * done - 1):
+            assert time.monotonic() < deadline, "the other producer stopped"
+            time.sleep(0.002)
 producer.close()
 bus.close()
 print(json.dumps(reports), flush=True)
