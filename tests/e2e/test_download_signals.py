@@ -30,15 +30,16 @@ from tests.e2e.signals import (
 from tests.servers.proc import wait_until
 
 BIN = Path(sys.executable).parent
-ROWS = 300
-# Slow rows (2 s before their headers) keep work in flight, so the clean stop the first signal
+ROWS = 200
+# Slow rows (1 s before their headers) keep work in flight, so the clean stop the first signal
 # asks for is still under way when the second one comes.
 FAULTS = {"slow": 0.25, "missing": 0.05}
+SLOW_SECONDS = 1.0
 
 
 @pytest.fixture(scope="module")
 def images() -> Iterator[ImageServer]:
-    with ImageServer() as server:
+    with ImageServer(slow_delay=SLOW_SECONDS) as server:
         yield server
 
 

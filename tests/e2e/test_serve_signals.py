@@ -37,12 +37,13 @@ from tests.servers.s3 import S3Server, s3_client, s3_env
 BIN = Path(sys.executable).parent
 SERVICES = ("fetcher", "appender", "materializer", "status")
 ROWS = 300
+# Slow rows (1 s before their headers) keep work in flight when the signals come.
 FAULTS = {"slow": 0.2, "missing": 0.05}
 
 
 @pytest.fixture
 def images() -> Iterator[ImageServer]:
-    with ImageServer() as server:
+    with ImageServer(slow_delay=1.0) as server:
         yield server
 
 

@@ -32,7 +32,8 @@ SERVICE_FLAGS = [
 
 @pytest.fixture(scope="module")
 def images() -> Iterator[ImageServer]:
-    with ImageServer() as server:
+    # Slow rows (1 s before their headers) keep work in flight when the service is killed.
+    with ImageServer(slow_delay=1.0) as server:
         yield server
 
 
@@ -217,13 +218,13 @@ def test_a_service_killed_at_any_moment_records_every_row_exactly_once_after_a_r
     tmp_path: Path, images: ImageServer, services: list[Service]
 ) -> None:
     folder = tmp_path / "data"
-    rows = 600
+    rows = 400
     urls = make_url_list(images.base_url, rows, seed=104, faults={"slow": 0.1, "missing": 0.05})
     url_list = write_list(tmp_path / "urls.txt", urls)
     enqueue(folder, url_list)
     # Small segments so that kills land before, during and after segment commits.
     flags = ("--number_sample_per_shard=50",)
-    for delay in (1.5, 3.0, 2.0):
+    for delay in (1.5, 2.5, 2.0):
         services.append(service := Service(folder, *flags))
         time.sleep(delay)
         service.kill()  # SIGKILL: no clean stop, whatever was in flight
@@ -231,11 +232,11 @@ def test_a_service_killed_at_any_moment_records_every_row_exactly_once_after_a_r
     wait_until(lambda: sum(recorded(folder).values()) == rows, 180, "every row recorded")
     assert service.terminate() == 0, service.stderr()
 
-    assert recorded(folder) == {"success": rows - 30, "failed_to_download": 30}
+    assert recorded(folder) == {"success": rows - 20, "failed_to_download": 20}
     # Each image is stored once, in one committed segment, whatever the kills interrupted.
     with DatasetReader.open(str(folder)) as reader:
         stored = [item.item_id for item in reader.iter_items(load_images=False)]
-    assert len(stored) == len(set(stored)) == rows - 30
+    assert len(stored) == len(set(stored)) == rows - 20
 
 
 def test_download_into_a_served_folder_says_how_to_enqueue_in_one_line(
