@@ -746,7 +746,12 @@ def recount_matches(target: Target, report: Report) -> None:
 def postgres_server(keep: bool, settings: Sequence[str] = ()) -> Iterator[str]:
     """A throwaway cluster started as the tests start theirs (plus `settings`, NAME=VALUE);
     yields the admin DSN."""
-    from tests.servers.postgres import PostgresServer, _as_pg_user, _init_cluster, find_pg_bin
+    from tests.servers.postgres import (
+        PostgresServer,
+        _init_cluster,
+        find_pg_bin,
+        postgres_argv,
+    )
     from tests.servers.proc import ServerProcess, free_port
 
     bin_dir = find_pg_bin()
@@ -755,28 +760,7 @@ def postgres_server(keep: bool, settings: Sequence[str] = ()) -> Iterator[str]:
     try:
         _init_cluster(bin_dir, root)
         port = free_port()
-        argv = [
-            *_as_pg_user(),
-            str(bin_dir / "postgres"),
-            "-D",
-            str(root / "data"),
-            "-p",
-            str(port),
-            "-h",
-            "127.0.0.1",
-            "-k",
-            str(root / "sock"),
-            "-c",
-            "fsync=off",
-            "-c",
-            "synchronous_commit=off",
-            "-c",
-            "full_page_writes=off",
-            "-c",
-            "max_connections=200",
-        ]
-        for setting in settings:
-            argv += ["-c", setting]
+        argv = postgres_argv(bin_dir, root, port, settings)
         process = ServerProcess(argv, log_path=root / "postgres.log", cwd=root)
         server = PostgresServer("127.0.0.1", port, "postgres", root, bin_dir, process)
         server.start()

@@ -38,10 +38,11 @@ from confluent_kafka import Producer
 
 from i2d_imageserver import ImageServer, make_url_list
 from i2d_segments.index.postgres import PostgresIndex
-from tests.servers.kafka import KAFKA_TEST_CONFIG, start_tansu
+from tests.e2e.test_distributed import service_env as distributed_env
+from tests.servers.kafka import start_tansu
 from tests.servers.proc import ServerProcess, free_port, wait_for_port, wait_until
 from tests.servers.prometheus import Prometheus, start_prometheus, wait_for_alerts
-from tests.servers.s3 import S3Server, s3_env
+from tests.servers.s3 import S3Server
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -70,22 +71,14 @@ def images() -> Iterator[ImageServer]:
 
 
 def service_env(kafka: str, s3: S3Server, bucket: str, dsn: str) -> dict[str, str]:
+    """test_distributed's services, with smaller segments that close sooner (more of them
+    while Prometheus watches)."""
     return {
-        **s3_env(s3),
-        "I2D_KAFKA_BOOTSTRAP_SERVERS": kafka,
-        "I2D_KAFKA_CONFIG": json.dumps(dict(KAFKA_TEST_CONFIG)),
-        "I2D_STORE_URL": f"s3://{bucket}/",
-        "I2D_S3_ENDPOINT_URL": s3.endpoint_url,
-        "I2D_INDEX_URL": dsn,
+        **distributed_env(kafka, s3, bucket, dsn),
         "I2D_URLS_PARTITIONS": "2",
-        "I2D_APPEND_PARTITIONS": "2",
         "I2D_NUMBER_SAMPLE_PER_SHARD": "40",
         "I2D_SEGMENT_IDLE_SECONDS": "1",
-        "I2D_PROCESSES_COUNT": "1",
         "I2D_THREAD_COUNT": "16",
-        "I2D_RETRIES": "0",
-        "I2D_TIMEOUT": "5",
-        "I2D_ALLOWED_NETWORKS": "127.0.0.1/32",  # the image server, and the dead host
     }
 
 

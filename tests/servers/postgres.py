@@ -23,7 +23,7 @@ import signal
 import subprocess
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -163,6 +163,34 @@ def _init_cluster(bin_dir: Path, root: Path) -> None:
         pytest.fail(f"initdb failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
 
 
+def postgres_argv(bin_dir: Path, root: Path, port: int, settings: Sequence[str] = ()) -> list[str]:
+    """The command of a throwaway cluster in `root` on 127.0.0.1:`port`: durability off (the
+    data is thrown away), plus `settings` (NAME=VALUE)."""
+    argv = [
+        *_as_pg_user(),
+        str(bin_dir / "postgres"),
+        "-D",
+        str(root / "data"),
+        "-p",
+        str(port),
+        "-h",
+        "127.0.0.1",
+        "-k",
+        str(root / "sock"),
+        "-c",
+        "fsync=off",
+        "-c",
+        "synchronous_commit=off",
+        "-c",
+        "full_page_writes=off",
+        "-c",
+        "max_connections=200",
+    ]
+    for setting in settings:
+        argv += ["-c", setting]
+    return argv
+
+
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[PostgresServer]:
     bin_dir = find_pg_bin()
@@ -171,28 +199,10 @@ def postgres_server() -> Iterator[PostgresServer]:
     try:
         _init_cluster(bin_dir, root)
         port = free_port()
-        argv = [
-            *_as_pg_user(),
-            str(bin_dir / "postgres"),
-            "-D",
-            str(root / "data"),
-            "-p",
-            str(port),
-            "-h",
-            "127.0.0.1",
-            "-k",
-            str(root / "sock"),
-            "-c",
-            "fsync=off",
-            "-c",
-            "synchronous_commit=off",
-            "-c",
-            "full_page_writes=off",
-            "-c",
-            "max_connections=200",
-        ]
         # The log sits beside the data (root-owned is fine: we open it and hand over the fd).
-        process = ServerProcess(argv, log_path=root / "postgres.log", cwd=root)
+        process = ServerProcess(
+            postgres_argv(bin_dir, root, port), log_path=root / "postgres.log", cwd=root
+        )
         server = PostgresServer("127.0.0.1", port, DB_USER, root, bin_dir, process)
         server.start()
         yield server
