@@ -97,18 +97,22 @@ def write_list(path: Path, urls: list[str]) -> Path:
     return path
 
 
+def enqueue_cmd(folder: Path, url_list: Path, *extra: str) -> list[str]:
+    return [
+        str(BIN / "img2dataset"),
+        "enqueue",
+        "--url_list",
+        str(url_list),
+        "--output_folder",
+        str(folder),
+        "--progress=False",
+        *extra,
+    ]
+
+
 def enqueue(folder: Path, url_list: Path, *extra: str, timeout: float = 120) -> str:
     done = subprocess.run(
-        [
-            str(BIN / "img2dataset"),
-            "enqueue",
-            "--url_list",
-            str(url_list),
-            "--output_folder",
-            str(folder),
-            "--progress=False",
-            *extra,
-        ],
+        enqueue_cmd(folder, url_list, *extra),
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -188,19 +192,7 @@ def test_two_enqueues_at_once_both_land_and_a_list_waits_for_a_stopped_service(
     second = write_list(tmp_path / "b.txt", make_url_list(images.base_url, 80, seed=103))
     # No service yet: both lists wait on the folder's bus.
     procs = [
-        subprocess.Popen(
-            [
-                str(BIN / "img2dataset"),
-                "enqueue",
-                "--url_list",
-                str(path),
-                "--output_folder",
-                str(folder),
-                "--progress=False",
-            ],
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        subprocess.Popen(enqueue_cmd(folder, path), stderr=subprocess.PIPE, text=True)
         for path in (first, second)
     ]
     for p in procs:
