@@ -22,6 +22,7 @@ import sys
 import time
 from pathlib import Path
 
+from bench.breakdown import report as cpu_breakdown
 from bench.harness import (
     ImageServer,
     RunResult,
@@ -152,9 +153,14 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         server.stop()
     report = summarize(results, settings, ns, load_before, os.getloadavg())
+    # Where each image's CPU goes, beside the decode-resize-encode floor (breakdown.py).
+    report["cpu_breakdown"], cpu_text = cpu_breakdown(
+        [r.as_dict() for r in results], runs_dir, work / "clean.txt", ns.corpus_dir
+    )
     (work / "results.json").write_text(json.dumps(report, indent=2) + "\n")
     print()
     print(render(report))
+    print(cpu_text)
     print(f"\nresults: {work / 'results.json'}")
     return 0
 

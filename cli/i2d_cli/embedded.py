@@ -34,6 +34,7 @@ from i2d_cli.pipeline import LocalPipeline, PipelineSettings
 from i2d_cli.progress import Progress
 from i2d_cli.resume import rows_to_send
 from i2d_fetcher.settings import FetcherSettings
+from i2d_segments import stagecpu
 from i2d_segments.bus import EmbeddedBus
 from i2d_segments.bus.memory import MemoryBus
 from i2d_segments.folder import BUS_FILE, OutputFolder
@@ -67,6 +68,8 @@ class Summary:
     error_counts: dict[str, int] = field(default_factory=dict)
     segments: int = 0
     input_error: str | None = None  # the url list could not be read to its end
+    # CPU seconds of this run by stage, every process (i2d_segments.stagecpu.RunClock).
+    cpu_seconds: dict[str, float] = field(default_factory=dict)
 
     @property
     def images_per_second(self) -> float:
@@ -83,6 +86,12 @@ class Summary:
                 + [f"{self.segments} segment{'' if self.segments == 1 else 's'}"]
             ),
         ]
+        if self.cpu_seconds:
+            # One line a script can read: `stage=seconds` pairs (README, "Where the CPU goes").
+            lines.append(
+                "cpu seconds by stage: "
+                + " ".join(f"{k}={v:.3f}" for k, v in self.cpu_seconds.items())
+            )
         if self.error_counts:
             lines.append("failures by reason:")
             top = sorted(self.error_counts.items(), key=lambda kv: (-kv[1], kv[0]))
@@ -200,6 +209,7 @@ class EmbeddedDownload:
         self.health.started()
         summary = Summary()
         started = time.monotonic()
+        cpu = stagecpu.RunClock()
         progress = Progress(total=self.total, enabled=self.opts.progress)
         lease = index.partition(fs.append_topic, 0)
         now = time.time()
@@ -244,6 +254,7 @@ class EmbeddedDownload:
             finally:
                 record.update(force=True, finished_at=time.time())
         summary.elapsed = time.monotonic() - started
+        summary.cpu_seconds = cpu.seconds()
         summary.rows_fetched, summary.successes = pipeline.progress()
         summary.status_counts = index.status_counts()
         summary.error_counts = index.error_counts()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from i2d_segments import stagecpu
+
 RECORDS = Counter(
     "img2dataset_appender_records_total",
     "APPEND records consumed, by outcome (stored, duplicate, failure, malformed).",
@@ -74,3 +76,6 @@ for _operation in RETRY_OPERATIONS:
     RETRIES.labels(_operation)
 for _reason in ABANDON_REASONS:
     SEGMENTS_ABANDONED.labels(_reason)
+# The appender's stages of a row's CPU (i2d_segments.stagecpu): the index's calls, the rest.
+STAGES = ("append", "index")
+stagecpu.precreate(STAGES)

@@ -32,6 +32,7 @@ from i2d_appender.partition import OnFailure, PartitionState, Phase
 from i2d_appender.progress import ProgressPublisher
 from i2d_appender.retry import RetryPolicy
 from i2d_appender.settings import AppenderSettings
+from i2d_segments import stagecpu
 from i2d_segments.bus import Bus, BusError, Message, RebalanceListener, TopicPartition
 from i2d_segments.index import FencedError, Index, IndexAccessError
 from i2d_segments.records import (
@@ -58,6 +59,7 @@ class AppenderService(RebalanceListener):
         self.settings = settings
         self.store = store
         self.index = index
+        self._index_cpu = 0.0  # CPU seconds in index calls (the `index` stage), running total
         self.health = health or Health()
         self.consumer = bus.consumer(settings.group_id)
         self.producer = bus.producer()
@@ -119,6 +121,18 @@ class AppenderService(RebalanceListener):
                 log.warning("closing the producer: %s", e)
 
     def step(self) -> None:
+        started = time.thread_time()
+        index_before = self._index_cpu
+        try:
+            self._step()
+        finally:
+            # The step's CPU: the index's part (dedup lookups, commits) and the rest (append).
+            spent = time.thread_time() - started
+            index = self._index_cpu - index_before
+            stagecpu.add("index", index)
+            stagecpu.add("append", spent - index)
+
+    def _step(self) -> None:
         self._retry_due()
         messages = self.consumer.poll_batch(
             self.settings.poll_max_records, self.settings.poll_timeout_seconds
@@ -343,7 +357,11 @@ class AppenderService(RebalanceListener):
         if not ids:
             return set()
         try:
-            return self.index.existing_items(ids)
+            started = time.thread_time()
+            try:
+                return self.index.existing_items(ids)
+            finally:
+                self._index_cpu += time.thread_time() - started
         except IndexAccessError as e:
             for tp in {m.tp for m, _ in decoded}:
                 self._defer(self.owned[tp], "dedup lookup", e)
@@ -483,7 +501,11 @@ class AppenderService(RebalanceListener):
         commit = closed.commit
         tp = state.tp
         try:
-            self.index.commit_segment(commit)
+            started = time.thread_time()
+            try:
+                self.index.commit_segment(commit)
+            finally:
+                self._index_cpu += time.thread_time() - started
         except FencedError as e:
             # A newer owner holds the partition: our object is garbage nobody will read.
             metrics.FENCED.inc()

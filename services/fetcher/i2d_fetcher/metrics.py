@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from i2d_segments import stagecpu
+
 if TYPE_CHECKING:
     from i2d_fetcher.outcome import RowStats
 
@@ -55,7 +57,15 @@ ROBOTS_FETCHES = Counter(
 ROBOTS_RESULTS = ("ok", "unavailable", "unreachable", "timeout", "stale", "error")
 
 
+# The stages of a row's CPU the fetcher measures (i2d_segments.stagecpu): in its worker
+# processes, reported with their results.
+STAGES = ("download", "hash", "decode", "resize", "encode", "record", "handoff")
+stagecpu.precreate(STAGES)
+
+
 def observe(stats: RowStats) -> None:
+    if stats.cpu:
+        stagecpu.add_reported(stats.cpu)
     if stats.fetch_seconds is not None:
         FETCH_SECONDS.observe(stats.fetch_seconds)
     if stats.downloaded_bytes:

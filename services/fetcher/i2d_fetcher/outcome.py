@@ -31,6 +31,9 @@ class RowStats:
     # robots.txt lookups and fetches of the worker since the last row that reported them
     # (http/robotscache.py `take_counts`): `hit`, `miss`, `fetch:<result>`.
     robots: dict[str, int] | None = None
+    # A worker's CPU seconds by stage since its last report (i2d_segments.stagecpu.take),
+    # on some rows only: about every half second, and on the last row in flight.
+    cpu: dict[str, float] | None = None
 
 
 @dataclass(frozen=True, slots=True)

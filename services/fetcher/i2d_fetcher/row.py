@@ -27,6 +27,7 @@ from i2d_fetcher.imaging.pipeline import ImageRejected, ProcessedImage, process_
 from i2d_fetcher.options import FetchOptions
 from i2d_fetcher.outcome import Outcome, RowStats, parse
 from i2d_fetcher.reasons import one_line
+from i2d_segments import stagecpu
 from i2d_segments.records import AppendMeta, AppendRecord, SampleStatus, UrlRow, row_identity
 
 log = logging.getLogger(__name__)
@@ -70,7 +71,11 @@ async def fetch_value(
     if not isinstance(row, UrlRow):
         return row
     stats = RowStats()
-    return Outcome.of(await fetch_row(client, row, opts, run_cpu, stats, gate), stats)
+    record = await fetch_row(client, row, opts, run_cpu, stats, gate)
+    started = time.thread_time()
+    outcome = Outcome.of(record, stats)
+    stagecpu.add("record", time.thread_time() - started)
+    return outcome
 
 
 async def fetch_row(
@@ -147,18 +152,26 @@ def process_body(
     """The CPU side of a row, on the imaging thread: hashes (item_id, the user's
     `compute_hash`, `verify_hash`'s check), then decode, filter, resize, blur and encode."""
     started = time.perf_counter()
+    cpu_started = time.thread_time()
     verify = opts.verify_hash
     names = tuple(dict.fromkeys(n for n in (opts.compute_hash, verify and verify[1]) if n))
     item_id, hashes = _digests(data, names)
+    hashed = time.thread_time()
+    stagecpu.add("hash", hashed - cpu_started)
     image: ProcessedImage | None = None
     failed: tuple[SampleStatus, str] | None = None
     if verify is not None and hashes.get(verify[1]) != expected_hash:
         failed = (SampleStatus.FAILED_TO_DOWNLOAD, HASH_MISMATCH)
     else:
+        cpu: dict[str, float] = {}
         try:
-            image = process_image(data, opts, boxes, gate)
+            image = process_image(data, opts, boxes, gate, cpu)
         except ImageRejected as e:
             failed = (e.status, e.message)
+        steps = sum(cpu.values())
+        stagecpu.add("decode", time.thread_time() - hashed - steps)
+        for stage, seconds in cpu.items():
+            stagecpu.add(stage, seconds)
         if verify is not None and verify[1] != opts.compute_hash:
             hashes = {k: v for k, v in hashes.items() if k == opts.compute_hash}
     return Processed(item_id, hashes, image, failed, time.perf_counter() - started)

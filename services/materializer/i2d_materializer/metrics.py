@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from i2d_segments import stagecpu
+
 SEGMENTS = Counter(
     "img2dataset_materializer_segments_total", "Segments materialized (metadata + stats)."
 )
@@ -17,3 +19,7 @@ MANIFEST_SECONDS = Histogram(
     "img2dataset_materializer_manifest_seconds",
     "Time to rewrite the dataset manifests (shard lists, wids JSON, summary).",
 )
+
+# The materializer's CPU (i2d_segments.stagecpu): sidecars and manifests.
+STAGES = ("materialize",)
+stagecpu.precreate(STAGES)

@@ -30,6 +30,7 @@ from i2d_materializer import metrics
 from i2d_materializer.dataset_manifests import write_manifests
 from i2d_materializer.metadata import metadata_table, parquet_bytes, stats
 from i2d_materializer.settings import MaterializerSettings
+from i2d_segments import stagecpu
 from i2d_segments.bus import Bus
 from i2d_segments.consumer import ConsumerContext, ConsumerRunner, SegmentConsumer
 from i2d_segments.index import Index, SegmentRow
@@ -53,6 +54,13 @@ class Materializer(SegmentConsumer):
         self._manifests_at = float("-inf")
 
     def handle(self, segment: SegmentRow, ctx: ConsumerContext) -> None:
+        cpu_started = time.thread_time()
+        try:
+            self._handle(segment, ctx)
+        finally:
+            stagecpu.add("materialize", time.thread_time() - cpu_started)
+
+    def _handle(self, segment: SegmentRow, ctx: ConsumerContext) -> None:
         started = time.monotonic()
         for move in ctx.index.moves_into(segment.segment_id):
             older = ctx.index.segment(move.from_segment_id)
@@ -88,7 +96,9 @@ class Materializer(SegmentConsumer):
         if not final and time.monotonic() - self._manifests_at < self.manifest_interval:
             return
         started = time.monotonic()
+        cpu_started = time.thread_time()
         write_manifests(ctx.store, ctx.index)
+        stagecpu.add("materialize", time.thread_time() - cpu_started)
         self._manifests_dirty = False
         self._manifests_at = time.monotonic()
         metrics.MANIFEST_SECONDS.observe(self._manifests_at - started)

@@ -1,14 +1,18 @@
 """The fetch workers' wire: length-prefixed pickles over a stream socket (a socketpair), an
 asyncio protocol at both ends. Writes never block (the transport buffers) and reads happen on
-the loop, so neither side can stall the other and no thread is needed per message."""
+the loop, so neither side can stall the other and no thread is needed per message. Their CPU
+(pickling, socket I/O) is the `handoff` stage (i2d_segments.stagecpu)."""
 
 from __future__ import annotations
 
 import asyncio
 import pickle
 import struct
+import time
 from collections.abc import Callable
 from typing import Any
+
+from i2d_segments import stagecpu
 
 _FRAME = struct.Struct(">I")  # length of the pickle that follows
 
@@ -27,6 +31,7 @@ class Channel(asyncio.Protocol):
         self.transport = transport
 
     def data_received(self, data: bytes) -> None:
+        started = time.thread_time()
         buffer = self._buffer
         buffer += data
         messages = []
@@ -40,14 +45,17 @@ class Channel(asyncio.Protocol):
                 messages.append(pickle.loads(view[pos + _FRAME.size : end]))
                 pos = end
         del buffer[:pos]
+        stagecpu.add("handoff", time.thread_time() - started)
         for message in messages:
             self._on_message(message)
 
     def send(self, message: object) -> None:
         if self.transport is None or self.transport.is_closing():
             return  # the peer is gone; its loss is handled by connection_lost
+        started = time.thread_time()
         data = pickle.dumps(message, pickle.HIGHEST_PROTOCOL)
         self.transport.write(_FRAME.pack(len(data)) + data)
+        stagecpu.add("handoff", time.thread_time() - started)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._on_lost()

@@ -20,6 +20,7 @@ from i2d_fetcher.pool.config import WorkerConfig
 from i2d_fetcher.pool.cpu import ImagingThread
 from i2d_fetcher.pool.wire import Channel
 from i2d_fetcher.row import fetch_value
+from i2d_segments import stagecpu
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,7 @@ def worker_main(sock: socket.socket, config: WorkerConfig) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _return_large_buffers_to_the_system()
+    stagecpu.collect_locally()  # no /metrics here: the stage times travel with the results
     logging.basicConfig(level=config.log_level, format=_LOG_FORMAT)
     logging.getLogger("aiohttp").setLevel(logging.WARNING)
     asyncio.run(_serve(sock, config))
@@ -77,6 +79,8 @@ async def _serve(sock: socket.socket, config: WorkerConfig) -> None:
                 log.exception("unexpected error fetching %r", value[:200])
                 error = f"fetch worker error: {type(e).__name__}"
                 outcome = failed_value(value, error, config.url_field, config.caption_field)
+            if outcome is not None and stagecpu.due(idle=len(tasks) <= 1):
+                outcome.stats.cpu = stagecpu.take()
             channel.send((task_id, outcome))
 
         def on_message(message: tuple[int, bytes]) -> None:
