@@ -51,6 +51,11 @@ class RunResult:
         return self.successes / self.wall_seconds if self.wall_seconds > 0 else 0.0
 
     @property
+    def rows_per_second(self) -> float:
+        """Every row answered, failures included: the figure of a list that all fails."""
+        return self.rows / self.wall_seconds if self.wall_seconds > 0 else 0.0
+
+    @property
     def cpu_ms_per_image(self) -> float | None:
         if self.cpu_seconds is None or not self.successes:
             return None
@@ -65,6 +70,7 @@ class RunResult:
     def as_dict(self) -> dict[str, object]:
         out = asdict(self)
         out["images_per_second"] = round(self.images_per_second, 1)
+        out["rows_per_second"] = round(self.rows_per_second, 1)
         rate = self.in_run_images_per_second
         out["in_run_images_per_second"] = None if rate is None else round(rate, 1)
         cpu = self.cpu_ms_per_image
@@ -145,6 +151,12 @@ def cycled_list(urls: Sequence[str], count: int) -> list[str]:
     ]
 
 
+def missing_list(base_url: str, count: int) -> list[str]:
+    """`count` distinct urls that all answer 404 (the server's `missing` fault, one name each):
+    what a failing row costs, with no image work at all."""
+    return [f"{base_url}/fault/missing/{i}.jpg" for i in range(count)]
+
+
 def write_list(path: Path, urls: Sequence[str]) -> Path:
     path.write_text("".join(u + "\n" for u in urls))
     return path
@@ -163,7 +175,7 @@ class Settings:
 
 
 def fetch_flags(s: Settings, extra: Sequence[str] = ()) -> list[str]:
-    """What `download` and `service` both take: resizing, encoding, workers, segment size."""
+    """What `download`, `service` and the fetcher service take: resizing, encoding, workers."""
     return [
         "--image_size",
         str(IMAGE_SIZE),
@@ -177,12 +189,15 @@ def fetch_flags(s: Settings, extra: Sequence[str] = ()) -> list[str]:
         str(s.processes),
         "--thread_count",
         str(s.ours_threads),
-        "--number_sample_per_shard",
-        str(s.shard_size),
         "--timeout",
         str(s.timeout),
         *extra,
     ]
+
+
+def shard_flags(s: Settings) -> list[str]:
+    """Segment size (`download`, `service`, the appender service); the rows' `key` (enqueue)."""
+    return ["--number_sample_per_shard", str(s.shard_size)]
 
 
 def ours_command(
@@ -196,6 +211,7 @@ def ours_command(
         "--output_folder",
         str(out),
         *fetch_flags(s, extra),
+        *shard_flags(s),
         "--progress",
         "False",
     ]
@@ -211,21 +227,21 @@ def service_command(
         "--output_folder",
         str(out),
         *fetch_flags(s, extra),
+        *shard_flags(s),
         "--segment_idle_seconds",
         str(idle_seconds),
     ]
 
 
-def enqueue_command(binary: str, url_list: Path, out: Path, s: Settings) -> list[str]:
+def enqueue_command(binary: str, url_list: Path, out: Path | None, s: Settings) -> list[str]:
+    """To an output folder's service, or (`out` None) to Kafka as the environment says."""
     return [
         binary,
         "enqueue",
         "--url_list",
         str(url_list),
-        "--output_folder",
-        str(out),
-        "--number_sample_per_shard",  # the rows' `key`, numbered as download numbers them
-        str(s.shard_size),
+        *(["--output_folder", str(out)] if out is not None else []),
+        *shard_flags(s),  # the rows' `key`, numbered as download numbers them
         "--wait",
         "--progress=False",
     ]
@@ -274,15 +290,20 @@ class TreeSampler:
     samples loses what it ran since the last one), peak resident memory of the first process
     (VmHWM, exact) and of all the trees together (sampled). CPU time, unlike wall-clock time,
     barely moves when other jobs share the machine. `stop()` takes a last sample, so a tree
-    still running then is counted exactly."""
+    still running then is counted exactly. `from_now`: only the CPU time spent after the first
+    sample counts (servers started before the measure: their start-up is not the run's)."""
 
-    def __init__(self, pid: int, *more: int, interval: float = 0.1) -> None:
+    def __init__(self, pid: int, *more: int, interval: float = 0.1, from_now: bool = False) -> None:
         self.pid = pid
         self.roots = (pid, *more)
         self.interval = interval
         self.main_kb = 0
         self.tree_kb = 0
         self._ticks: dict[int, int] = {}
+        self._base: dict[int, int] = {}
+        if from_now:
+            self._sample()
+            self._base = dict(self._ticks)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
         self._thread.start()
@@ -303,7 +324,8 @@ class TreeSampler:
 
     @property
     def cpu_seconds(self) -> float:
-        return sum(self._ticks.values()) / os.sysconf("SC_CLK_TCK")
+        spent = sum(t - self._base.get(p, 0) for p, t in self._ticks.items())
+        return spent / os.sysconf("SC_CLK_TCK")
 
     def stop(self) -> None:
         if self._stop.is_set():

@@ -45,7 +45,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from i2d_segments.index import (
     Index,
@@ -57,6 +57,9 @@ from i2d_segments.index import (
     SqliteIndex,
 )
 from i2d_segments.naming import segment_id_of, segment_object_name
+
+if TYPE_CHECKING:
+    from tests.servers.postgres import PostgresServer
 
 T = TypeVar("T")
 
@@ -746,12 +749,14 @@ def recount_matches(target: Target, report: Report) -> None:
 def postgres_server(keep: bool, settings: Sequence[str] = ()) -> Iterator[str]:
     """A throwaway cluster started as the tests start theirs (plus `settings`, NAME=VALUE);
     yields the admin DSN."""
-    from tests.servers.postgres import (
-        PostgresServer,
-        _init_cluster,
-        find_pg_bin,
-        postgres_argv,
-    )
+    with postgres_cluster(keep, settings) as server:
+        yield server.dsn()
+
+
+@contextlib.contextmanager
+def postgres_cluster(keep: bool, settings: Sequence[str] = ()) -> Iterator[PostgresServer]:
+    """`postgres_server`'s cluster itself (`make bench` samples its processes' CPU)."""
+    from tests.servers.postgres import PostgresServer, _init_cluster, find_pg_bin, postgres_argv
     from tests.servers.proc import ServerProcess, free_port
 
     bin_dir = find_pg_bin()
@@ -769,7 +774,7 @@ def postgres_server(keep: bool, settings: Sequence[str] = ()) -> Iterator[str]:
             f"PostgreSQL {bin_dir.parent.name} in {root} (as the tests start it: fsync=off, "
             f"synchronous_commit=off, full_page_writes=off{extra})"
         )
-        yield server.dsn()
+        yield server
     finally:
         if server is not None:
             server.stop()
