@@ -32,6 +32,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from bench.breakdown import report as cpu_breakdown
 from bench.harness import (
     ImageServer,
     RunResult,
@@ -193,9 +194,14 @@ def main(argv: list[str] | None = None) -> int:
         **summarize(results, tools),
         "runs": [r.as_dict() for r in results],
     }
+    # Where each image's CPU goes, beside the decode-resize-encode floor (breakdown.py).
+    report["cpu_breakdown"], cpu_text = cpu_breakdown(
+        [r.as_dict() for r in results], runs_dir, work / "clean.txt", ns.corpus_dir
+    )
     (work / "results.json").write_text(json.dumps(report, indent=2) + "\n")
     print()
     print(render(report, tools))
+    print(cpu_text)
     print(f"\nresults: {work / 'results.json'}")
     return 0
 
