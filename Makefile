@@ -11,7 +11,7 @@ help:
 	@echo "make run    - download the bundled example list into ./$(OUT) (embedded mode)"
 	@echo "make test   - lint, type-check and run the whole test suite on real Kafka/S3/Postgres"
 	@echo "make lint / make typecheck / make unit - the parts of make test"
-	@echo "make bench  - images/s against img2dataset 1.47 on a local corpus (BENCH_ARGS='--count 1000 --rounds 1')"
+	@echo "make bench  - rows/s, images/s and RSS against img2dataset 1.47: download, service, kafka (BENCH_ARGS='--count 1000 --rounds 1 --rss-counts 10000')"
 	@echo "make diff   - same lists downloaded by img2dataset 1.47 and by this tool: same layouts (installs 1.47)"
 	@echo "make scale  - the index and status at 5 M samples on PostgreSQL (SCALE_ARGS='--samples 1000000')"
 	@echo "make chaos  - fault injection: CHAOS_ROUNDS (50) rounds of appender crashes and faults, with a summary"
@@ -64,6 +64,7 @@ chaos: $(STAMP) servers
 	CHAOS_ROUNDS=$(CHAOS_ROUNDS) $(BIN)/pytest -q tests/chaos/test_chaos.py
 
 # img2dataset from PyPI in its own venv, pinned (bench/requirements.txt); not part of `make test`.
+# The bench's kafka tool runs PostgreSQL as the tests do (`servers`).
 BENCH_VENV := .venv-bench
 BENCH_ARGS ?=
 
@@ -73,7 +74,7 @@ $(BENCH_VENV)/.installed: bench/requirements.txt
 	$(BENCH_VENV)/bin/pip install --quiet -r bench/requirements.txt
 	touch $@
 
-bench: $(STAMP) $(BENCH_VENV)/.installed
+bench: $(STAMP) $(BENCH_VENV)/.installed servers
 	$(BIN)/python -m bench.run --img2dataset $(BENCH_VENV)/bin/img2dataset $(BENCH_ARGS)
 
 # The differential tests (~40 s; marker `differential`, left out of `make test`): the same lists,
