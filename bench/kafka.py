@@ -58,9 +58,8 @@ READY_SECONDS = 60.0
 class KafkaTool:
     """Runs lists through the distributed mode; `with KafkaTool(...)` holds its PostgreSQL."""
 
-    def __init__(self, binary: str, work: Path, extra: Sequence[str], idle_seconds: float):
+    def __init__(self, binary: str, extra: Sequence[str], idle_seconds: float):
         self.binary = binary
-        self.work = work
         self.extra = list(extra)
         self.idle_seconds = idle_seconds
         self._stack = contextlib.ExitStack()

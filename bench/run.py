@@ -24,6 +24,7 @@ one, and read the median and the per-round ratios.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -137,10 +138,11 @@ def main(argv: list[str] | None = None) -> int:
     server = ImageServer(sys.executable, ns.corpus_dir, work / "corpus.txt", corpus_size)
     results: list[RunResult] = []
     load_before = os.getloadavg()
-    kafka = KafkaTool(ns.ours, runs_dir, extra, ns.service_idle_seconds)
-    try:
+    kafka = KafkaTool(ns.ours, extra, ns.service_idle_seconds)
+    with contextlib.ExitStack() as stack:
+        stack.callback(server.stop)
         if "kafka" in tools:
-            kafka.__enter__()  # PostgreSQL, for the whole bench
+            stack.enter_context(kafka)  # PostgreSQL, for the whole bench
         corpus = server.urls()
         lists = {
             "clean": write_list(work / "clean.txt", corpus[: ns.count]),
@@ -186,9 +188,6 @@ def main(argv: list[str] | None = None) -> int:
             path.unlink()  # ~50 MB a million
             results.append(res)
             print(_line(res), flush=True)
-    finally:
-        server.stop()
-        kafka.__exit__(None, None, None)
     report = {
         **_header(settings, ns, tools, load_before, os.getloadavg()),
         **summarize(results, tools),
