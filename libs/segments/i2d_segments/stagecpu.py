@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import Any
 
 from prometheus_client import Counter
 
@@ -62,6 +63,7 @@ class _Local:
 _lock = threading.Lock()
 _own: dict[str, float] = {}
 _local: _Local | None = None
+_children: dict[str, Any] = {}
 
 
 def add(stage: str, seconds: float) -> None:
@@ -73,14 +75,23 @@ def add(stage: str, seconds: float) -> None:
         return
     with _lock:
         _own[stage] = _own.get(stage, 0.0) + seconds
-    STAGE_CPU.labels(stage).inc(seconds)
+    _series(stage).inc(seconds)
 
 
 def add_reported(seconds: dict[str, float]) -> None:
     """Stage times another process (a fetch worker) measured and sent here."""
     for stage, s in seconds.items():
         if s > 0:
-            STAGE_CPU.labels(stage).inc(s)
+            _series(stage).inc(s)
+
+
+def _series(stage: str) -> Any:
+    """The counter's child of `stage`, looked up once (labels() takes a lock and builds a
+    tuple at every call, and stages are counted per message)."""
+    child = _children.get(stage)
+    if child is None:
+        child = _children[stage] = STAGE_CPU.labels(stage)
+    return child
 
 
 def own_seconds() -> float:

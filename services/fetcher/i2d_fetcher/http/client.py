@@ -71,6 +71,8 @@ ROBOTS_ACCEPT = "text/plain,*/*;q=0.5"
 # robots.txt bodies being read at once, per client: their own budget, so that a site's rows
 # never wait behind images for the memory of its robots.txt (nor images behind robots.txt).
 ROBOTS_BYTES_IN_FLIGHT = 4 * 1024 * 1024
+# Hosts whose literal-address verdict is remembered (`HttpClient.literal_verdict`), at most.
+LITERAL_CACHE = 4096
 
 __all__ = ["Downloaded", "FetchFailed", "HttpClient", "download", "fetch_robots", "open_client"]
 
@@ -122,18 +124,33 @@ class HttpClient:
         self.proxy = proxy
         self.robots: RobotsCache | None = None  # set by open_client
         self.robots_budget = ByteBudget(ROBOTS_BYTES_IN_FLIGHT)
+        # host -> None (a name), "" (an allowed address), or why the address is refused
+        self._literals: dict[str, str | None] = {}
+
+    def literal_verdict(self, url: URL) -> bool:
+        """For a host written as an IP address: FetchFailed if it is refused, else True;
+        False for a name (to resolve: `check`). Remembered per host: parsing the address
+        and matching the networks cost more than the rest of a 404's bookkeeping."""
+        host = url.raw_host or ""
+        if host in self._literals:
+            verdict = self._literals[host]
+        else:
+            literal = literal_address(host)
+            verdict = None if literal is None else (self.policy.blocked(literal) or "")
+            if len(self._literals) >= LITERAL_CACHE:
+                self._literals.clear()
+            self._literals[host] = verdict
+        if verdict:
+            raise FetchFailed(BLOCKED_PREFIX + verdict, transient=False)
+        return verdict is not None
 
     async def check(self, url: URL) -> None:
         """FetchFailed if `url`'s host is, or resolves only to, a refused address. The
         connector enforces the same on what it connects to; this gives the clear reason
         before a host slot is taken."""
-        host = url.raw_host or ""
-        literal = literal_address(host)
-        if literal is not None:
-            reason = self.policy.blocked(literal)
-            if reason is not None:
-                raise FetchFailed(BLOCKED_PREFIX + reason, transient=False)
+        if self.literal_verdict(url):
             return
+        host = url.raw_host or ""
         if self.proxy is not None:
             return  # the proxy resolves names, and its egress rules apply
         try:
@@ -267,8 +284,9 @@ async def _attempt(
     for hop in itertools.count():
         started = time.monotonic()
         try:
-            async with asyncio.timeout(budget):
-                await client.check(target)
+            if not client.literal_verdict(target):  # an address is checked at once
+                async with asyncio.timeout(budget):
+                    await client.check(target)
         except TimeoutError:
             raise _timed_out(opts) from None
         budget -= time.monotonic() - started

@@ -1,7 +1,11 @@
 """The fetch workers' wire: length-prefixed pickles over a stream socket (a socketpair), an
 asyncio protocol at both ends. Writes never block (the transport buffers) and reads happen on
 the loop, so neither side can stall the other and no thread is needed per message. Their CPU
-(pickling, socket I/O) is the `handoff` stage (i2d_segments.stagecpu)."""
+(pickling, socket I/O) is the `handoff` stage (i2d_segments.stagecpu).
+
+Messages sent in one turn of the event loop travel as one frame (a pickled list), written
+once at the end of the turn: the rows a poll dispatches, the results a burst of responses
+completes. One pickle and one send(2) for them all instead of one each, on both sides."""
 
 from __future__ import annotations
 
@@ -18,12 +22,14 @@ _FRAME = struct.Struct(">I")  # length of the pickle that follows
 
 
 class Channel(asyncio.Protocol):
-    """Length-prefixed pickles over a stream socket, in both directions."""
+    """Length-prefixed pickles over a stream socket, in both directions; each frame is the
+    list of messages sent in one turn of the loop."""
 
     def __init__(self, on_message: Callable[[Any], None], on_lost: Callable[[], None]) -> None:
         self._on_message = on_message
         self._on_lost = on_lost
         self._buffer = bytearray()
+        self._outbox: list[object] = []  # sent this turn, written by _flush at its end
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -42,7 +48,7 @@ class Channel(asyncio.Protocol):
                 end = pos + _FRAME.size + size
                 if len(buffer) < end:
                     break
-                messages.append(pickle.loads(view[pos + _FRAME.size : end]))
+                messages += pickle.loads(view[pos + _FRAME.size : end])
                 pos = end
         del buffer[:pos]
         stagecpu.add("handoff", time.thread_time() - started)
@@ -50,10 +56,19 @@ class Channel(asyncio.Protocol):
             self._on_message(message)
 
     def send(self, message: object) -> None:
+        """Queue `message`; it is written with the others of this turn of the loop."""
         if self.transport is None or self.transport.is_closing():
             return  # the peer is gone; its loss is handled by connection_lost
+        self._outbox.append(message)
+        if len(self._outbox) == 1:
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        batch, self._outbox = self._outbox, []
+        if not batch or self.transport is None or self.transport.is_closing():
+            return
         started = time.thread_time()
-        data = pickle.dumps(message, pickle.HIGHEST_PROTOCOL)
+        data = pickle.dumps(batch, pickle.HIGHEST_PROTOCOL)
         self.transport.write(_FRAME.pack(len(data)) + data)
         stagecpu.add("handoff", time.thread_time() - started)
 
