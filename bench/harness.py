@@ -386,10 +386,16 @@ def run_timed(
         started = time.monotonic()
         proc = _start(cmd, log, env)
         sampler = TreeSampler(proc.pid)
-        _, status, usage = os.wait4(proc.pid, 0)
-        wall = time.monotonic() - started
+        try:
+            _, status, usage = os.wait4(proc.pid, 0)
+            wall = time.monotonic() - started
+        except BaseException:  # Ctrl-C: leave nothing running
+            proc.kill()
+            proc.wait()
+            raise
+        finally:
+            sampler.stop()
         proc.returncode = os.waitstatus_to_exitcode(status)
-    sampler.stop()
     if proc.returncode != 0:
         raise _failed(cmd, proc.returncode, log_path)
     return wall, sampler, usage.ru_maxrss

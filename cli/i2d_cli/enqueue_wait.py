@@ -22,7 +22,9 @@ from i2d_segments.index import Index
 
 log = logging.getLogger(__name__)
 
-POLL_SECONDS = 0.25
+# How often the positions are read while waiting (a lag query and an index query, both cheap):
+# each wait may add itself to the end of every `--wait`.
+POLL_SECONDS = 0.1
 
 
 def wait_recorded(

@@ -111,6 +111,7 @@ class FetcherService(HeldPartitions):
                 room_opened.set()
 
         last_commit = time.monotonic()
+        pending = False  # rows started whose APPEND record is not acknowledged yet
         try:
             async with open_fetcher(config, self.settings.processes_count) as fetcher:
                 self.fetcher = fetcher
@@ -127,7 +128,7 @@ class FetcherService(HeldPartitions):
                             self._consumer_thread,
                             self.consumer.poll_batch,
                             min(room, 1000),
-                            0.05 if tasks else self.settings.poll_timeout_seconds,
+                            0.05 if tasks or pending else self.settings.poll_timeout_seconds,
                         )
                         for m in messages:
                             self.offsets.start(m.tp, m.offset)
@@ -138,7 +139,15 @@ class FetcherService(HeldPartitions):
                             await asyncio.sleep(0)
                     self.producer.poll(0)
                     metrics.IN_FLIGHT.set(len(tasks))
-                    if time.monotonic() - last_commit >= self.settings.commit_interval_seconds:
+                    # Rows being fetched or waiting for their acknowledgement: the poll above
+                    # stays short meanwhile, so acknowledgements are served soon.
+                    pending = self.offsets.in_flight() > 0
+                    # Every commit_interval_seconds, and at once when nothing is pending any
+                    # more: the last rows of a list are committed (what `enqueue --wait` reads)
+                    # as soon as they are acknowledged, not up to an interval later. An idle
+                    # fetcher commits nothing (only offsets that moved are committed).
+                    due = time.monotonic() - last_commit >= self.settings.commit_interval_seconds
+                    if due or not pending:
                         await self._commit(loop)
                         last_commit = time.monotonic()
                 # Graceful stop: finish what is in flight, get it acknowledged, commit.
