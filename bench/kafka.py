@@ -95,6 +95,8 @@ class KafkaTool:
                 "materializer": [],
             }
             ports = {name: free_port() for name in SERVICES}
+            for name in SERVICES:  # ServerProcess appends to its log: a fresh one per run
+                out.with_suffix(f".{name}.log").unlink(missing_ok=True)
             procs = {
                 name: ServerProcess(
                     [self.binary, "serve", name, *flags[name]],
