@@ -1,6 +1,5 @@
 """One input row in, one APPEND record out: download on the event loop, then hash,
-decode/resize/encode through `run_cpu` (the imaging thread; a light image at once, on the
-loop: pool/cpu.py).
+decode/resize/encode on the imaging thread (`run_cpu`).
 
 Never raises for a bad row: every failure becomes a record with img2dataset's status
 (failed_to_download or failed_to_resize) and a clear error message, so the pipeline goes on

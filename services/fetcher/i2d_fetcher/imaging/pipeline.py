@@ -47,7 +47,7 @@ from PIL import Image, JpegImagePlugin, PngImagePlugin
 from i2d_fetcher.imaging import formats, guard, xmp
 from i2d_fetcher.imaging.blur import Box, blur_boxes
 from i2d_fetcher.imaging.exif import extract_exif
-from i2d_fetcher.imaging.gate import GATE_FLOOR, DecodeGate
+from i2d_fetcher.imaging.gate import DecodeGate
 from i2d_fetcher.options import FetchOptions
 from i2d_segments.records import SampleStatus
 
@@ -267,29 +267,6 @@ def process_image(
         cpu["resize"] = resized - decoded
         cpu["encode"] = time.thread_time() - resized
     return result
-
-
-# A body processed on the event loop (`light`) is at most this large: its hashing stays short.
-LIGHT_BODY_BYTES = 4 * guard.MiB
-
-
-def light(data: bytes, opts: FetchOptions) -> bool:
-    """Whether `process_image` of `data` is light enough to run on the event loop: a baseline
-    web photo, a few ms of work. A JPEG decoding to RGB or L (1 or 3 components) whose
-    decode and transform need less than the decode gate's floor even at full size (so it
-    never waits at the gate), with a body of at most LIGHT_BODY_BYTES. Anything else, or
-    anything its header does not tell, is not (it goes to the imaging thread)."""
-    if len(data) > LIGHT_BODY_BYTES or formats.sniff(data[:32]) != "jpeg":
-        return False
-    try:
-        cost = guard.inspect(data, "jpeg")
-    except guard.Unreadable:
-        return False
-    if cost.jpeg is None or cost.jpeg.components not in (1, 3):
-        return False
-    size = (cost.width, cost.height)
-    need = cost.nbytes + transform_bytes("RGB", plan(*size, opts), 1, size)
-    return need < GATE_FLOOR
 
 
 def check_output(width: int, height: int, geo: Geometry, opts: FetchOptions) -> None:
