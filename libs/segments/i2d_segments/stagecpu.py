@@ -2,7 +2,7 @@
 encode, hand-offs between processes, append, index...).
 
 A stage is timed with `time.thread_time()` deltas around code that runs on one thread without
-awaiting (a few hundred ns a measure), and added here with `add(stage, seconds)`. In the
+awaiting (under a microsecond a measure), and added here with `add(stage, seconds)`. In the
 process that serves /metrics the seconds go to `STAGE_CPU` (each service's metrics module
 creates its own stages' series at 0). A fetch worker process has no /metrics: it calls
 `collect_locally()` at start, so its stages pile up here and travel to the main process with
@@ -31,7 +31,7 @@ STAGE_CPU = Counter(
 )
 
 # Every stage, in the order of a row's path (how summaries list them); `other` is the main
-# process's CPU no stage accounts for (reading the list, the bus, start-up...).
+# process's CPU no stage accounts for during a run (reading the list, the bus, progress...).
 ORDER = (
     "download",
     "hash",
