@@ -435,7 +435,9 @@ def test_sample_upsert_latest_outcome_wins(index: Index) -> None:
     later = failed_sample("row", c.segment_id, "HTTP 500")
     index.commit_segment(commit_of(c, [], [later]))
     assert full_rows(index).sample("row") == later
-    assert full_rows(index).item("img") is not None  # the stored item stays; only the sample row changed
+    assert (
+        full_rows(index).item("img") is not None
+    )  # the stored item stays; only the sample row changed
 
 
 def test_the_same_outcome_again_stays_in_the_segment_that_first_recorded_it(
@@ -455,9 +457,9 @@ def test_the_same_outcome_again_stays_in_the_segment_that_first_recorded_it(
         ok_sample("new", "img2", b.segment_id),
     ]
     index.commit_segment(commit_of(b, [item("img2", b.segment_id, 512)], again))
-    assert sorted(full_rows(index).samples_for_segment(a.segment_id), key=lambda s: s.sample_id) == sorted(
-        first, key=lambda s: s.sample_id
-    )
+    assert sorted(
+        full_rows(index).samples_for_segment(a.segment_id), key=lambda s: s.sample_id
+    ) == sorted(first, key=lambda s: s.sample_id)
     assert [s.sample_id for s in full_rows(index).samples_for_segment(b.segment_id)] == ["new"]
     # The outcome is the status, the error, the item and the url: another url is a new one.
     # (Caption and attrs alone are not: the index keeps no copy of them to compare with.)
@@ -495,7 +497,10 @@ def test_a_new_outcome_moves_the_row_and_the_commit_records_where_from(index: In
     assert index.moves_out_of(a.segment_id) == moved
     assert index.moves_into(a.segment_id) == index.moves_out_of(b.segment_id) == []
     assert [s.sample_id for s in full_rows(index).samples_for_segment(a.segment_id)] == ["kept"]
-    assert [s.sample_id for s in full_rows(index).samples_for_segment(b.segment_id)] == ["other", "row"]
+    assert [s.sample_id for s in full_rows(index).samples_for_segment(b.segment_id)] == [
+        "other",
+        "row",
+    ]
     assert full_rows(index).sample("row") == later[0]  # the latest outcome wins
 
     # Moving on again (another partition, a failure after the success): b lost "row" to c.
@@ -509,7 +514,11 @@ def test_a_new_outcome_moves_the_row_and_the_commit_records_where_from(index: In
     assert index.moves_out_of(a.segment_id) == moved  # a's record stays
     assert full_rows(index).sample("row") == again
     # Each row in exactly one segment.
-    held = [r.sample_id for s in index.segments() for r in full_rows(index).samples_for_segment(s.segment_id)]
+    held = [
+        r.sample_id
+        for s in index.segments()
+        for r in full_rows(index).samples_for_segment(s.segment_id)
+    ]
     assert sorted(held) == ["kept", "other", "row"]
 
 

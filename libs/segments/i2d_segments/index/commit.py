@@ -38,6 +38,9 @@ INDEX_COLUMNS = (
     "item_seg",
     "data_length",
 )
+# The outcome of a carrier row: no sample's (statuses are never empty), counted in no total.
+CARRIER_STATUS = ""
+CARRIER = (CARRIER_STATUS, None)
 _OUTCOMES_SQL = "SELECT outcome, status, error FROM outcomes"
 _ADD_OUTCOME_SQL = (
     "INSERT INTO outcomes (status, error_key, error) VALUES (?, ?, ?) "
@@ -146,7 +149,7 @@ def write_samples(
 ) -> CommitCounts:
     """Write a commit's sample rows and item locations; returns its held and moved counts."""
     by_outcome = {(clean_text(s.status), clean_opt(s.error)) for s in samples}
-    outcomes = outcome_ids(db, by_outcome | {(SUCCESS_STATUS, None)})
+    outcomes = outcome_ids(db, by_outcome | {CARRIER})
     ids = {v: k for k, v in outcomes.items()}
     incoming: dict[bytes, _Incoming] = {}
     for s in samples:  # the last row of a key wins, as in the manifest
@@ -160,7 +163,7 @@ def write_samples(
         new_items.setdefault(item_key(i.item_id), (i.data_offset, i.data_length))
     for located in db.located_keys(sorted(new_items)):
         del new_items[located]
-    plan = _Plan(seg, ids[(SUCCESS_STATUS, None)], new_items)
+    plan = _Plan(seg, ids[CARRIER], new_items)
 
     keys = sorted(incoming)
     existing = {r.sample_key: r for r in db.rows_by_keys(keys)}
@@ -194,11 +197,11 @@ class _Plan:
     def __init__(
         self,
         seg: int,
-        success_id: int,
+        carrier_outcome: int,
         new_items: dict[bytes, tuple[int, int]],
     ) -> None:
         self.seg = seg
-        self.success_id = success_id
+        self.carrier_outcome = carrier_outcome
         self.new_items = new_items
         self.placed: set[bytes] = set()
         self.carriers: list[IndexRow] = []
@@ -252,7 +255,7 @@ class _Plan:
         self, item: bytes, seg: int | None, offset: int | None, length: int | None
     ) -> IndexRow:
         assert seg is not None
-        return IndexRow(0, offset, carrier_key(item), item, seg, self.success_id, seg, length)
+        return IndexRow(0, offset, carrier_key(item), item, seg, self.carrier_outcome, seg, length)
 
     def unplaced_items(self) -> list[IndexRow]:
         """Items this commit stored that no row of it carries (no success row points at them)."""
@@ -263,6 +266,9 @@ class _Plan:
         ]
 
     def counts(self, db: Db, outcomes: dict[int, tuple[str, str | None]]) -> CommitCounts:
+        if {outcome for _, outcome in self.moved} - outcomes.keys():
+            # A row another partition's commit wrote after this one read the outcomes.
+            outcomes = {int(o): (str(s), e) for o, s, e in db.fetch(_OUTCOMES_SQL)}
         segs = sorted({seg for seg, _ in self.moved})
         names: dict[int, str] = {}
         for start in range(0, len(segs), 500):

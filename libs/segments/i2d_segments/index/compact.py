@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import time
 
-from i2d_segments.index.commit import CommitDb, IndexRow, outcome_ids
+from i2d_segments.index.commit import CARRIER, CommitDb, IndexRow, outcome_ids
 from i2d_segments.index.keys import carrier_key, item_key, sample_key, url_hash
 from i2d_segments.index.rows import SUCCESS_STATUS
 from i2d_segments.index.totals import BACKFILL_LOG_SECONDS
@@ -68,7 +68,7 @@ def compact_index(db: CommitDb) -> None:
     """Fill sample_index from samples and items, then drop them."""
     segs = {str(sid): int(seg) for sid, seg in db.fetch("SELECT segment_id, seg FROM segments")}
     wanted = {(str(s), e) for s, e in db.fetch("SELECT DISTINCT status, error FROM samples")}
-    ids = {v: k for k, v in outcome_ids(db, wanted | {(SUCCESS_STATUS, None)}).items()}
+    ids = {v: k for k, v in outcome_ids(db, wanted | {CARRIER}).items()}
     samples = _Progress("sample rows", int(db.fetch("SELECT COUNT(*) FROM samples")[0][0]))
     log.info(
         "index migration %d: making the index compact: %d sample rows",
@@ -120,7 +120,7 @@ def compact_index(db: CommitDb) -> None:
                 carrier_key(k),
                 k,
                 segs[sid],
-                ids[(SUCCESS_STATUS, None)],
+                ids[CARRIER],
                 segs[sid],
                 length,
             )

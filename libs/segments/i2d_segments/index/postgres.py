@@ -299,6 +299,7 @@ class PostgresIndex(SqlIndex):
                     for statement in migration.statements():
                         conn.execute(statement)
                     if migration.step is not None:
+                        conn.execute(_CREATE_STAGING)  # 0007 writes rows as the commits do
                         migration.step(_Tx(conn))
                     conn.execute(
                         "INSERT INTO schema_migrations (version, name, applied_at) "
