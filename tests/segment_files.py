@@ -13,16 +13,22 @@ from i2d_segments.segment.manifest import MANIFEST_NAME, SegmentManifest, encode
 from i2d_segments.store import SegmentStore
 
 
-def store_segment(store: SegmentStore, commit: SegmentCommit) -> SegmentCommit:
+def store_segment(
+    store: SegmentStore, commit: SegmentCommit, *, images: bool = True
+) -> SegmentCommit:
     """Write the commit's segment object (each item a member of its `data_length` bytes, then
-    the manifest) and return the commit with the locations, size and sha256 written."""
+    the manifest) and return the commit with the locations, size and sha256 written.
+    `images=False`: the manifest alone (its items keep their offsets; `make scale`, whose
+    readers only read rows)."""
     out = io.BytesIO()
     writer = SegmentWriter(out.write)
     seg = commit.segment
-    items = []
-    for item in commit.items:
-        [loc] = writer.add_sample(item.item_id, [(item.ext, b"\xff" * item.data_length)])
-        items.append(replace(item, data_offset=loc.data_offset))
+    items = list(commit.items)
+    if images:
+        items = []
+        for item in commit.items:
+            [loc] = writer.add_sample(item.item_id, [(item.ext, b"\xff" * item.data_length)])
+            items.append(replace(item, data_offset=loc.data_offset))
     manifest = SegmentManifest(
         segment_id=seg.segment_id,
         topic=seg.topic,
@@ -37,11 +43,7 @@ def store_segment(store: SegmentStore, commit: SegmentCommit) -> SegmentCommit:
     where = writer.add_metadata(MANIFEST_NAME, encode_manifest(manifest))
     digest = writer.finish()
     store.put(object_name_of(seg.segment_id), out.getvalue())
-    segment = replace(
-        seg,
-        bytes=digest.bytes,
-        sha256=digest.sha256,
-        manifest_offset=where.data_offset,
-        manifest_length=where.data_length,
-    )
+    segment = replace(seg, manifest_offset=where.data_offset, manifest_length=where.data_length)
+    if images:
+        segment = replace(segment, bytes=digest.bytes, sha256=digest.sha256)
     return replace(commit, segment=segment, items=items)

@@ -24,12 +24,14 @@ from i2d_segments.index.base import Index, ItemRow, SampleRow, SegmentRow
 from i2d_segments.index.keys import sample_key
 from i2d_segments.naming import object_name_of
 from i2d_segments.segment.format import SegmentFormatError
-from i2d_segments.segment.manifest import SegmentManifest, decode_manifest
+from i2d_segments.segment.manifest import SegmentManifest, decode_manifest, decode_sample_tail
 from i2d_segments.segment.scan import scan_segment
 from i2d_segments.store import SegmentStore
 
 # Manifests kept parsed: a 10k-row manifest is ~3 MB of JSON, a few times that parsed.
 DEFAULT_CACHE = 8
+# The end of a manifest read for a segment's latest rows (~200 sample lines).
+TAIL_BYTES = 64 * 1024
 
 ManifestLoader = Callable[[SegmentRow], SegmentManifest]
 
@@ -75,6 +77,7 @@ class SegmentRows:
         cache_size: int = DEFAULT_CACHE,
     ) -> None:
         self.index = index
+        self._store = source if isinstance(source, SegmentStore) else None
         self._load = store_manifests(source) if isinstance(source, SegmentStore) else source
         self._cache: OrderedDict[str, _Parsed] = OrderedDict()
         self._cache_size = max(1, cache_size)
@@ -165,10 +168,29 @@ class SegmentRows:
 
     def latest_samples_of_segment(self, segment_id: str, limit: int) -> list[SampleRow]:
         """The segment's rows recorded last first (updated_at, then sample_id), at most
-        `limit`."""
-        rows = sorted(
-            self.samples_for_segment(segment_id),
-            key=lambda s: (s.updated_at, s.sample_id),
-            reverse=True,
-        )
-        return rows[: max(0, limit)]
+        `limit`: from the end of its manifest (one ranged read of TAIL_BYTES, rows are appended
+        in arrival order) when that holds enough rows the segment still holds, else from all
+        of them."""
+        limit = max(0, limit)
+        rows = None if limit == 0 else self._tail(segment_id, limit)
+        if rows is None:
+            rows = self.samples_for_segment(segment_id)
+        rows.sort(key=lambda s: (s.updated_at, s.sample_id), reverse=True)
+        return rows[:limit]
+
+    def _tail(self, segment_id: str, limit: int) -> list[SampleRow] | None:
+        with self._lock:
+            if segment_id in self._cache:
+                return None  # parsed already: all of its rows cost nothing more
+        segment = self.index.segment(segment_id)
+        if segment is None or self._store is None:
+            return None
+        offset, length = segment.manifest_offset, segment.manifest_length
+        if offset is None or length is None:
+            return None
+        start = max(offset, offset + length - TAIL_BYTES)
+        data = self._store.read_range(object_name_of(segment_id), start, offset + length - start)
+        tail = decode_sample_tail(data, segment_id, partial=start > offset)
+        held = self.index.held_samples(segment_id, (s.sample_id for s in tail))
+        rows = [s for s in tail if s.sample_id in held]
+        return rows if len(rows) >= limit or start == offset else None
