@@ -3,8 +3,9 @@
 `commit_segment` is one transaction: lock the partition row (`SELECT ... FOR UPDATE`), check the
 epoch and the offset, insert the segment, then write the sample rows (index/commit.py): read the
 existing rows of its keys `FOR UPDATE`, COPY the new rows into a session temp table and move
-them with one `INSERT ... SELECT ... ON CONFLICT DO NOTHING RETURNING` (a key another partition
-inserted meanwhile comes back missing and is read again), rewrite the moved ones with one
+them with one `INSERT ... SELECT ... ON CONFLICT DO NOTHING` (a key another partition inserted
+meanwhile is left as that partition wrote it, found by comparing with the staged rows, and read
+again), rewrite the moved ones with one
 `UPDATE ... FROM` the temp table, record the rows taken from older segments (`segment_moves`)
 and the totals, advance `next_offset`. COPY is the fast path for the ~10k rows a segment
 carries; reading and inserting in key order makes concurrent transactions that touch the same
@@ -80,7 +81,13 @@ _CREATE_STAGING = (
 _INSERT_STAGED = (
     f"INSERT INTO sample_index ({cols(INDEX_COLUMNS)}) "
     f"SELECT {cols(INDEX_COLUMNS)} FROM {_STAGE} ORDER BY sample_key "
-    "ON CONFLICT (sample_key) DO NOTHING RETURNING sample_key"
+    "ON CONFLICT (sample_key) DO NOTHING"
+)
+# Staged rows the insert left out: their key holds another transaction's row.
+_NOT_INSERTED = (
+    f"SELECT st.sample_key::text FROM {_STAGE} st JOIN sample_index si USING (sample_key) "
+    f"WHERE ({cols('si.' + c for c in INDEX_COLUMNS)}) IS DISTINCT FROM "
+    f"({cols('st.' + c for c in INDEX_COLUMNS)})"
 )
 _UPDATE_STAGED = (
     f"UPDATE sample_index si SET {', '.join(f'{c} = st.{c}' for c in UPDATED_COLUMNS)} "
@@ -96,12 +103,27 @@ def _pg(sql: str) -> str:
     return sql.replace("?", "%s")
 
 
-def _uuid(key: bytes | None) -> uuid.UUID | None:
-    return None if key is None else uuid.UUID(bytes=key)
-
-
 def _bytes(value: uuid.UUID | None) -> bytes | None:
     return None if value is None else value.bytes
+
+
+def _hexes(keys: Sequence[bytes]) -> tuple[list[str]]:
+    """An array parameter of keys (`= ANY(%s::uuid[])`): hex text, cheaper than uuid objects."""
+    return ([k.hex() for k in keys],)
+
+
+def _copy_text(rows: Sequence[IndexRow]) -> str:
+    """Rows in COPY's text format, built at once: ints and hex keys need no escaping, and one
+    write is several times faster than a write_row per row (10k rows per commit)."""
+
+    def field(v: int | bytes | None) -> str:
+        return "\\N" if v is None else v.hex() if isinstance(v, bytes) else str(v)
+
+    return "".join(
+        "\t".join(map(field, (r.url_hash, r.data_offset, r.sample_key, r.item_key, r.seg,
+                               r.outcome, r.item_seg, r.data_length))) + "\n"
+        for r in rows
+    )  # fmt: skip
 
 
 class _Tx:
@@ -125,8 +147,8 @@ class _Tx:
     def rows_by_keys(self, keys: Sequence[bytes]) -> list[IndexRow]:
         if not keys:
             return []
-        sql = ROWS_BY_KEYS_SQL.format("sample_key = ANY(%s)") + " ORDER BY sample_key FOR UPDATE"
-        rows = self.conn.execute(sql, ([_uuid(k) for k in keys],)).fetchall()
+        sql = ROWS_BY_KEYS_SQL.format("sample_key = ANY(%s::uuid[])")
+        rows = self.conn.execute(sql + " ORDER BY sample_key FOR UPDATE", _hexes(keys)).fetchall()
         return [
             IndexRow(r[0], r[1], r[2].bytes, _bytes(r[3]), r[4], r[5], r[6], r[7]) for r in rows
         ]
@@ -134,25 +156,13 @@ class _Tx:
     def located_keys(self, keys: Sequence[bytes]) -> set[bytes]:
         if not keys:
             return set()
-        sql = LOCATED_KEYS_SQL.format("item_key = ANY(%s)")
-        return {r[0].bytes for r in self.conn.execute(sql, ([_uuid(k) for k in keys],))}
+        sql = LOCATED_KEYS_SQL.format("item_key = ANY(%s::uuid[])")
+        return {r[0].bytes for r in self.conn.execute(sql, _hexes(keys))}
 
     def _stage(self, cur: psycopg.Cursor[tuple[Any, ...]], rows: Sequence[IndexRow]) -> None:
         cur.execute(f"DELETE FROM {_STAGE}")
         with cur.copy(f"COPY {_STAGE} ({cols(INDEX_COLUMNS)}) FROM STDIN") as copy:
-            for r in rows:
-                copy.write_row(
-                    (
-                        r.url_hash,
-                        r.data_offset,
-                        _uuid(r.sample_key),
-                        _uuid(r.item_key),
-                        r.seg,
-                        r.outcome,
-                        r.item_seg,
-                        r.data_length,
-                    )
-                )
+            copy.write(_copy_text(rows))
 
     def insert_rows(self, rows: Sequence[IndexRow]) -> set[bytes]:
         if not rows:
@@ -160,7 +170,11 @@ class _Tx:
         with self.conn.cursor() as cur:
             self._stage(cur, rows)
             cur.execute(_INSERT_STAGED)
-            return {r[0].bytes for r in cur.fetchall()}
+            keys = {r.sample_key for r in rows}
+            if cur.rowcount != len(keys):
+                cur.execute(_NOT_INSERTED)
+                keys -= {bytes.fromhex(r[0].replace("-", "")) for r in cur.fetchall()}
+            return keys
 
     def update_rows(self, rows: Sequence[IndexRow]) -> None:
         if rows:
