@@ -10,24 +10,12 @@ from typing import Any
 
 import psycopg
 
-from i2d_segments.index import ItemRow, SampleRow, SegmentCommit
+from i2d_segments.index import ItemRow, SampleRow, SegmentCommit, rows
 from i2d_segments.index.rows import clean_opt, clean_text, cols, encode_attrs
 from i2d_segments.index.schema import Engine, load_migrations
 
-SEGMENT_COLUMNS = (
-    "segment_id",
-    "topic",
-    '"partition"',
-    "first_offset",
-    "last_offset",
-    "epoch",
-    "uri",
-    "item_count",
-    "sample_count",
-    "bytes",
-    "sha256",
-    "created_at",
-)
+# The segments' columns before 0007 added manifest_offset and manifest_length.
+SEGMENT_COLUMNS = rows.SEGMENT_COLUMNS[:12]
 ITEM_COLUMNS = (
     "item_id",
     "segment_id",

@@ -13,6 +13,22 @@ from i2d_segments.segment.manifest import MANIFEST_NAME, SegmentManifest, encode
 from i2d_segments.store import SegmentStore
 
 
+def manifest_of(commit: SegmentCommit) -> SegmentManifest:
+    """The manifest the appender writes for this commit: its rows, as committed."""
+    seg = commit.segment
+    return SegmentManifest(
+        segment_id=seg.segment_id,
+        topic=seg.topic,
+        partition=seg.partition,
+        first_offset=seg.first_offset,
+        last_offset=seg.last_offset,
+        epoch=seg.epoch,
+        created_at=seg.created_at,
+        items=list(commit.items),
+        samples=list(commit.samples),
+    )
+
+
 def store_segment(
     store: SegmentStore, commit: SegmentCommit, *, images: bool = True
 ) -> SegmentCommit:
@@ -29,17 +45,7 @@ def store_segment(
         for item in commit.items:
             [loc] = writer.add_sample(item.item_id, [(item.ext, b"\xff" * item.data_length)])
             items.append(replace(item, data_offset=loc.data_offset))
-    manifest = SegmentManifest(
-        segment_id=seg.segment_id,
-        topic=seg.topic,
-        partition=seg.partition,
-        first_offset=seg.first_offset,
-        last_offset=seg.last_offset,
-        epoch=seg.epoch,
-        created_at=seg.created_at,
-        items=items,
-        samples=list(commit.samples),
-    )
+    manifest = manifest_of(replace(commit, items=items))
     where = writer.add_metadata(MANIFEST_NAME, encode_manifest(manifest))
     digest = writer.finish()
     store.put(object_name_of(seg.segment_id), out.getvalue())

@@ -39,6 +39,7 @@ from i2d_segments.index.schema import Engine, load_migrations
 from i2d_segments.naming import segment_id_of, segment_object_name
 from i2d_segments.reader import SegmentRows
 from i2d_segments.segment.manifest import SegmentManifest
+from tests.segment_files import manifest_of
 from tests.servers.postgres import PostgresServer
 
 TOPIC = "APPEND"
@@ -172,24 +173,15 @@ MANIFESTS: dict[str, SegmentManifest] = {}
 def commit_of(
     segment: SegmentRow, items: Sequence[ItemRow] = (), samples: Sequence[SampleRow] = ()
 ) -> SegmentCommit:
-    MANIFESTS[segment.segment_id] = SegmentManifest(
-        segment_id=segment.segment_id,
-        topic=segment.topic,
-        partition=segment.partition,
-        first_offset=segment.first_offset,
-        last_offset=segment.last_offset,
-        epoch=segment.epoch,
-        created_at=segment.created_at,
-        items=list(items),
-        samples=list(samples),
-    )
-    return SegmentCommit(
+    commit = SegmentCommit(
         epoch=segment.epoch,
         segment=segment,
         items=list(items),
         samples=list(samples),
         next_offset=segment.last_offset + 1,
     )
+    MANIFESTS[segment.segment_id] = manifest_of(commit)
+    return commit
 
 
 def index_rows_by_url(index: Index, url: str) -> list[SampleRow]:

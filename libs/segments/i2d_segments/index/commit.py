@@ -6,9 +6,9 @@ and url) is a redelivery (a fetcher that died before committing its `urls` offse
 rows again) and stays in the segment that first recorded it; with another outcome it moves to
 the committing segment, which then holds its manifest's line for it. The commit reads the rows
 of its keys first (PostgreSQL: `FOR UPDATE`), so it knows the segment and outcome each moved row
-leaves, for `segment_moves` and the totals (totals.py). A key another partition's commit
-inserted after that read shows up as an insert conflict: it is read again (`FOR UPDATE`, so
-after that commit) and handled as an existing row.
+leaves, for `segment_moves` and the totals (totals.py). PostgreSQL inserts first and reads
+only the keys its insert left out (`FOR UPDATE`, so after the commit that wrote them, even one
+of another partition running at the same time), and handles them as existing rows.
 
 Items: the row that stored an item first carries its location (item_seg, data_offset,
 data_length); an item already located keeps its first location. If that row later points at
@@ -22,10 +22,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from i2d_segments.index.base import ItemRow, SampleRow
+from i2d_segments.index.base import ItemRow, SampleRow, SegmentCommit
 from i2d_segments.index.keys import carrier_key, item_key, sample_key, url_hash
 from i2d_segments.index.rows import SUCCESS_STATUS, clean_opt, clean_text
-from i2d_segments.index.totals import Count, Db, Moved, error_key
+from i2d_segments.index.totals import Count, Db, Moved, error_key, record_commit
 
 # sample_index's columns, in table order (widest first: no alignment padding on PostgreSQL).
 INDEX_COLUMNS = (
@@ -90,6 +90,11 @@ class IndexRow:
 class CommitDb(Db, Protocol):
     """The engine's side of a commit, in its transaction."""
 
+    # Read the rows of the commit's keys before inserting (SQLite: cheap, and its plain INSERT
+    # must not meet an existing key). PostgreSQL inserts first and reads only the keys the
+    # insert left out: one index probe per new row instead of two.
+    reads_first: bool
+
     def rows_by_keys(self, keys: Sequence[bytes]) -> list[IndexRow]:
         """The existing rows of `keys` (PostgreSQL: locked, in key order)."""
         ...
@@ -141,6 +146,14 @@ def _order(outcome: tuple[str, str | None]) -> tuple[str, str]:
     return outcome[0], outcome[1] or ""
 
 
+def write_commit(db: CommitDb, seg: int, segment_id: str, commit: SegmentCommit) -> None:
+    """After the segment row `seg`: its sample rows and item locations, then its moves and the
+    totals (totals.record_commit)."""
+    counts = write_samples(db, seg, commit.items, commit.samples)
+    s = commit.segment
+    record_commit(db, segment_id, counts.held, counts.moved, s.item_count, s.bytes, s.created_at)
+
+
 def write_samples(
     db: CommitDb,
     seg: int,
@@ -166,7 +179,7 @@ def write_samples(
     plan = _Plan(seg, ids[CARRIER], new_items)
 
     keys = sorted(incoming)
-    existing = {r.sample_key: r for r in db.rows_by_keys(keys)}
+    existing = {r.sample_key: r for r in db.rows_by_keys(keys)} if db.reads_first else {}
     fresh = [plan.insert(k, incoming[k]) for k in keys if k not in existing]
     inserted = db.insert_rows(fresh)
     conflicts = [r for r in fresh if r.sample_key not in inserted]

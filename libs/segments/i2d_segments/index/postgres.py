@@ -1,12 +1,11 @@
 """PostgreSQL adapter of the Index port (psycopg 3): the distributed mode's shared index.
 
 `commit_segment` is one transaction: lock the partition row (`SELECT ... FOR UPDATE`), check the
-epoch and the offset, insert the segment, then write the sample rows (index/commit.py): read the
-existing rows of its keys `FOR UPDATE`, COPY the new rows into a session temp table and move
-them with one `INSERT ... SELECT ... ON CONFLICT DO NOTHING` (a key another partition inserted
-meanwhile is left as that partition wrote it, found by comparing with the staged rows, and read
-again), rewrite the moved ones with one
-`UPDATE ... FROM` the temp table, record the rows taken from older segments (`segment_moves`)
+epoch and the offset, insert the segment, then write the sample rows (index/commit.py): COPY
+them into a session temp table and move them with one `INSERT ... SELECT ... ON CONFLICT DO
+NOTHING RETURNING` (the keys it leaves out exist already, or were inserted meanwhile by another
+partition: they are read `FOR UPDATE` and handled as existing rows), rewrite the moved ones with
+one `UPDATE ... FROM` the temp table, record the rows taken from older segments (`segment_moves`)
 and the totals, advance `next_offset`. COPY is the fast path for the ~10k rows a segment
 carries; reading and inserting in key order makes concurrent transactions that touch the same
 sample rows take their locks in the same order, so they queue instead of deadlocking.
@@ -43,7 +42,7 @@ from i2d_segments.index.commit import (
     ROWS_BY_KEYS_SQL,
     UPDATED_COLUMNS,
     IndexRow,
-    write_samples,
+    write_commit,
 )
 from i2d_segments.index.rows import clean_text, cols, segment_values
 from i2d_segments.index.schema import SCHEMA_MIGRATIONS_DDL, Migration, load_migrations
@@ -59,7 +58,6 @@ from i2d_segments.index.sqlbase import (
     commit_gate,
     to_moves,
 )
-from i2d_segments.index.totals import record_commit
 
 T = TypeVar("T")
 Conn = psycopg.Connection[tuple[Any, ...]]
@@ -81,13 +79,7 @@ _CREATE_STAGING = (
 _INSERT_STAGED = (
     f"INSERT INTO sample_index ({cols(INDEX_COLUMNS)}) "
     f"SELECT {cols(INDEX_COLUMNS)} FROM {_STAGE} ORDER BY sample_key "
-    "ON CONFLICT (sample_key) DO NOTHING"
-)
-# Staged rows the insert left out: their key holds another transaction's row.
-_NOT_INSERTED = (
-    f"SELECT st.sample_key::text FROM {_STAGE} st JOIN sample_index si USING (sample_key) "
-    f"WHERE ({cols('si.' + c for c in INDEX_COLUMNS)}) IS DISTINCT FROM "
-    f"({cols('st.' + c for c in INDEX_COLUMNS)})"
+    "ON CONFLICT (sample_key) DO NOTHING RETURNING replace(sample_key::text, '-', '')"
 )
 _UPDATE_STAGED = (
     f"UPDATE sample_index si SET {', '.join(f'{c} = st.{c}' for c in UPDATED_COLUMNS)} "
@@ -130,6 +122,8 @@ class _Tx:
     """The `totals.Db` and `commit.CommitDb` of one Postgres transaction (`?` placeholders,
     as the shared SQL)."""
 
+    reads_first = False
+
     def __init__(self, conn: Conn) -> None:
         self.conn = conn
 
@@ -170,11 +164,8 @@ class _Tx:
         with self.conn.cursor() as cur:
             self._stage(cur, rows)
             cur.execute(_INSERT_STAGED)
-            keys = {r.sample_key for r in rows}
-            if cur.rowcount != len(keys):
-                cur.execute(_NOT_INSERTED)
-                keys -= {bytes.fromhex(r[0].replace("-", "")) for r in cur.fetchall()}
-            return keys
+            inserted = {str(r[0]) for r in cur.fetchall()}  # hex
+            return {r.sample_key for r in rows if r.sample_key.hex() in inserted}
 
     def update_rows(self, rows: Sequence[IndexRow]) -> None:
         if rows:
@@ -359,18 +350,7 @@ class PostgresIndex(SqlIndex):
                     conn.execute(_COMMIT_WORK_MEM)
                     row = conn.execute(_pg(INSERT_SEGMENT_SQL), seg_values).fetchone()
                     assert row is not None  # RETURNING of an INSERT
-                    tx = _Tx(conn)
-                    counts = write_samples(tx, int(row[0]), commit.items, commit.samples)
-                    seg = commit.segment
-                    record_commit(
-                        tx,
-                        segment_id,
-                        counts.held,
-                        counts.moved,
-                        seg.item_count,
-                        seg.bytes,
-                        seg.created_at,
-                    )
+                    write_commit(_Tx(conn), int(row[0]), segment_id, commit)
                     conn.execute(_pg(ADVANCE_SQL), (commit.next_offset, now, *key))
                 return to_moves(conn.execute(_pg(MOVES_INTO_SQL), (segment_id,)).fetchall())
 

@@ -39,7 +39,7 @@ from i2d_segments.index.commit import (
     ROWS_BY_KEYS_SQL,
     UPDATED_COLUMNS,
     IndexRow,
-    write_samples,
+    write_commit,
 )
 from i2d_segments.index.rows import SEGMENT_COLUMNS, chunked, clean_text, cols, segment_values
 from i2d_segments.index.schema import SCHEMA_MIGRATIONS_DDL, load_migrations
@@ -56,7 +56,6 @@ from i2d_segments.index.sqlbase import (
     to_moves,
 )
 from i2d_segments.index.sqlite_checkpoint import WalCheckpointer
-from i2d_segments.index.totals import record_commit
 
 # SQLite has no identity column: the next number under the write lock.
 _INSERT_SEGMENT = (
@@ -75,6 +74,8 @@ WAL_SIZE_LIMIT = 64 * 1024 * 1024
 
 class _Tx:
     """The `totals.Db` and `commit.CommitDb` of one SQLite write transaction."""
+
+    reads_first = True
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
@@ -235,18 +236,7 @@ class SqliteIndex(SqlIndex):
 
             if commit_gate(commit, state, already_committed):
                 seg_number = int(conn.execute(_INSERT_SEGMENT, seg_values).fetchone()[0])
-                tx = _Tx(conn)
-                counts = write_samples(tx, seg_number, commit.items, commit.samples)
-                seg = commit.segment
-                record_commit(
-                    tx,
-                    segment_id,
-                    counts.held,
-                    counts.moved,
-                    seg.item_count,
-                    seg.bytes,
-                    seg.created_at,
-                )
+                write_commit(_Tx(conn), seg_number, segment_id, commit)
                 conn.execute(ADVANCE_SQL, (commit.next_offset, now, *key))
             return to_moves(conn.execute(MOVES_INTO_SQL, (segment_id,)).fetchall())
 
