@@ -308,8 +308,9 @@ class StatusSource:
             for segment in self.index.recent_segments(RECENT_SEGMENTS_SCANNED):
                 try:
                     recent += self.rows.latest_samples_of_segment(segment.segment_id, want)
-                except (SegmentFormatError, StoreError, OSError) as e:
-                    # A segment whose manifest does not read shows no rows; figures still do.
+                except (SegmentFormatError, StoreError, OSError, IndexAccessError) as e:
+                    # A segment whose manifest does not read (or an index older than 0007, read
+                    # without migrating it) shows no rows; the figures still do.
                     log.warning("status: rows of %s unreadable: %s", segment.segment_id, e)
             recent.sort(key=lambda r: (r.updated_at, r.sample_id), reverse=True)
         self._committed_cache = Committed(
