@@ -82,8 +82,8 @@ def check_complete(out: Path, rows: int) -> None:
     try:
         assert sum(index.status_counts().values()) == rows
         segments = [s.segment_id for s in index.segments()]
-        rows = folder_rows(out, index)
-        ids = {s.sample_id for sid in segments for s in rows.samples_for_segment(sid)}
+        full = folder_rows(out, index)
+        ids = {s.sample_id for sid in segments for s in full.samples_for_segment(sid)}
     finally:
         index.close()
     assert len(ids) == rows
