@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from i2d_segments.index import Index
+from i2d_segments.reader import SegmentRows
+from i2d_segments.store import SegmentStore
 
 
-def index_differences(expected: Index, actual: Index, *, exact_epochs: bool = False) -> list[str]:
+def index_differences(
+    expected: Index, actual: Index, store: SegmentStore, *, exact_epochs: bool = False
+) -> list[str]:
     """How `actual` (say a rebuilt index) differs from `expected`, one line per difference;
     empty when they hold the same segments, items, samples and partition positions.
 
@@ -13,6 +17,8 @@ def index_differences(expected: Index, actual: Index, *, exact_epochs: bool = Fa
     partition and wrote nothing leaves no trace in the store) unless `exact_epochs`.
     """
     out: list[str] = []
+    # Full rows: each index's refs joined with the (same) segments' manifests.
+    rows_a, rows_b = SegmentRows(store, expected), SegmentRows(store, actual)
     want = {s.segment_id: s for s in expected.segments()}
     got = {s.segment_id: s for s in actual.segments()}
     for sid in sorted(want.keys() - got.keys()):
@@ -23,8 +29,8 @@ def index_differences(expected: Index, actual: Index, *, exact_epochs: bool = Fa
         if want[sid] != got[sid]:
             out.append(f"segment {sid}: expected {want[sid]}, got {got[sid]}")
         for kind, a, b in (
-            ("item", expected.items_for_segment(sid), actual.items_for_segment(sid)),
-            ("sample", expected.samples_for_segment(sid), actual.samples_for_segment(sid)),
+            ("item", rows_a.items_for_segment(sid), rows_b.items_for_segment(sid)),
+            ("sample", rows_a.samples_for_segment(sid), rows_b.samples_for_segment(sid)),
         ):
             if a != b:
                 ids_a = {getattr(r, f"{kind}_id"): r for r in a}

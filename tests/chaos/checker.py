@@ -39,7 +39,7 @@ from i2d_segments.index.sqlite import SqliteIndex
 from i2d_segments.naming import SEGMENTS_PREFIX, object_name_of
 from i2d_segments.ops.gc import find_abandoned_uploads, find_garbage
 from i2d_segments.ops.reindex import rebuild_index
-from i2d_segments.reader import DatasetReader
+from i2d_segments.reader import DatasetReader, SegmentRows
 from i2d_segments.records import SegmentClosed
 from i2d_segments.segment.manifest import MANIFEST_NAME, SegmentManifest, decode_manifest
 from i2d_segments.segment.stream import iter_members
@@ -98,6 +98,11 @@ class Checker:
     _verified_segments: dict[str, SegmentRow] = field(default_factory=dict)
     _verified_items: dict[str, ItemRow] = field(default_factory=dict)
 
+    @property
+    def rows(self) -> SegmentRows:
+        """Full rows: the index's refs joined with the manifests (read again at each use)."""
+        return SegmentRows(self.store, self.index)
+
     def check(self, drained: bool = False) -> Snapshot:
         """Every invariant, now. `drained`: an appender committed past every acknowledged
         offset (so every acknowledged record must be in the index) and the appenders are
@@ -133,7 +138,7 @@ class Checker:
     def _all_samples(self, segments: list[SegmentRow]) -> dict[str, SampleRow]:
         out: dict[str, SampleRow] = {}
         for seg in segments:
-            for s in self.index.samples_for_segment(seg.segment_id):
+            for s in self.rows.samples_for_segment(seg.segment_id):
                 _require(s.sample_id not in out, "rows_not_lost_or_duped", f"{s.sample_id} twice")
                 out[s.sample_id] = s
         return out
@@ -141,7 +146,7 @@ class Checker:
     def _all_items(self, segments: list[SegmentRow]) -> dict[str, ItemRow]:
         out: dict[str, ItemRow] = {}
         for seg in segments:
-            for i in self.index.items_for_segment(seg.segment_id):
+            for i in self.rows.items_for_segment(seg.segment_id):
                 _require(i.item_id not in out, "rows_not_lost_or_duped", f"{i.item_id} twice")
                 out[i.item_id] = i
         return out
@@ -296,8 +301,8 @@ class Checker:
         for item in items.values():
             _require(item.segment_id in committed, inv, f"{item.item_id} in an uncommitted segment")
             _require(item.segment_id in listed, inv, f"{item.item_id} in no listed segment")
-            found = self.index.item(item.item_id)
-            _require(found == item, inv, f"index.item({item.item_id}) differs")
+            found = self.rows.item(item.item_id)
+            _require(found == item, inv, f"rows.item({item.item_id}) differs")
         for s in samples.values():
             if s.item_id is not None:
                 _require(s.item_id in items, inv, f"{s.sample_id} points at a missing item")
@@ -351,7 +356,7 @@ class Checker:
             rebuilt.migrate()
             report = rebuild_index(self.store, rebuilt, topic=self.topic)
             _require(report.ok, inv, f"objects reindex cannot read: {report.invalid}")
-            diffs = index_differences(self.index, rebuilt)
+            diffs = index_differences(self.index, rebuilt, self.store)
             _require(not diffs, inv, "rebuilt index differs: " + "; ".join(diffs[:5]))
             left_out = sorted(s.name for s in report.superseded)
             tars = sorted(g for g in garbage if g.endswith(".tar"))

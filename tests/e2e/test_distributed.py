@@ -21,6 +21,7 @@ from i2d_segments.bus.kafka import KafkaBus
 from i2d_segments.ids import sample_id_for
 from i2d_segments.index.postgres import PostgresIndex
 from i2d_segments.naming import object_name_of, sidecar_name
+from i2d_segments.reader import SegmentRows
 from i2d_segments.store.s3 import S3Store
 from tests.servers.kafka import KAFKA_TEST_CONFIG
 from tests.servers.proc import ServerProcess, free_port, wait_for_port, wait_until
@@ -182,9 +183,10 @@ def check_dataset(
     # Every input row has exactly one sample row: an enqueued row is identified by its place
     # in its list, a raw line by its content (a bare url: sha256 of the url).
     half = len(urls) // 2
+    rows = SegmentRows(store, index)
     by_url = {}
     for i, url in enumerate(urls):
-        found = index.samples_by_url(url)
+        found = rows.samples_by_url(url)
         assert len(found) == 1, url
         by_url[url] = found[0]
         if i >= half:
@@ -211,7 +213,7 @@ def check_dataset(
     for seg in segments:
         blob = store.get(object_name_of(seg.segment_id))
         assert hashlib.sha256(blob).hexdigest() == seg.sha256 and len(blob) == seg.bytes
-        items = index.items_for_segment(seg.segment_id)
+        items = rows.items_for_segment(seg.segment_id)
         total_items += len(items)
         for item in items:
             data = store.read_range(

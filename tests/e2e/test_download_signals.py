@@ -27,6 +27,7 @@ from tests.e2e.signals import (
     stopped_by_second_signal,
     wait_group_gone,
 )
+from tests.rows import folder_rows
 from tests.servers.proc import wait_until
 
 BIN = Path(sys.executable).parent
@@ -81,7 +82,8 @@ def check_complete(out: Path, rows: int) -> None:
     try:
         assert sum(index.status_counts().values()) == rows
         segments = [s.segment_id for s in index.segments()]
-        ids = {s.sample_id for sid in segments for s in index.samples_for_segment(sid)}
+        full = folder_rows(out, index)
+        ids = {s.sample_id for sid in segments for s in full.samples_for_segment(sid)}
     finally:
         index.close()
     assert len(ids) == rows

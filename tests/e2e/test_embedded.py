@@ -24,6 +24,7 @@ from i2d_imageserver import ImageServer, make_url_list
 from i2d_segments.index.sqlite import SqliteIndex
 from i2d_segments.naming import object_name_of
 from tests.img2dataset_columns import IMG2DATASET_COLUMNS
+from tests.rows import folder_rows
 
 BIN = Path(sys.executable).parent
 FAULTS = {"missing": 0.05, "notimage": 0.03, "truncated": 0.02, "noai": 0.02}
@@ -100,9 +101,9 @@ def outcome(folder: Path) -> tuple[dict[str, tuple[str, str | None]], set[str]]:
         samples: dict[str, tuple[str, str | None]] = {}
         items: set[str] = set()
         for seg in index.segments():
-            for s in index.samples_for_segment(seg.segment_id):
+            for s in folder_rows(folder, index).samples_for_segment(seg.segment_id):
                 samples[s.sample_id] = (s.status, s.item_id)
-            for item in index.items_for_segment(seg.segment_id):
+            for item in folder_rows(folder, index).items_for_segment(seg.segment_id):
                 items.add(item.item_id)
                 data = (folder / object_name_of(seg.segment_id)).read_bytes()
                 assert item.data_length > 0

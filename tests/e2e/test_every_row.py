@@ -21,6 +21,7 @@ from i2d_cli.main import main
 from i2d_imageserver import ImageServer, make_url_list
 from i2d_segments.index.sqlite import SqliteIndex
 from i2d_segments.reader import DatasetReader
+from tests.rows import folder_rows
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +61,7 @@ def all_samples(out: Path) -> list[dict[str, object]]:
             {"sample_id": s.sample_id, "url": s.url, "caption": s.caption, "status": s.status,
              "error": s.error, "item_id": s.item_id, "key": s.attrs.get("key")}
             for seg in index.segments()
-            for s in index.samples_for_segment(seg.segment_id)
+            for s in folder_rows(out, index).samples_for_segment(seg.segment_id)
         ]  # fmt: skip
     finally:
         index.close()

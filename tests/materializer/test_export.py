@@ -18,12 +18,14 @@ from i2d_segments.index import SampleRow
 from i2d_segments.index.sqlite import SqliteIndex
 from i2d_segments.reader import DatasetReader
 from tests.reader.dataset import Dataset
+from tests.rows import folder_rows
 
 
 def samples(dataset: Dataset) -> list[SampleRow]:
     index = SqliteIndex(dataset.folder / "index.sqlite")
+    rows = folder_rows(dataset.folder, index)
     try:
-        return [s for seg in index.segments() for s in index.samples_for_segment(seg.segment_id)]
+        return [s for seg in index.segments() for s in rows.samples_for_segment(seg.segment_id)]
     finally:
         index.close()
 

@@ -21,6 +21,7 @@ from i2d_segments.index import SampleRow
 from i2d_segments.index.sqlite import SqliteIndex
 from i2d_segments.reader import DatasetReader
 from tests.reader.dataset import ROWS_PER_SEGMENT, Dataset
+from tests.rows import folder_rows
 
 STATS_KEYS = [
     "count", "successes", "failed_to_download", "failed_to_resize",
@@ -53,9 +54,10 @@ def rows_by_shard(dataset: Dataset) -> dict[str, list[SampleRow]]:
     """Expected shards: list shards by row number (rows without a key of their own), then the
     rows whose own key is not a number, in key order."""
     index = SqliteIndex(dataset.folder / "index.sqlite")
+    rows = folder_rows(dataset.folder, index)
     try:
         by_url = {
-            s.url: s for seg in index.segments() for s in index.samples_for_segment(seg.segment_id)
+            s.url: s for seg in index.segments() for s in rows.samples_for_segment(seg.segment_id)
         }
     finally:
         index.close()

@@ -23,6 +23,7 @@ from i2d_segments.naming import object_name_of
 from i2d_segments.store.local import LocalStore
 from tests.img2dataset_columns import IMG2DATASET_COLUMNS
 from tests.reader.dataset import Dataset
+from tests.rows import folder_rows
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -74,7 +75,7 @@ def test_metadata_parquet_and_stats_per_segment(dataset: Dataset) -> None:
             assert stats["segment_id"] == seg.segment_id and stats["bytes"] == seg.bytes
             assert stats["item_count"] == seg.item_count and stats["sha256"] == seg.sha256
             sizes = stats["sizes"]
-            items = index.items_for_segment(seg.segment_id)
+            items = folder_rows(dataset.folder, index).items_for_segment(seg.segment_id)
             assert sizes["image_bytes"] == sum(i.data_length for i in items)
             assert sizes["width"]["min"] == sizes["width"]["max"] == 64
             assert stats["end_time"] >= stats["start_time"]
@@ -180,7 +181,10 @@ def test_the_example_consumer_runs_over_an_output_folder(dataset: Dataset) -> No
         for seg in segments:
             feed = dataset.folder / "feeds" / f"{seg.segment_id}.jsonl"
             lines = [json.loads(x) for x in feed.read_text().splitlines()]
-            items = {i.item_id: i for i in index.items_for_segment(seg.segment_id)}
+            items = {
+                i.item_id: i
+                for i in folder_rows(dataset.folder, index).items_for_segment(seg.segment_id)
+            }
             assert sorted(x["item_id"] for x in lines) == sorted(items)
             for x in lines:
                 assert x["url"].startswith("http://127.0.0.1:") and x["caption"]

@@ -25,6 +25,7 @@ from i2d_segments.records import AppendRecord, SampleStatus, encode_append
 from i2d_segments.store.local import LocalStore
 from tests.append_records import success
 from tests.e2e.signals import parquet_rows
+from tests.segment_files import store_segment
 from tests.servers.proc import wait_until
 
 APPEND, CLOSED = "APPEND", "SEGMENT_CLOSED"
@@ -194,12 +195,14 @@ def test_a_move_while_the_older_segment_is_written_is_not_lost(tmp_path: Path) -
     index = SqliteIndex.open(tmp_path / "index.sqlite")
     lease = index.acquire_partition(APPEND, 0, "test")
     first, second = "p00000/00000000000000000000-e1", "p00000/00000000000000000004-e1"
+    objects = LocalStore(tmp_path / "out")
 
     def commit(sid: str, offset: int, rows: list[SampleRow]) -> None:
         segment = SegmentRow(
             sid, APPEND, 0, offset, offset + 3, lease.epoch, "file:///x", 0, 4, 1024, "s" * 64, 1.0
         )
-        index.commit_segment(SegmentCommit(lease.epoch, segment, [], rows, offset + 4))
+        c = SegmentCommit(lease.epoch, segment, [], rows, offset + 4)
+        index.commit_segment(store_segment(objects, c))
 
     def row(sample_id: str, sid: str, status: str = "failed_to_download") -> SampleRow:
         error = None if status == "success" else "timeout"

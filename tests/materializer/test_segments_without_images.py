@@ -28,6 +28,7 @@ from i2d_segments.store.local import LocalStore
 from tests.append_records import failure, success
 from tests.ops.helpers import Pipeline, run_until
 from tests.reader.wids_compat import import_wids
+from tests.rows import folder_rows
 
 PER_SEGMENT = 5  # the ops pipeline's number_sample_per_shard
 
@@ -155,10 +156,11 @@ def test_segments_without_images_are_in_no_shard_list_and_every_image_loads(
         assert index.moves_into(later_failures.segment_id) == [
             SegmentMove(later_failures.segment_id, images.segment_id, PER_SEGMENT)
         ]
-        assert index.samples_for_segment(images.segment_id) == []
-        assert len(index.items_for_segment(images.segment_id)) == PER_SEGMENT
+        rows = folder_rows(folder, index)
+        assert rows.samples_for_segment(images.segment_id) == []
+        assert len(rows.items_for_segment(images.segment_id)) == PER_SEGMENT
         assert later_failures.item_count == 0
-        every_item = {i.item_id for s in segments for i in index.items_for_segment(s.segment_id)}
+        every_item = {i.item_id for s in segments for i in rows.items_for_segment(s.segment_id)}
     finally:
         index.close()
 

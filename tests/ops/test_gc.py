@@ -14,6 +14,7 @@ from i2d_cli.main import main
 from i2d_segments.connect import open_store
 from i2d_segments.index.sqlite import SqliteIndex
 from i2d_segments.naming import sidecar_name, staging_name
+from i2d_segments.reader import SegmentRows
 from i2d_segments.store import SegmentStore
 from i2d_segments.store.s3 import S3Store
 from tests.append_records import success
@@ -45,7 +46,7 @@ def test_gc_lists_then_deletes_only_garbage(
     store.put(ORPHAN, b"not even a tar")
     store.put(sidecar_name("p00000/00000000000000000005-e1", "_stats.json"), b"{}")
     store.put(sidecar_name(committed_segment, "_stats.json"), b"{}")  # a committed one's
-    stored_item = backend.index.items_for_segment(committed_segment)[0].item_id
+    stored_item = SegmentRows(store, backend.index).items_for_segment(committed_segment)[0].item_id
     unknown_item = success(999).meta.item_id
     assert unknown_item is not None
     store.put(staging_name(stored_item), b"payload already in a segment")

@@ -22,6 +22,7 @@ from i2d_segments.ops.reindex import (
     choose,
     rebuild_index,
 )
+from i2d_segments.store.local import LocalStore
 from tests.append_records import failure, success
 from tests.index_diff import index_differences
 from tests.ops.conftest import Backend
@@ -83,7 +84,7 @@ def test_reindex_of_an_embedded_download_equals_its_index(
         counts = original.status_counts()
         assert counts["success"] and sum(counts.values()) - counts["success"] > 0  # failures too
         assert {s.epoch for s in original.segments()} == {1, 2}
-        assert index_differences(original, again, exact_epochs=True) == []
+        assert index_differences(original, again, LocalStore(out), exact_epochs=True) == []
     finally:
         original.close()
         again.close()
@@ -98,7 +99,7 @@ def test_reindex_of_an_embedded_download_equals_its_index(
         SqliteIndex(out / "index.sqlite"),
     )
     try:
-        assert index_differences(expected, restored, exact_epochs=True) == []
+        assert index_differences(expected, restored, LocalStore(out), exact_epochs=True) == []
     finally:
         expected.close()
         restored.close()
@@ -111,7 +112,7 @@ def test_reindex_leaves_out_zombie_and_crash_objects(
     data = build_dataset(backend.store, backend.index)
     names = {info.name for info in backend.store.list("segments/")}
     assert set(data.committed + data.garbage) <= names  # the garbage is really there
-    assert backend.index.sample("s1").status == "failed_to_download"  # type: ignore[union-attr]
+    assert backend.index.sample_ref("s1").status == "failed_to_download"  # type: ignore[union-attr]
 
     target = backend.new_index_url()
     assert main(["reindex", *backend.flags(target)]) == 0
@@ -120,7 +121,7 @@ def test_reindex_leaves_out_zombie_and_crash_objects(
         assert f"garbage, not indexed: {name}" in printed
     rebuilt = open_index(target)
     try:
-        assert index_differences(backend.index, rebuilt, exact_epochs=True) == []
+        assert index_differences(backend.index, rebuilt, backend.store, exact_epochs=True) == []
         assert [s.epoch for s in rebuilt.segments()] == [1, 2, 3]
         assert rebuilt.partition("APPEND", 0).next_offset == 10  # type: ignore[union-attr]
         # A second reindex into the same, now full, index is refused.

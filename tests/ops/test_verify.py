@@ -3,11 +3,15 @@ row are each reported, and the command exits non-zero."""
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 
 from i2d_cli.main import main
+from i2d_segments.index.keys import item_key
 from i2d_segments.naming import object_name_of
 from i2d_segments.ops.verify import sample_size, verify_dataset
+from i2d_segments.reader import SegmentRows
 from tests.ops.conftest import Backend
 from tests.ops.helpers import build_dataset
 
@@ -29,7 +33,7 @@ def test_clean_dataset_verifies(backend: Backend, capsys: pytest.CaptureFixture[
 def test_corrupted_byte_is_found(backend: Backend, capsys: pytest.CaptureFixture[str]) -> None:
     build_dataset(backend.store, backend.index)
     seg = backend.index.segments()[1]
-    item = backend.index.items_for_segment(seg.segment_id)[0]
+    item = SegmentRows(backend.store, backend.index).items_for_segment(seg.segment_id)[0]
     name = object_name_of(seg.segment_id)
     blob = bytearray(backend.store.get(name))
     blob[item.data_offset + 3] ^= 0x01  # inside the image: the tar still parses
@@ -45,9 +49,12 @@ def test_corrupted_byte_is_found(backend: Backend, capsys: pytest.CaptureFixture
 def test_wrong_index_row_is_found(backend: Backend, capsys: pytest.CaptureFixture[str]) -> None:
     build_dataset(backend.store, backend.index)
     seg = backend.index.segments()[0]
-    item = backend.index.items_for_segment(seg.segment_id)[1]
+    item = SegmentRows(backend.store, backend.index).items_for_segment(seg.segment_id)[1]
+    key = item_key(item.item_id)  # the index's key of the item: bytes, a uuid on PostgreSQL
     backend.execute(
-        "UPDATE items SET data_offset = data_offset + 512 WHERE item_id = ?", (item.item_id,)
+        "UPDATE sample_index SET data_offset = data_offset + 512 "
+        "WHERE item_key = ? AND data_length IS NOT NULL",
+        (key if backend.kind == "local" else uuid.UUID(bytes=key),),
     )
     # Found from the segment pass alone, without reading the item back.
     assert main(["verify", *backend.flags(), "--sample", "0"]) == 1

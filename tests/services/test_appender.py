@@ -19,6 +19,7 @@ from i2d_segments.bus import TopicPartition
 from i2d_segments.bus.memory import MemoryBus
 from i2d_segments.index.sqlite import SqliteIndex
 from i2d_segments.naming import object_name_of
+from i2d_segments.reader import SegmentRows
 from i2d_segments.records import (
     AppendRecord,
     SegmentClosed,
@@ -92,7 +93,7 @@ def test_segments_close_by_count_and_read_back(h: Harness) -> None:
     assert [s.last_offset for s in segments] == [4, 9]
     assert h.index.partition(TOPIC, 0).next_offset == 10  # type: ignore[union-attr]
     for r in records[:10]:
-        item = h.index.item(r.meta.item_id)  # type: ignore[arg-type]
+        item = SegmentRows(h.store, h.index).item(r.meta.item_id)  # type: ignore[arg-type]
         assert item is not None
         data = h.store.read_range(
             object_name_of(item.segment_id), item.data_offset, item.data_length
@@ -112,7 +113,7 @@ def test_idle_segment_closes_and_holds_failures(h: Harness, tmp_path: Path) -> N
     run_until(app, lambda: len(h.index.segments()) == 1)
     (seg,) = h.index.segments()
     assert seg.item_count == 1 and seg.sample_count == 3
-    failed = h.index.sample("f2")
+    failed = SegmentRows(h.store, h.index).sample("f2")
     assert failed is not None and failed.error == "404 Not Found" and failed.item_id is None
     path = tmp_path / "store" / object_name_of(seg.segment_id)
     with tarfile.open(path) as tar:
@@ -131,12 +132,12 @@ def test_same_content_is_stored_once(h: Harness) -> None:
     run_until(app, lambda: len(h.index.segments()) == 1)
     (seg,) = h.index.segments()
     assert seg.item_count == 4 and seg.sample_count == 5
-    assert h.index.sample("s1").item_id == h.index.sample("s2").item_id  # type: ignore[union-attr]
+    assert h.index.sample_ref("s1").item_key == h.index.sample_ref("s2").item_key  # type: ignore[union-attr]
     # Later, in another segment: still not written again.
     h.send([success(6, same), *[failure(i) for i in range(4)]])
     run_until(app, lambda: len(h.index.segments()) == 2)
     assert h.index.segments()[1].item_count == 0
-    assert h.index.sample("s6").item_id == a.meta.item_id  # type: ignore[union-attr]
+    assert SegmentRows(h.store, h.index).sample("s6").item_id == a.meta.item_id  # type: ignore[union-attr]
 
 
 def test_new_owner_fences_the_old_one_and_resumes_at_next_offset(h: Harness) -> None:
@@ -156,7 +157,7 @@ def test_new_owner_fences_the_old_one_and_resumes_at_next_offset(h: Harness) -> 
     run_until(new, lambda: len(h.index.segments()) == 2)
     second = h.index.segments()[1]
     assert (second.first_offset, second.last_offset, second.epoch) == (5, 6, 2)
-    assert h.index.sample("s6").segment_id == second.segment_id  # type: ignore[union-attr]
+    assert h.index.sample_ref("s6").segment_id == second.segment_id  # type: ignore[union-attr]
 
 
 def test_run_commits_open_segment_on_stop(h: Harness) -> None:

@@ -19,11 +19,14 @@ from i2d_segments.index import ItemRow, SampleRow, SegmentCommit, SegmentRow
 from i2d_segments.index.sqlite import SqliteIndex
 from i2d_segments.records import SegmentClosed
 from i2d_segments.store.local import LocalStore
+from tests.segment_files import store_segment
 
 SEG = "p00000/00000000000000000000-e1"
 
 
-def commit_segment(index: SqliteIndex, segment_id: str = SEG, first: int = 0) -> None:
+def commit_segment(
+    index: SqliteIndex, store: LocalStore, segment_id: str = SEG, first: int = 0
+) -> None:
     lease = index.acquire_partition("APPEND", 0, "test")
     samples = [
         SampleRow(
@@ -59,7 +62,8 @@ def commit_segment(index: SqliteIndex, segment_id: str = SEG, first: int = 0) ->
         ),
     ]
     item = ItemRow("i" * 64, segment_id, 512, 10, "jpg", "image/jpeg", 256, 256, 640, 480)
-    index.commit_segment(
+    commit = store_segment(
+        store,
         SegmentCommit(
             epoch=lease.epoch,
             segment=SegmentRow(
@@ -79,8 +83,9 @@ def commit_segment(index: SqliteIndex, segment_id: str = SEG, first: int = 0) ->
             items=[item],
             samples=samples,
             next_offset=first + 2,
-        )
+        ),
     )
+    index.commit_segment(commit)
 
 
 @pytest.fixture
@@ -101,7 +106,7 @@ def test_metadata_and_stats_follow_img2dataset(
     parts: tuple[MemoryBus, LocalStore, SqliteIndex],
 ) -> None:
     bus, store, index = parts
-    commit_segment(index)
+    commit_segment(index, store)
     service = MaterializerService(bus, store, index, settings())
     assert service.materialize(SEG)
     table = pq.read_table(io.BytesIO(store.get(f"segments/{SEG}.parquet")))
@@ -124,12 +129,12 @@ def test_events_drive_it_and_reconcile_catches_up(
     parts: tuple[MemoryBus, LocalStore, SqliteIndex],
 ) -> None:
     bus, store, index = parts
-    commit_segment(index)
+    commit_segment(index, store)
     service = MaterializerService(bus, store, index, settings())
     assert service.reconcile() == 1  # committed, never announced (e.g. a crash)
     assert service.reconcile() == 0
     second = "p00000/00000000000000000002-e1"
-    commit_segment(index, second, first=2)
+    commit_segment(index, store, second, first=2)
     event = SegmentClosed(
         segment_id=second,
         uri="file:///x",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import urllib.error
 import urllib.request
@@ -10,6 +11,10 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 from i2d_segments.index import Index, ItemRow, SampleRow, SegmentCommit, SegmentRow
+from i2d_segments.index.sqlite import SqliteIndex
+from i2d_segments.store import SegmentStore
+from i2d_segments.store.local import LocalStore
+from tests.segment_files import store_segment
 
 
 def http_get(url: str) -> tuple[int, bytes, str]:
@@ -60,14 +65,22 @@ def check_conventions(families: dict[str, Any], prefix: str = "img2dataset_") ->
 
 
 def commit(
-    index: Index, epoch: int, first: int, outcomes: str, at: float, topic: str = "APPEND"
+    index: Index,
+    epoch: int,
+    first: int,
+    outcomes: str,
+    at: float,
+    topic: str = "APPEND",
+    store: SegmentStore | None = None,
 ) -> SegmentRow:
-    """Commit APPEND offsets first.. with one row each: "s" a success, "f" a failure."""
+    """Commit APPEND offsets first.. with one row each: "s" a success, "f" a failure. The
+    segment object is written to `store` (default: `store/` beside a SQLite index's file, where
+    the tests' status sources read it)."""
     seg_id = f"p00000/{first:020d}-e{epoch}"
     samples, items = [], []
     for n, outcome in enumerate(outcomes, start=first):
         ok = outcome == "s"
-        item_id = f"{n:064x}" if ok else None
+        item_id = hashlib.sha256(b"%d" % n).hexdigest() if ok else None
         samples.append(
             SampleRow(
                 sample_id=f"s{n}",
@@ -88,5 +101,9 @@ def commit(
         seg_id, topic, 0, first, last, epoch, f"file:///{seg_id}.tar", len(items), len(samples),
         4096, "a" * 64, at + last,
     )  # fmt: skip
-    index.commit_segment(SegmentCommit(epoch, segment, items, samples, last + 1))
-    return segment
+    if store is None:
+        assert isinstance(index, SqliteIndex)
+        store = LocalStore(index.path.parent / "store")
+    written = store_segment(store, SegmentCommit(epoch, segment, items, samples, last + 1))
+    index.commit_segment(written)
+    return written.segment

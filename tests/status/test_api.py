@@ -19,6 +19,7 @@ from i2d_status.server import StatusServer
 from i2d_status.settings import StatusSettings
 from i2d_status.source import StatusSource
 from tests.reader.dataset import Dataset
+from tests.rows import folder_rows
 from tests.servers.proc import wait_until
 from tests.status.helpers import check_conventions, get_json, http_get, scrape
 
@@ -79,13 +80,14 @@ def test_api_status_has_the_dashboards_figures(
     # Newest first, by the time each row was recorded; all committed.
     assert [x["at"] for x in recent] == sorted((x["at"] for x in recent), reverse=True)
     assert all(x["committed"] for x in recent)
-    newest = max(index.samples_for_segment(index.recent_segments(1)[0].segment_id),
+    rows = folder_rows(dataset.folder, index)
+    newest = max(rows.samples_for_segment(index.recent_segments(1)[0].segment_id),
                  key=lambda x: (x.updated_at, x.sample_id))  # fmt: skip
     assert recent[0]["sample_id"] == newest.sample_id
     assert {r["status"] for r in recent} <= {"success", "failed_to_download", "failed_to_resize"}
     # The caption and the error are each their own field, as in the index.
     for x in recent:
-        row = index.sample(x["sample_id"])
+        row = rows.sample(x["sample_id"])
         assert row is not None and (x["caption"], x["error"]) == (row.caption, row.error)
 
 

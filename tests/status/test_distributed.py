@@ -19,6 +19,7 @@ from i2d_segments.bus import TopicPartition
 from i2d_segments.bus.kafka import KafkaBus
 from i2d_segments.index import SegmentRow
 from i2d_segments.index.postgres import PostgresIndex
+from i2d_segments.store.local import LocalStore
 from tests.servers.kafka import KAFKA_TEST_CONFIG
 from tests.servers.proc import ServerProcess, free_port, wait_for_port, wait_until
 from tests.status.helpers import check_conventions, commit, get_json, http_get, scrape
@@ -27,10 +28,13 @@ from tests.status.test_dashboard_browser import look, screenshot_path
 BIN = Path(sys.executable).parent
 
 
-def commit_segment(index: PostgresIndex, topic: str, n_ok: int, n_failed: int) -> SegmentRow:
+def commit_segment(
+    index: PostgresIndex, store: LocalStore, topic: str, n_ok: int, n_failed: int
+) -> SegmentRow:
     """APPEND offsets 0.. committed by an appender holding partition 0's lease."""
     lease = index.acquire_partition(topic, 0, "test-appender")
-    return commit(index, lease.epoch, 0, "s" * n_ok + "f" * n_failed, 1000.0, topic=topic)
+    outcomes = "s" * n_ok + "f" * n_failed
+    return commit(index, lease.epoch, 0, outcomes, 1000.0, topic=topic, store=store)
 
 
 def test_serve_status_over_postgres_and_kafka(
@@ -60,7 +64,9 @@ def test_serve_status_over_postgres_and_kafka(
         fetcher = bus.consumer(groups["fetcher"])
         fetcher.commit({TopicPartition(topics["urls"], 0): 5, TopicPartition(topics["urls"], 1): 2})
         fetcher.close()
-        commit_segment(index, topics["append"], n_ok=5, n_failed=2)  # APPEND 0..6 committed
+        commit_segment(
+            index, LocalStore(tmp_path / "store"), topics["append"], n_ok=5, n_failed=2
+        )  # APPEND 0..6 committed
 
         port = free_port()
         env = {

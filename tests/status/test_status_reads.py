@@ -1,6 +1,7 @@
 """What the status service reads: every figure comes from the totals the index keeps (no query
-counts sample or item rows), the one read of sample rows is the latest-rows list (by index, with
-a LIMIT), and a row that moved to a newer segment counts once, with its latest outcome."""
+counts sample rows), the one read of sample rows is the latest-rows list (the rows of a few
+newest segments' manifests the index says they hold, by key), and a row that moved to a newer
+segment counts once, with its latest outcome."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from i2d_segments.index.sqlite import SqliteIndex
 from i2d_segments.store.local import LocalStore
 from i2d_status.settings import StatusSettings
 from i2d_status.source import StatusSource
+from tests.segment_files import store_segment
 from tests.status.helpers import commit
 
 T0 = 1_000_000.0
@@ -37,7 +39,16 @@ def folder(tmp_path: Path) -> Iterator[tuple[SqliteIndex, Path]]:
     # failure (it stays in the first segment).
     seg = seg_id(10)
     again = [
-        SampleRow("s2", "http://127.0.0.1/2.jpg", "caption 2", "success", None, "i2", seg),
+        SampleRow(
+            "s2",
+            "http://127.0.0.1/2.jpg",
+            "caption 2",
+            "success",
+            None,
+            "i2",
+            seg,
+            updated_at=T0 + 30,
+        ),
         SampleRow(
             "s4",
             "http://127.0.0.1/4.jpg",
@@ -46,12 +57,14 @@ def folder(tmp_path: Path) -> Iterator[tuple[SqliteIndex, Path]]:
             "HTTP Error 404: Not Found",
             None,
             seg,
+            updated_at=T0 + 30,
         ),
     ]
     segment = SegmentRow(
         seg, "APPEND", 0, 10, 11, lease.epoch, "file:///x.tar", 0, 2, 10, "b" * 64, T0 + 20
     )
-    index.commit_segment(SegmentCommit(lease.epoch, segment, [], again, 12))
+    store = LocalStore(tmp_path / "store")
+    index.commit_segment(store_segment(store, SegmentCommit(lease.epoch, segment, [], again, 12)))
     yield index, path
     index.close()
 
@@ -88,12 +101,13 @@ def test_status_reads_totals_not_rows(folder: tuple[SqliteIndex, Path], tmp_path
         rows_read = []
         for sql, params in queries.items():
             plan = [r[3] for r in conn.execute(f"EXPLAIN QUERY PLAN {sql}", params)]
-            touched = [step for step in plan if step.split()[1:2] in (["samples"], ["items"])]
+            touched = [step for step in plan if step.split()[1:2] == ["sample_index"]]
             assert not [step for step in touched if step.startswith("SCAN")], (sql, plan)
             if touched:
                 rows_read.append((sql, plan))
-    # The one read of sample rows: the latest rows of a few newest segments, by index, bounded.
-    assert len(rows_read) == 1
-    sql, plan = rows_read[0]
-    assert "WHERE segment_id = ?" in sql and "LIMIT ?" in sql
-    assert any("USING INDEX samples_segment" in step for step in plan), plan
+    # The one read of sample rows: which rows of a few newest segments' manifests they hold,
+    # by key (bounded by the manifests' rows).
+    assert rows_read
+    for sql, plan in rows_read:
+        assert "sample_key IN" in sql
+        assert any("USING INDEX sample_index_key" in step for step in plan), plan

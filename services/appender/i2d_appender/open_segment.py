@@ -148,7 +148,7 @@ class OpenSegment:
             items=self._items,
             samples=samples,
         )
-        self._writer.add_metadata(MANIFEST_NAME, encode_manifest(manifest))
+        where = self._writer.add_metadata(MANIFEST_NAME, encode_manifest(manifest))
         digest = self._writer.finish()
         uri = self._upload.complete()
         segment = SegmentRow(
@@ -164,6 +164,8 @@ class OpenSegment:
             bytes=digest.bytes,
             sha256=digest.sha256,
             created_at=self.created_at,
+            manifest_offset=where.data_offset,
+            manifest_length=where.data_length,
         )
         commit = SegmentCommit(
             epoch=self.epoch,

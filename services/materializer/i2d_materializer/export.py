@@ -40,7 +40,7 @@ import pyarrow.parquet as pq
 from i2d_materializer.export_writers import ExportRow, ExportWriter, make_writer
 from i2d_segments.ids import sha256_hex
 from i2d_segments.index import Index, ItemRow, SampleRow, SegmentRow
-from i2d_segments.reader import DatasetReader, sample_meta
+from i2d_segments.reader import DatasetReader, SegmentRows, sample_meta
 from i2d_segments.store import SegmentStore
 
 log = logging.getLogger(__name__)
@@ -150,6 +150,7 @@ class Exporter:
     ) -> None:
         self.reader = DatasetReader(store, index)
         self.index = index
+        self.rows = SegmentRows(store, index)
         self.dest = dest
         self.selection = selection or ExportFilter()
         self.writer: ExportWriter = make_writer(fmt, dest, samples_per_shard)
@@ -217,10 +218,10 @@ class Exporter:
 
     def _segment_rows(self, segment: SegmentRow) -> Iterator[ExportRow]:
         sid = segment.segment_id
-        selected = [s for s in self.index.samples_for_segment(sid) if self.selection.accepts(s)]
+        selected = [s for s in self.rows.samples_for_segment(sid) if self.selection.accepts(s)]
         if not selected:
             return
-        here = {i.item_id: i for i in self.index.items_for_segment(sid)}
+        here = {i.item_id: i for i in self.rows.items_for_segment(sid)}
         by_item: dict[str, list[SampleRow]] = {}
         elsewhere: list[SampleRow] = []
         without: list[SampleRow] = []
@@ -243,7 +244,7 @@ class Exporter:
                         yield from self._rows(by_item[it.item_id], it.ext, it.image)
         for s in elsewhere:
             assert s.item_id is not None
-            item_row = self.index.item(s.item_id)
+            item_row = self.rows.item(s.item_id)
             if item_row is None:
                 log.warning(
                     "sample %s points at item %s, which is not indexed", s.sample_id, s.item_id

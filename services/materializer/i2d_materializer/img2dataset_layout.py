@@ -50,7 +50,7 @@ from i2d_materializer.export import export_key
 from i2d_materializer.metadata import _array
 from i2d_materializer.tfrecord import encode_example, feature_of, frame
 from i2d_segments.index import Index, ItemRow, SampleRow
-from i2d_segments.reader import DatasetReader
+from i2d_segments.reader import DatasetReader, SegmentRows
 from i2d_segments.store import SegmentStore
 
 log = logging.getLogger(__name__)
@@ -217,6 +217,7 @@ class Img2datasetLayout:
     ) -> None:
         self.reader = DatasetReader(store, index)
         self.index = index
+        self.rows = SegmentRows(store, index)
         self.dest = Path(dest)
         self.spec = spec
         self.state_path = Path(state_path)
@@ -254,7 +255,7 @@ class Img2datasetLayout:
     def _segment_samples(self, segment_id: str) -> list[SampleRow]:
         cached = self._samples.get(segment_id)
         if cached is None:
-            cached = self.index.samples_for_segment(segment_id)
+            cached = self.rows.samples_for_segment(segment_id)
             self._samples[segment_id] = cached
             while len(self._samples) > _SEGMENT_CACHE:
                 self._samples.popitem(last=False)
@@ -267,13 +268,13 @@ class Img2datasetLayout:
             return None
         items = self._items.get(sample.segment_id)
         if items is None:
-            items = {i.item_id: i for i in self.index.items_for_segment(sample.segment_id)}
+            items = {i.item_id: i for i in self.rows.items_for_segment(sample.segment_id)}
             self._items[sample.segment_id] = items
             while len(self._items) > _SEGMENT_CACHE:
                 self._items.popitem(last=False)
         row = items.get(sample.item_id)
         # an image deduplicated into an earlier segment
-        return row if row is not None else self.index.item(sample.item_id)
+        return row if row is not None else self.rows.item(sample.item_id)
 
     def _shard_rows(self, shard: int, plan: _ShardPlan) -> list[_Row]:
         samples: list[SampleRow] = []

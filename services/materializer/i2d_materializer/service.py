@@ -77,8 +77,8 @@ class Materializer(SegmentConsumer):
         sid = segment.segment_id
         while True:
             moves = ctx.index.moves_out_of(sid)
-            samples = ctx.index.samples_for_segment(sid)
-            items = ctx.index.items_for_segment(sid)
+            samples = ctx.rows.samples_for_segment(sid)
+            items = ctx.rows.items_for_segment(sid)
             table = metadata_table(samples)
             ctx.store.put(sidecar_name(sid, METADATA_SUFFIX), parquet_bytes(table))
             body = json.dumps(stats(segment, samples, items), indent=2, sort_keys=True).encode()

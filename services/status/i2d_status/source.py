@@ -48,6 +48,8 @@ from i2d_segments.index import (
     SegmentRow,
 )
 from i2d_segments.naming import parse_segment_name, sidecar_name
+from i2d_segments.reader import SegmentRows
+from i2d_segments.segment.format import SegmentFormatError
 from i2d_segments.store import SegmentStore, StoreError
 from i2d_status.schema import (
     Failure,
@@ -153,6 +155,8 @@ class StatusSource:
         self.settings = settings
         self.index = index
         self.store = store
+        # The latest committed rows: refs from the index, the rows from the manifests.
+        self.rows = SegmentRows(store, index)
         self.bus = bus
         self.mode: Mode = mode or ("distributed" if bus is not None else "embedded")
         self.clock = clock
@@ -302,7 +306,12 @@ class StatusSource:
         recent: list[SampleRow] = []
         if want:
             for segment in self.index.recent_segments(RECENT_SEGMENTS_SCANNED):
-                recent += self.index.latest_samples_of_segment(segment.segment_id, want)
+                try:
+                    recent += self.rows.latest_samples_of_segment(segment.segment_id, want)
+                except (SegmentFormatError, StoreError, OSError, IndexAccessError) as e:
+                    # A segment whose manifest does not read (or an index older than 0007, read
+                    # without migrating it) shows no rows; the figures still do.
+                    log.warning("status: rows of %s unreadable: %s", segment.segment_id, e)
             recent.sort(key=lambda r: (r.updated_at, r.sample_id), reverse=True)
         self._committed_cache = Committed(
             signature=signature,

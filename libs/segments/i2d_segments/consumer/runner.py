@@ -14,8 +14,9 @@ does the rest, the same way for every consumer:
   consumer started late, or one that lost events, converges; `replay()` redoes a chosen set;
   both also work with no bus at all, over an output folder's index.
 
-Context: `ctx.samples(segment_id)` (index rows), `ctx.items(segment_id)` (the images, streamed
-from the segment once), `ctx.store` / `ctx.index` for anything else.
+Context: `ctx.samples(segment_id)` (its rows: the index's refs joined with the segment's
+manifest), `ctx.items(segment_id)` (the images, streamed from the segment once), `ctx.rows`
+(full rows by id, url or segment), `ctx.store` / `ctx.index` for anything else.
 
 A segment's sample rows can only shrink after its commit: a row delivered again with a
 different outcome moves to the newer segment (latest wins). `ctx.index.moves_into(segment_id)`
@@ -35,7 +36,7 @@ from prometheus_client import Counter
 
 from i2d_segments.bus import Bus, Consumer, HeldPartitions, Message, TopicPartition
 from i2d_segments.index import Index, IndexAccessError, SampleRow, SegmentRow
-from i2d_segments.reader import DatasetReader, Item
+from i2d_segments.reader import DatasetReader, Item, SegmentRows
 from i2d_segments.records import MalformedRecord, SegmentClosed
 from i2d_segments.runtime import Health, retry_call
 from i2d_segments.store import SegmentStore, StoreError
@@ -66,9 +67,16 @@ class ConsumerContext:
             self._reader = DatasetReader(self.store, self.index)
         return self._reader
 
+    @property
+    def rows(self) -> SegmentRows:
+        """Full sample and item rows (the index's refs and the segments' manifests)."""
+        rows = self.reader.rows
+        assert rows is not None  # the reader has the index
+        return rows
+
     def samples(self, segment_id: str) -> list[SampleRow]:
-        """Every input row committed with the segment (successes and failures)."""
-        return self.index.samples_for_segment(segment_id)
+        """Every input row the segment holds (successes and failures)."""
+        return self.rows.samples_for_segment(segment_id)
 
     def items(self, segment_id: str, *, load_images: bool = True) -> Iterator[Item]:
         """The segment's images with their metadata, streamed from the object once."""

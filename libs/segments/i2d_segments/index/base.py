@@ -57,6 +57,33 @@ class SegmentRow:
     bytes: int
     sha256: str
     created_at: float
+    # Where the `__segment__` member's data sits in the object (one ranged read of the
+    # manifest); None for a segment committed before the index recorded it (found by a scan).
+    manifest_offset: int | None = None
+    manifest_length: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ItemRef:
+    """What the index holds of a stored item: where its bytes are. Everything else about it
+    (ext, dims, data_sha256) is its line in that segment's manifest (`reader.SegmentRows`)."""
+
+    item_key: bytes  # keys.item_key(item_id)
+    segment_id: str
+    data_offset: int
+    data_length: int
+
+
+@dataclass(frozen=True, slots=True)
+class SampleRef:
+    """What the index holds of a sample row: its latest outcome and the segment whose manifest
+    has the row (url, caption, attrs, full ids: `reader.SegmentRows`)."""
+
+    sample_key: bytes  # keys.sample_key(sample_id)
+    segment_id: str
+    status: str
+    error: str | None
+    item_key: bytes | None  # the item of a success
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,13 +255,28 @@ class Index(ABC):
         column stays unique within the dataset across lists and enqueues)."""
 
     @abstractmethod
-    def item(self, item_id: str) -> ItemRow | None: ...
+    def item_ref(self, item_id: str) -> ItemRef | None:
+        """Where the item is stored, or None."""
 
     @abstractmethod
-    def sample(self, sample_id: str) -> SampleRow | None: ...
+    def sample_ref(self, sample_id: str) -> SampleRef | None:
+        """The sample's latest outcome and the segment holding its row, or None."""
 
     @abstractmethod
-    def samples_by_url(self, url: str) -> list[SampleRow]: ...
+    def sample_refs_by_url(self, url: str) -> list[SampleRef]:
+        """Candidates: the rows whose url has the same 64-bit hash (usually those with this
+        url, rarely another url too). The caller confirms the url against the manifests."""
+
+    @abstractmethod
+    def held_samples(self, segment_id: str, sample_ids: Iterable[str]) -> set[str]:
+        """The subset of `sample_ids` (rows of the segment's manifest) whose row the segment
+        holds now: not those a newer segment took, nor those delivered again unchanged whose
+        row stayed in an older segment."""
+
+    @abstractmethod
+    def located_items(self, segment_id: str, item_ids: Iterable[str]) -> dict[str, tuple[int, int]]:
+        """{item_id: (data_offset, data_length)} of the `item_ids` (items of the segment's
+        manifest) the index locates in it (an item keeps its first location)."""
 
     @abstractmethod
     def segment(self, segment_id: str) -> SegmentRow | None: ...
@@ -254,14 +296,6 @@ class Index(ABC):
             for s in self.segments()
             if s.topic == topic and s.partition == partition and s.last_offset >= min_last_offset
         ]
-
-    @abstractmethod
-    def items_for_segment(self, segment_id: str) -> list[ItemRow]:
-        """Items stored in that segment, in data_offset order."""
-
-    @abstractmethod
-    def samples_for_segment(self, segment_id: str) -> list[SampleRow]:
-        """Sample rows committed with that segment (successes and failures)."""
 
     @abstractmethod
     def status_counts(self) -> dict[str, int]:
@@ -289,16 +323,6 @@ class Index(ABC):
         """Committed segments, newest first (created_at, then segment_id), one page of them."""
         rows = sorted(self.segments(), key=lambda s: (s.created_at, s.segment_id), reverse=True)
         return rows[offset : offset + limit]
-
-    def latest_samples_of_segment(self, segment_id: str, limit: int) -> list[SampleRow]:
-        """The segment's sample rows recorded last first (updated_at, then sample_id), at most
-        `limit`. The default sorts `samples_for_segment`; the SQL adapters ask for the page."""
-        rows = sorted(
-            self.samples_for_segment(segment_id),
-            key=lambda s: (s.updated_at, s.sample_id),
-            reverse=True,
-        )
-        return rows[: max(0, limit)]
 
     # -- live progress (not part of the dataset; see PartitionProgress and DownloadRun) --------
 

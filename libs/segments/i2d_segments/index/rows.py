@@ -16,16 +16,16 @@ import datetime as dt
 import json
 import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from i2d_segments.index.base import (
     DownloadRun,
-    ItemRow,
     PartitionProgress,
     PartitionRow,
-    SampleRow,
     SegmentRow,
 )
+
+T = TypeVar("T")
 
 # Column lists in dataclass field order; the `to_*` functions below read rows in this order.
 PARTITION_COLUMNS = ("topic", '"partition"', "epoch", "next_offset", "owner", "updated_at")
@@ -42,32 +42,9 @@ SEGMENT_COLUMNS = (
     "bytes",
     "sha256",
     "created_at",
+    "manifest_offset",
+    "manifest_length",
 )
-ITEM_COLUMNS = (
-    "item_id",
-    "segment_id",
-    "data_offset",
-    "data_length",
-    "ext",
-    "mime",
-    "width",
-    "height",
-    "original_width",
-    "original_height",
-    "data_sha256",
-)
-SAMPLE_COLUMNS = (
-    "sample_id",
-    "url",
-    "caption",
-    "status",
-    "error",
-    "item_id",
-    "segment_id",
-    "attrs",
-    "updated_at",
-)
-
 PROGRESS_COLUMNS = (
     "topic",
     '"partition"',
@@ -194,60 +171,9 @@ def segment_values(s: SegmentRow) -> tuple[Any, ...]:
         s.bytes,
         s.sha256,
         s.created_at,
+        s.manifest_offset,
+        s.manifest_length,
     )
-
-
-def item_values(i: ItemRow, segment_id: str) -> tuple[Any, ...]:
-    """An item's column values; `segment_id` is the committing segment's (already cleaned)."""
-    return (
-        clean_text(i.item_id),
-        segment_id,
-        i.data_offset,
-        i.data_length,
-        clean_text(i.ext),
-        clean_opt(i.mime),
-        i.width,
-        i.height,
-        i.original_width,
-        i.original_height,
-        i.data_sha256,
-    )
-
-
-def sample_values(s: SampleRow, segment_id: str, now: float) -> tuple[Any, ...]:
-    """A sample's column values (attrs as JSON text). A row without its own time gets `now`."""
-    return (
-        clean_text(s.sample_id),
-        clean_text(s.url),
-        clean_opt(s.caption),
-        clean_text(s.status),
-        clean_opt(s.error),
-        clean_opt(s.item_id),
-        segment_id,
-        encode_attrs(s.attrs),
-        s.updated_at if s.updated_at else now,
-    )
-
-
-def item_rows(items: Iterable[ItemRow], segment_id: str) -> list[tuple[Any, ...]]:
-    """Column values of a commit's items, one per id (the first wins, as in the index)."""
-    out: dict[str, tuple[Any, ...]] = {}
-    for item in items:
-        values = item_values(item, segment_id)
-        out.setdefault(values[0], values)
-    return list(out.values())
-
-
-def sample_rows(samples: Iterable[SampleRow], segment_id: str, now: float) -> list[tuple[Any, ...]]:
-    """Column values of a commit's samples, one per id (the last wins, as in the index).
-
-    Postgres refuses an upsert that touches one row twice, so duplicates go before the SQL.
-    """
-    out: dict[str, tuple[Any, ...]] = {}
-    for sample in samples:
-        values = sample_values(sample, segment_id, now)
-        out[values[0]] = values
-    return list(out.values())
 
 
 def to_partition(row: Sequence[Any]) -> PartitionRow:
@@ -268,36 +194,8 @@ def to_segment(row: Sequence[Any]) -> SegmentRow:
         bytes=int(row[9]),
         sha256=row[10],
         created_at=float(row[11]),
-    )
-
-
-def to_item(row: Sequence[Any]) -> ItemRow:
-    return ItemRow(
-        item_id=row[0],
-        segment_id=row[1],
-        data_offset=int(row[2]),
-        data_length=int(row[3]),
-        ext=row[4],
-        mime=row[5],
-        width=row[6],
-        height=row[7],
-        original_width=row[8],
-        original_height=row[9],
-        data_sha256=row[10],
-    )
-
-
-def to_sample(row: Sequence[Any]) -> SampleRow:
-    return SampleRow(
-        sample_id=row[0],
-        url=row[1],
-        caption=row[2],
-        status=row[3],
-        error=row[4],
-        item_id=row[5],
-        segment_id=row[6],
-        attrs=decode_attrs(row[7]),
-        updated_at=float(row[8]),
+        manifest_offset=None if row[12] is None else int(row[12]),
+        manifest_length=None if row[13] is None else int(row[13]),
     )
 
 
@@ -384,9 +282,9 @@ def to_run(row: Sequence[Any]) -> DownloadRun:
     )
 
 
-def chunked(values: Iterable[str], size: int) -> Iterator[list[str]]:
+def chunked(values: Iterable[T], size: int) -> Iterator[list[T]]:
     """Bound the number of bind parameters per query (SQLite caps them; so should we)."""
-    batch: list[str] = []
+    batch: list[T] = []
     for v in values:
         batch.append(v)
         if len(batch) >= size:

@@ -7,7 +7,7 @@ packaging bug, caught here rather than as a drifting schema.
 
 A version may also have a Python step (`STEPS`), run after its statements in the same
 transaction: work SQL alone cannot do the same way in both engines, or should log its progress
-(0006 fills the totals from the rows of an existing index).
+(0006 fills the totals from the rows of an existing index; 0007 rewrites its rows compact).
 
 Each adapter applies the pending versions in order, one transaction per version, recording each
 in `schema_migrations` within that transaction; it serialises concurrent `migrate()` calls with
@@ -25,7 +25,9 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Literal
 
-from i2d_segments.index.totals import TOTALS_VERSION, Db, backfill_totals
+from i2d_segments.index.commit import CommitDb
+from i2d_segments.index.compact import COMPACT_VERSION, compact_index
+from i2d_segments.index.totals import TOTALS_VERSION, backfill_totals
 
 Engine = Literal["sqlite", "postgres"]
 ENGINES: tuple[Engine, ...] = ("sqlite", "postgres")
@@ -41,7 +43,10 @@ SCHEMA_MIGRATIONS_DDL = (
 
 
 # Python steps by version: run after the version's statements, in its transaction.
-STEPS: dict[int, Callable[[Db], None]] = {TOTALS_VERSION: backfill_totals}
+STEPS: dict[int, Callable[[CommitDb], None]] = {
+    TOTALS_VERSION: backfill_totals,
+    COMPACT_VERSION: compact_index,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +54,7 @@ class Migration:
     version: int
     name: str
     sql: str
-    step: Callable[[Db], None] | None = None
+    step: Callable[[CommitDb], None] | None = None
 
     def statements(self) -> list[str]:
         return split_statements(self.sql)

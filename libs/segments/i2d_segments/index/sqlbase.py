@@ -18,20 +18,20 @@ from i2d_segments.index.base import (
     Index,
     IndexAccessError,
     IndexTotals,
-    ItemRow,
+    ItemRef,
     PartitionProgress,
     PartitionRow,
-    SampleRow,
+    SampleRef,
     SegmentCommit,
     SegmentMove,
     SegmentRow,
 )
+from i2d_segments.index.compact import COMPACT_VERSION
+from i2d_segments.index.keys import item_key, sample_key, url_hash
 from i2d_segments.index.rows import (
-    ITEM_COLUMNS,
     PARTITION_COLUMNS,
     PROGRESS_COLUMNS,
     RUN_COLUMNS,
-    SAMPLE_COLUMNS,
     SEGMENT_COLUMNS,
     SUCCESS_STATUS,
     chunked,
@@ -39,11 +39,9 @@ from i2d_segments.index.rows import (
     cols,
     progress_values,
     run_values,
-    to_item,
     to_partition,
     to_progress,
     to_run,
-    to_sample,
     to_segment,
 )
 from i2d_segments.index.totals import (
@@ -58,8 +56,16 @@ LOOKUP_CHUNK = 1000
 
 _PARTITION = f"SELECT {cols(PARTITION_COLUMNS)} FROM partitions"
 _SEGMENT = f"SELECT {cols(SEGMENT_COLUMNS)} FROM segments"
-_ITEM = f"SELECT {cols(ITEM_COLUMNS)} FROM items"
-_SAMPLE = f"SELECT {cols(SAMPLE_COLUMNS)} FROM samples"
+# A sample's ref: its outcome and the segment whose manifest holds its row.
+_SAMPLE_REF = (
+    "SELECT si.sample_key, g.segment_id, o.status, o.error, si.item_key FROM sample_index si "
+    "JOIN segments g ON g.seg = si.seg JOIN outcomes o ON o.outcome = si.outcome"
+)
+_ITEM_REF = (
+    "SELECT si.item_key, g.segment_id, si.data_offset, si.data_length FROM sample_index si "
+    "JOIN segments g ON g.seg = si.item_seg WHERE si.data_length IS NOT NULL"
+)
+_SEG_OF = "(SELECT seg FROM segments WHERE segment_id = ?)"
 _PROGRESS = f"SELECT {cols(PROGRESS_COLUMNS)} FROM partition_progress"
 _RUN = f"SELECT {cols(RUN_COLUMNS)} FROM download_runs"
 
@@ -89,37 +95,14 @@ PARTITION_STATE_SQL = (
 SEGMENT_EXISTS_SQL = "SELECT 1 FROM segments WHERE segment_id = ?"
 INSERT_SEGMENT_SQL = (
     f"INSERT INTO segments ({cols(SEGMENT_COLUMNS)}) "
-    f"VALUES ({', '.join('?' * len(SEGMENT_COLUMNS))})"
+    f"VALUES ({', '.join('?' * len(SEGMENT_COLUMNS))}) RETURNING seg"
 )
 ADVANCE_SQL = (
     'UPDATE partitions SET next_offset = ?, updated_at = ? WHERE topic = ? AND "partition" = ?'
 )
-# "Latest outcome wins": every column but the key takes the incoming row's value, when the
-# outcome differs, and the row moves to the committing segment, remembering the segment it
-# leaves and the outcome it had there (previous_*, read back by totals.record_commit in the same
-# transaction, which records the move and moves the row's count: the SET sees the row as it is
-# when locked, which no read before the upsert could promise against a
-# concurrent commit of the same row on another partition). The same outcome again is a
-# redelivery (a fetcher that died before committing its `urls` offsets fetches its rows
-# again): the row stays in the segment that first recorded it. Either way each row is in
-# exactly one segment.
-_OUTCOME = ("url", "caption", "status", "error", "item_id")
-SAMPLE_UPSERT_SET = (
-    "ON CONFLICT (sample_id) DO UPDATE SET "
-    + ", ".join(f"{c} = excluded.{c}" for c in SAMPLE_COLUMNS[1:])
-    + ", previous_segment_id = samples.segment_id, previous_status = samples.status, "
-    + "previous_error = samples.error"
-    # COALESCE: NULL-safe and the same text on both engines (no IS DISTINCT FROM in SQLite
-    # before 3.39), at the price of taking '' for NULL. attrs is NOT NULL (JSONB on Postgres).
-    + " WHERE "
-    + " OR ".join(f"COALESCE(samples.{c}, '') <> COALESCE(excluded.{c}, '')" for c in _OUTCOME)
-    + " OR samples.attrs <> excluded.attrs"
-)
 _MOVES = "SELECT segment_id, from_segment_id, samples FROM segment_moves"
 MOVES_INTO_SQL = f"{_MOVES} WHERE segment_id = ? ORDER BY from_segment_id"
 MOVES_OUT_OF_SQL = f"{_MOVES} WHERE from_segment_id = ? ORDER BY segment_id"
-# "An item already indexed keeps its first location".
-ITEM_KEEP_FIRST = "ON CONFLICT (item_id) DO NOTHING"
 # Live figures: the newest epoch's owner wins; an older epoch's write changes nothing.
 UPSERT_PROGRESS_SQL = (
     f"INSERT INTO partition_progress ({cols(PROGRESS_COLUMNS)}) "
@@ -199,8 +182,7 @@ def to_moves(rows: Sequence[Sequence[Any]]) -> list[SegmentMove]:
 class SqlIndex(Index):
     """Implements every read of the port over `_fetch`; adapters add writes and connections."""
 
-    _live_progress = False  # partition_progress and download_runs exist (once seen, for good)
-    _totals = False  # the totals tables exist (once seen, for good)
+    _versions: frozenset[int] = frozenset()  # migrations seen applied (once seen, for good)
 
     @abstractmethod
     def _fetch(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
@@ -217,39 +199,70 @@ class SqlIndex(Index):
     def partitions(self) -> list[PartitionRow]:
         return [to_partition(r) for r in self._fetch(f'{_PARTITION} ORDER BY topic, "partition"')]
 
+    # Keys as the engine binds and returns them (SQLite: bytes; PostgreSQL: uuid).
+    def _key(self, key: bytes) -> Any:
+        return key
+
+    def _unkey(self, value: Any) -> bytes:
+        return bytes(value)
+
+    def _keyed(
+        self, select: str, column: str, wanted: dict[bytes, str], params: Sequence[Any] = ()
+    ) -> list[tuple[Any, ...]]:
+        """Rows of `select ... AND column IN (wanted keys)`, in batches; the key column first,
+        as bytes."""
+        out: list[tuple[Any, ...]] = []
+        for batch in chunked(wanted, self._lookup_chunk):
+            condition, keys = self._in_condition(column, [self._key(k) for k in batch])
+            rows = self._fetch(f"{select} AND {condition}", (*params, *keys))
+            out += [(self._unkey(r[0]), *r[1:]) for r in rows]
+        return out
+
     def existing_items(self, item_ids: Iterable[str]) -> set[str]:
-        return self._subset("items", "item_id", item_ids)
+        wanted = {item_key(i): i for i in item_ids}
+        rows = self._keyed(
+            "SELECT item_key FROM sample_index WHERE data_length IS NOT NULL", "item_key", wanted
+        )
+        return {wanted[r[0]] for r in rows}
 
     def known_samples(self, sample_ids: Iterable[str]) -> set[str]:
-        return self._subset("samples", "sample_id", sample_ids)
-
-    def _subset(self, table: str, column: str, ids: Iterable[str]) -> set[str]:
-        # Ids are stored cleaned (rows.clean_text); look up the cleaned form, answer with the
-        # caller's own strings.
-        wanted: dict[str, str] = {}
-        for original in ids:
-            wanted.setdefault(clean_text(original), original)
-        found: set[str] = set()
-        for batch in chunked(wanted, self._lookup_chunk):
-            condition, params = self._in_condition(column, batch)
-            rows = self._fetch(f"SELECT {column} FROM {table} WHERE {condition}", params)
-            found.update(wanted[r[0]] for r in rows)
-        return found
+        wanted = {sample_key(s): s for s in sample_ids}
+        rows = self._keyed("SELECT sample_key FROM sample_index WHERE TRUE", "sample_key", wanted)
+        return {wanted[r[0]] for r in rows}
 
     _lookup_chunk = LOOKUP_CHUNK
 
     def sample_outcomes(self, sample_ids: Iterable[str]) -> dict[str, tuple[str, str | None]]:
-        wanted: dict[str, str] = {}
-        for original in sample_ids:
-            wanted.setdefault(clean_text(original), original)
-        found: dict[str, tuple[str, str | None]] = {}
-        for batch in chunked(wanted, self._lookup_chunk):
-            condition, params = self._in_condition("sample_id", batch)
-            rows = self._fetch(
-                f"SELECT sample_id, status, error FROM samples WHERE {condition}", params
-            )
-            found.update({wanted[r[0]]: (str(r[1]), r[2]) for r in rows})
-        return found
+        wanted = {sample_key(s): s for s in sample_ids}
+        rows = self._keyed(
+            "SELECT si.sample_key, o.status, o.error FROM sample_index si "
+            "JOIN outcomes o ON o.outcome = si.outcome WHERE TRUE",
+            "si.sample_key",
+            wanted,
+        )
+        return {wanted[r[0]]: (str(r[1]), r[2]) for r in rows}
+
+    def held_samples(self, segment_id: str, sample_ids: Iterable[str]) -> set[str]:
+        wanted = {sample_key(s): s for s in sample_ids}
+        rows = self._keyed(
+            f"SELECT sample_key FROM sample_index WHERE seg = {_SEG_OF}",
+            "sample_key",
+            wanted,
+            (clean_text(segment_id),),
+        )
+        return {wanted[r[0]] for r in rows}
+
+    def located_items(self, segment_id: str, item_ids: Iterable[str]) -> dict[str, tuple[int, int]]:
+        wanted = {item_key(i): i for i in item_ids}
+        rows = self._keyed(
+            "SELECT item_key, data_offset, data_length FROM sample_index "
+            f"WHERE item_seg = {_SEG_OF} "
+            "AND data_length IS NOT NULL",
+            "item_key",
+            wanted,
+            (clean_text(segment_id),),
+        )
+        return {wanted[r[0]]: (int(r[1]), int(r[2])) for r in rows}
 
     def allocate_shard(self, list_id: str, local_shard: int) -> int:
         key = (clean_text(list_id), local_shard)
@@ -267,35 +280,50 @@ class SqlIndex(Index):
         rows = self._fetch(_LIST_SHARD, key)
         return int(rows[0][0])
 
-    def _in_condition(self, column: str, ids: list[str]) -> tuple[str, Sequence[Any]]:
+    def _in_condition(self, column: str, ids: list[Any]) -> tuple[str, Sequence[Any]]:
         """`column IN (?, ?, ...)`: portable; an adapter may offer a cheaper form."""
         return f"{column} IN ({', '.join('?' * len(ids))})", ids
 
-    def item(self, item_id: str) -> ItemRow | None:
-        rows = self._fetch(f"{_ITEM} WHERE item_id = ?", (clean_text(item_id),))
-        return to_item(rows[0]) if rows else None
+    def _sample_ref(self, row: Sequence[Any]) -> SampleRef:
+        item = None if row[4] is None else self._unkey(row[4])
+        return SampleRef(self._unkey(row[0]), str(row[1]), str(row[2]), row[3], item)
 
-    def sample(self, sample_id: str) -> SampleRow | None:
-        rows = self._fetch(f"{_SAMPLE} WHERE sample_id = ?", (clean_text(sample_id),))
-        return to_sample(rows[0]) if rows else None
+    def item_ref(self, item_id: str) -> ItemRef | None:
+        rows = self._fetch(f"{_ITEM_REF} AND si.item_key = ?", (self._key(item_key(item_id)),))
+        if not rows:
+            return None
+        key, segment_id, offset, length = rows[0]
+        return ItemRef(self._unkey(key), str(segment_id), int(offset), int(length))
 
-    def samples_by_url(self, url: str) -> list[SampleRow]:
-        rows = self._fetch(f"{_SAMPLE} WHERE url = ? ORDER BY sample_id", (clean_text(url),))
-        return [to_sample(r) for r in rows]
+    def sample_ref(self, sample_id: str) -> SampleRef | None:
+        rows = self._fetch(
+            f"{_SAMPLE_REF} WHERE si.sample_key = ?", (self._key(sample_key(sample_id)),)
+        )
+        return self._sample_ref(rows[0]) if rows else None
+
+    def sample_refs_by_url(self, url: str) -> list[SampleRef]:
+        rows = self._fetch(
+            f"{_SAMPLE_REF} WHERE si.url_hash = ? ORDER BY si.sample_key", (url_hash(url),)
+        )
+        return [self._sample_ref(r) for r in rows]
 
     def segment(self, segment_id: str) -> SegmentRow | None:
-        rows = self._fetch(f"{_SEGMENT} WHERE segment_id = ?", (clean_text(segment_id),))
+        rows = self._fetch(
+            f"{self._segment_select()} WHERE segment_id = ?", (clean_text(segment_id),)
+        )
         return to_segment(rows[0]) if rows else None
 
     def segments(self) -> list[SegmentRow]:
-        rows = self._fetch(f'{_SEGMENT} ORDER BY "partition", first_offset, topic, segment_id')
+        rows = self._fetch(
+            f'{self._segment_select()} ORDER BY "partition", first_offset, topic, segment_id'
+        )
         return [to_segment(r) for r in rows]
 
     def partition_segments(
         self, topic: str, partition: int, min_last_offset: int = 0
     ) -> list[SegmentRow]:
         rows = self._fetch(
-            f'{_SEGMENT} WHERE topic = ? AND "partition" = ? AND last_offset >= ? '
+            f'{self._segment_select()} WHERE topic = ? AND "partition" = ? AND last_offset >= ? '
             "ORDER BY first_offset",
             (clean_text(topic), partition, min_last_offset),
         )
@@ -306,18 +334,6 @@ class SqlIndex(Index):
 
     def moves_out_of(self, segment_id: str) -> list[SegmentMove]:
         return to_moves(self._fetch(MOVES_OUT_OF_SQL, (clean_text(segment_id),)))
-
-    def items_for_segment(self, segment_id: str) -> list[ItemRow]:
-        rows = self._fetch(
-            f"{_ITEM} WHERE segment_id = ? ORDER BY data_offset", (clean_text(segment_id),)
-        )
-        return [to_item(r) for r in rows]
-
-    def samples_for_segment(self, segment_id: str) -> list[SampleRow]:
-        rows = self._fetch(
-            f"{_SAMPLE} WHERE segment_id = ? ORDER BY sample_id", (clean_text(segment_id),)
-        )
-        return [to_sample(r) for r in rows]
 
     def totals(self) -> IndexTotals:
         if self._has_totals():
@@ -341,27 +357,30 @@ class SqlIndex(Index):
 
     def recent_segments(self, limit: int, offset: int = 0) -> list[SegmentRow]:
         rows = self._fetch(
-            f"{_SEGMENT} ORDER BY created_at DESC, segment_id DESC LIMIT ? OFFSET ?",
+            f"{self._segment_select()} ORDER BY created_at DESC, segment_id DESC LIMIT ? OFFSET ?",
             (max(0, int(limit)), max(0, int(offset))),
         )
         return [to_segment(r) for r in rows]
 
-    def latest_samples_of_segment(self, segment_id: str, limit: int) -> list[SampleRow]:
-        rows = self._fetch(
-            f"{_SAMPLE} WHERE segment_id = ? ORDER BY updated_at DESC, sample_id DESC LIMIT ?",
-            (clean_text(segment_id), max(0, int(limit))),
-        )
-        return [to_sample(r) for r in rows]
+    def _segment_select(self) -> str:
+        # An index older than 0007 read without migrating it (status) has no manifest columns.
+        if self._has_version(COMPACT_VERSION):
+            return _SEGMENT
+        return _SEGMENT.replace("manifest_offset, manifest_length", "NULL, NULL")
+
+    def _has_version(self, version: int) -> bool:
+        if version not in self._versions:
+            rows = self._fetch("SELECT 1 FROM schema_migrations WHERE version = ?", (version,))
+            if rows:
+                self._versions = self._versions | {version}  # once seen, for good
+            else:
+                return False
+        return True
 
     # -- live progress --------------------------------------------------------------------
 
     def _has_live_progress(self) -> bool:
-        if not self._live_progress:
-            rows = self._fetch(
-                "SELECT 1 FROM schema_migrations WHERE version = ?", (LIVE_PROGRESS_VERSION,)
-            )
-            self._live_progress = bool(rows)
-        return self._live_progress
+        return self._has_version(LIVE_PROGRESS_VERSION)
 
     def publish_progress(self, rows: Sequence[PartitionProgress]) -> None:
         if rows:
@@ -384,12 +403,7 @@ class SqlIndex(Index):
     # -- totals (see totals.py): kept by each commit, read without counting rows -------------
 
     def _has_totals(self) -> bool:
-        if not self._totals:
-            rows = self._fetch(
-                "SELECT 1 FROM schema_migrations WHERE version = ?", (TOTALS_VERSION,)
-            )
-            self._totals = bool(rows)
-        return self._totals
+        return self._has_version(TOTALS_VERSION)
 
     def status_counts(self) -> dict[str, int]:
         if self._has_totals():

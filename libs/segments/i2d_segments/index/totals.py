@@ -14,15 +14,16 @@ run again at each refresh). Instead each segment's commit writes, in its own tra
 `error_key` is '' for a row without an error and a hash of the error otherwise, so a key of any
 length fits a b-tree entry and NULL has its own key in both engines.
 
-Moves ("latest outcome wins", see sqlbase.SAMPLE_UPSERT_SET): the upsert that moves a row keeps
-its previous segment, status and error in the row itself (`previous_*`); its SET sees the row
-as it is when locked, so when two partitions commit the same row at once on PostgreSQL the
-second sees the first's outcome and subtracts exactly that one. The commit then subtracts the
-moved rows' previous outcomes from their old segments' counts and adds the difference to the
-dataset-wide totals. Every statement touching a shared row (an older segment's counts, an
-outcome total, `dataset_totals`) runs in one order (old segments' counts sorted, then the
-outcome totals sorted, then `dataset_totals`), after the sample upsert, so two commits queue on
-those rows instead of deadlocking; they are locked only from that point to the commit's end.
+Moves ("latest outcome wins", see index/commit.py): the commit reads the rows of its sample
+keys before writing them (on PostgreSQL `FOR UPDATE`, and a key another partition inserted
+meanwhile is read again the same way), so it knows the segment and outcome each moved row had,
+even when two partitions commit the same row at once: the second sees the first's outcome and
+subtracts exactly that one. It subtracts the moved rows' previous outcomes from their old
+segments' counts and adds the difference to the dataset-wide totals. Every statement touching a
+shared row (an older segment's counts, an outcome total, `dataset_totals`) runs in one order
+(old segments' counts sorted, then the outcome totals sorted, then `dataset_totals`), after the
+sample rows are written, so two commits queue on those rows instead of deadlocking; they are
+locked only from that point to the commit's end.
 
 `segments.sample_count` stays what the segment committed (its manifest: segments never change
 once committed); the rows it holds now are its `segment_counts`.
@@ -85,14 +86,6 @@ SEGMENT_COUNTS_SQL = (
 
 # -- the commit's writes ------------------------------------------------------------------------
 
-# The rows the committing segment holds after its upsert, and those it took from older segments
-# (with the outcome they had there). Both read only this segment's rows, by index.
-HELD_SQL = "SELECT status, error, COUNT(*) FROM samples WHERE segment_id = ? GROUP BY status, error"
-MOVED_SQL = (
-    "SELECT previous_segment_id, previous_status, previous_error, COUNT(*) FROM samples "
-    "WHERE segment_id = ? AND previous_segment_id IS NOT NULL "
-    "GROUP BY previous_segment_id, previous_status, previous_error"
-)
 INSERT_MOVE_SQL = (
     "INSERT INTO segment_moves (segment_id, from_segment_id, samples) VALUES (?, ?, ?)"
 )
@@ -121,11 +114,22 @@ ADD_SEGMENT_SQL = (
 )
 
 
-def record_commit(db: Db, segment_id: str, item_count: int, size: int, created_at: float) -> None:
-    """In the commit's transaction, after its sample upsert: record the moves and the totals."""
-    held = db.fetch(HELD_SQL, (segment_id,))
-    moved = db.fetch(MOVED_SQL, (segment_id,))
+Count = tuple[str, str | None, int]  # status, error, rows
+Moved = tuple[str, str, str | None, int]  # the segment left, its status and error there, rows
 
+
+def record_commit(
+    db: Db,
+    segment_id: str,
+    held: Sequence[Count],
+    moved: Sequence[Moved],
+    item_count: int,
+    size: int,
+    created_at: float,
+) -> None:
+    """In the commit's transaction, after its sample rows: record the moves and the totals.
+    `held`: the rows the segment holds (inserted or taken), by outcome; `moved`: those it took,
+    by the segment and outcome they had."""
     from_segments: dict[str, int] = {}
     for previous_segment, _, _, n in moved:
         from_segments[previous_segment] = from_segments.get(previous_segment, 0) + int(n)

@@ -155,6 +155,8 @@ def _read_object(store: SegmentStore, info: ObjectInfo) -> SegmentObject | Skipp
         bytes=scan.size,
         sha256=scan.sha256,
         created_at=manifest.created_at,
+        manifest_offset=location.data_offset,
+        manifest_length=location.data_length,
     )
     last = max((s.updated_at for s in manifest.samples), default=manifest.created_at)
     return SegmentObject(name, row, location, last_appended=max(last, manifest.created_at))

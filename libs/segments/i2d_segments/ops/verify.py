@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from i2d_segments.ids import sha256_hex
 from i2d_segments.index import Index, ItemRow, SegmentRow
 from i2d_segments.naming import object_name_of
+from i2d_segments.reader.segment_rows import SegmentRows
+from i2d_segments.segment.format import SegmentFormatError
 from i2d_segments.segment.scan import scan_segment
 from i2d_segments.store import SegmentStore, StoreError
 
@@ -101,12 +103,18 @@ def verify_dataset(
     Mismatches are collected, not raised; index errors propagate (nothing can be checked
     against an index that does not answer)."""
     report = VerifyReport()
+    rows = SegmentRows(store, index)
     segments = index.segments()
     n = sample_size(sample, sum(s.item_count for s in segments))
     picks = _picks(segments, n, random.Random(seed))
     for seg in segments:
         found: list[Mismatch] = []
-        items = index.items_for_segment(seg.segment_id)
+        try:
+            items = rows.items_for_segment(seg.segment_id)
+        except (SegmentFormatError, StoreError, OSError) as e:
+            # Its object is checked below all the same, and says what is wrong with it.
+            log.warning("verify: cannot read the manifest of %s: %s", seg.segment_id, e)
+            items = []
         _check_object(store, seg, items, report, found)
         chosen = [items[i] for i in picks.get(seg.segment_id, []) if i < len(items)]
         for item in chosen:

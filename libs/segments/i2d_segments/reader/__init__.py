@@ -13,12 +13,14 @@
 from i2d_segments.reader.dataset import CorruptItemError, DatasetReader, sample_meta
 from i2d_segments.reader.item import Item
 from i2d_segments.reader.iterable import ItemIterable, assign_segments
+from i2d_segments.reader.segment_rows import SegmentRows
 
 __all__ = [
     "CorruptItemError",
     "DatasetReader",
     "Item",
     "ItemIterable",
+    "SegmentRows",
     "assign_segments",
     "sample_meta",
 ]

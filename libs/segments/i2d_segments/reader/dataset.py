@@ -8,7 +8,9 @@
 - Samples: `iter_samples()`, every input row with an image, each with its own caption (an
   image several rows share is yielded once per row).
 - Random access: by item_id (one index lookup, one ranged read), by sample_id or url (the
-  sample row, then the item). Ranged reads are checked against the stored bytes' sha256.
+  sample row, then the item). Full rows come from the index's refs and the segments'
+  manifests (`SegmentRows`, which keeps recent manifests parsed). Ranged reads are checked
+  against the stored bytes' sha256.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from i2d_segments.index import Index, ItemRow, SampleRow
 from i2d_segments.naming import object_name_of
 from i2d_segments.reader.dataset_manifest import WIDS_NAME, segment_ids_from_wids, shard_segments
 from i2d_segments.reader.item import Item
+from i2d_segments.reader.segment_rows import SegmentRows
 from i2d_segments.segment import SegmentSample, iter_samples
 from i2d_segments.store import SegmentStore
 
@@ -43,6 +46,7 @@ class DatasetReader:
     ) -> None:
         self.store = store
         self.index = index
+        self.rows = None if index is None else SegmentRows(store, index)
         self._close_both = close_both
 
     @classmethod
@@ -154,14 +158,14 @@ class DatasetReader:
         hold rows whose image is stored by another), each streamed once; a row whose image
         another segment stores (deduplicated) costs one ranged read. Needs the index (the rows
         are its samples)."""
-        index = self._require_index()
+        rows = self._require_rows()
         if segment_ids is None:
-            wanted = [(s.segment_id, s.item_count > 0) for s in index.segments()]
+            wanted = [(s.segment_id, s.item_count > 0) for s in rows.index.segments()]
         else:
             wanted = [(s, True) for s in segment_ids]
         for segment_id, holds_items in wanted:
             by_item: dict[str, list[SampleRow]] = {}
-            for sample in index.samples_for_segment(segment_id):
+            for sample in rows.samples_for_segment(segment_id):
                 if sample.item_id is not None:
                     by_item.setdefault(sample.item_id, []).append(sample)
             if not by_item:
@@ -178,10 +182,10 @@ class DatasetReader:
 
     # -- random access --------------------------------------------------------------------
 
-    def _require_index(self) -> Index:
-        if self.index is None:
+    def _require_rows(self) -> SegmentRows:
+        if self.rows is None:
             raise RuntimeError("random access needs the index (pass index_url)")
-        return self.index
+        return self.rows
 
     def read_image(self, row: ItemRow, *, verify: bool = True) -> bytes:
         """The stored image of an index row: one ranged read, checked against its sha256."""
@@ -197,18 +201,18 @@ class DatasetReader:
 
     def get(self, item_id: str, *, verify: bool = True) -> Item | None:
         """The item stored under `item_id`: one index lookup, one ranged read."""
-        row = self._require_index().item(item_id)
+        row = self._require_rows().item(item_id)
         return None if row is None else self._read_item(row, _item_meta(row), None, verify)
 
     def get_sample(self, sample_id: str, *, verify: bool = True) -> Item | None:
         """The image of one input row (None if unknown or failed), with that row's metadata."""
-        sample = self._require_index().sample(sample_id)
+        sample = self._require_rows().sample(sample_id)
         return None if sample is None else self._sample_item(sample, verify)
 
     def get_url(self, url: str, *, verify: bool = True) -> list[Item]:
         """The images stored for every input row with this url (usually one)."""
         out = []
-        for sample in self._require_index().samples_by_url(url):
+        for sample in self._require_rows().samples_by_url(url):
             item = self._sample_item(sample, verify)
             if item is not None:
                 out.append(item)
@@ -217,7 +221,7 @@ class DatasetReader:
     def _sample_item(self, sample: SampleRow, verify: bool) -> Item | None:
         if sample.item_id is None:
             return None
-        row = self._require_index().item(sample.item_id)
+        row = self._require_rows().item(sample.item_id)
         if row is None:
             return None
         return self._read_item(row, sample_meta(sample), sample.caption, verify)

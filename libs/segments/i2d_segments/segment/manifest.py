@@ -87,11 +87,7 @@ def decode_manifest(data: bytes) -> SegmentManifest:
             for obj in lines[1:]
             if obj.get("kind") == "item"
         ]
-        samples = [
-            SampleRow(segment_id=segment_id, **{k: obj[k] for k in _SAMPLE_FIELDS})
-            for obj in lines[1:]
-            if obj.get("kind") == "sample"
-        ]
+        samples = [_sample(obj, segment_id) for obj in lines[1:] if obj.get("kind") == "sample"]
         manifest = SegmentManifest(
             segment_id=segment_id,
             topic=str(head["topic"]),
@@ -108,3 +104,20 @@ def decode_manifest(data: bytes) -> SegmentManifest:
     if len(items) != head.get("items") or len(samples) != head.get("samples"):
         raise SegmentFormatError("manifest row counts differ from its segment line")
     return manifest
+
+
+def _sample(obj: dict[str, Any], segment_id: str) -> SampleRow:
+    return SampleRow(segment_id=segment_id, **{k: obj[k] for k in _SAMPLE_FIELDS})
+
+
+def decode_sample_tail(data: bytes, segment_id: str, *, partial: bool) -> list[SampleRow]:
+    """The sample rows of the end of a manifest (`partial`: `data` starts inside a line, which
+    is skipped), in manifest order: the rows appended last, without reading the whole
+    manifest (status shows a segment's latest rows)."""
+    if partial:
+        data = data[data.find(b"\n") + 1 :] if b"\n" in data else b""
+    try:
+        lines = [json.loads(line) for line in data.decode("utf-8").splitlines() if line]
+        return [_sample(obj, segment_id) for obj in lines if obj.get("kind") == "sample"]
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
+        raise SegmentFormatError(f"manifest tail is not sample lines: {e!r}") from e
