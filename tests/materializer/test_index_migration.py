@@ -18,7 +18,7 @@ from i2d_segments.index import compact as compact_module
 from i2d_segments.index import totals as totals_module
 from i2d_segments.index.sqlite import SqliteIndex
 from i2d_segments.naming import object_name_of
-from i2d_segments.reader import SegmentRows
+from i2d_segments.reader import DatasetReader, SegmentRows
 from i2d_segments.store.local import LocalStore
 from tests.index_before_0007 import OldWriter
 from tests.reader.dataset import Dataset
@@ -113,3 +113,31 @@ def test_a_dataset_indexed_before_0007_is_migrated_in_place_and_reads_the_same(
         ).unlink(missing_ok=True)
     assert main(["materialize", "--output_folder", str(folder)]) == 0
     assert {p: p.read_bytes() for p in parquets} == parquets
+
+
+def test_the_reader_migrates_a_folder_indexed_before_0007_and_answers_lookups(
+    dataset: Dataset, tmp_path: Path
+) -> None:
+    """`DatasetReader.open(folder)` on a dataset a previous version wrote: random access works
+    at once (the reader migrates the folder's own index; it would find no sample table else)."""
+    folder = tmp_path / "old-folder"
+    shutil.copytree(dataset.folder, folder)
+    index = SqliteIndex(folder / "index.sqlite")
+    try:
+        expected = everything(folder, index)
+    finally:
+        index.close()
+    old = tmp_path / "old.sqlite"
+    write_before_0007(folder, old)
+    for suffix in ("", "-wal", "-shm"):
+        (folder / f"index.sqlite{suffix}").unlink(missing_ok=True)
+    shutil.copy(old, folder / "index.sqlite")
+
+    with DatasetReader.open(str(folder)) as reader:
+        for item_id in expected["items_by_id"]:
+            item = reader.get(item_id)
+            assert item is not None and item.item_id == item_id
+        for sample_id, sample in expected["by_id"].items():
+            got = reader.get_sample(sample_id)
+            assert (got.item_id if got else None) == (sample.item_id if sample else None)
+        assert reader.get_url("http://no.such/url.jpg") == []

@@ -28,6 +28,7 @@ from i2d_segments.index.base import (
 )
 from i2d_segments.index.compact import COMPACT_VERSION
 from i2d_segments.index.keys import item_key, sample_key, url_hash
+from i2d_segments.index.schema import load_migrations
 from i2d_segments.index.rows import (
     PARTITION_COLUMNS,
     PROGRESS_COLUMNS,
@@ -367,6 +368,10 @@ class SqlIndex(Index):
         if self._has_version(COMPACT_VERSION):
             return _SEGMENT
         return _SEGMENT.replace("manifest_offset, manifest_length", "NULL, NULL")
+
+    def needs_migration(self) -> bool:
+        """An index written before the newest migration (one a reader opened as it is)."""
+        return not self._has_version(load_migrations("sqlite")[-1].version)
 
     def _has_version(self, version: int) -> bool:
         if version not in self._versions:

@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
@@ -30,6 +31,8 @@ from i2d_segments.reader.item import Item
 from i2d_segments.reader.segment_rows import SegmentRows
 from i2d_segments.segment import SegmentSample, iter_samples
 from i2d_segments.store import SegmentStore
+
+log = logging.getLogger(__name__)
 
 METADATA_EXTS = frozenset({"json", "txt"})
 
@@ -81,8 +84,12 @@ class DatasetReader:
             elif folder is not None:
                 from i2d_segments.index.sqlite import SqliteIndex
 
-                # As it is: reading neither migrates it nor records the folder's descriptor.
+                # As it is: reading records no descriptor, and migrates only an index written
+                # before the compact one (0007), whose lookups could not answer otherwise.
                 index = SqliteIndex(folder.index_path)
+                if index.needs_migration():
+                    log.info("migrating the index %s to the current schema", folder.index_path)
+                    index.migrate()
         except BaseException:
             store.close()
             raise
