@@ -28,7 +28,6 @@ from i2d_segments.index.base import (
 )
 from i2d_segments.index.compact import COMPACT_VERSION
 from i2d_segments.index.keys import item_key, sample_key, url_hash
-from i2d_segments.index.schema import load_migrations
 from i2d_segments.index.rows import (
     PARTITION_COLUMNS,
     PROGRESS_COLUMNS,
@@ -45,6 +44,7 @@ from i2d_segments.index.rows import (
     to_run,
     to_segment,
 )
+from i2d_segments.index.schema import load_migrations
 from i2d_segments.index.totals import (
     DATASET_TOTALS_SQL,
     ERROR_COUNTS_SQL,
