@@ -74,7 +74,11 @@ $(BENCH_VENV)/.installed: bench/requirements.txt
 	$(BENCH_VENV)/bin/pip install --quiet -r bench/requirements.txt
 	touch $@
 
+# pip byte-compiled img2dataset's modules when it installed them; ours (an editable install) are
+# compiled first, so neither tool compiles its sources at each start, even where
+# PYTHONDONTWRITEBYTECODE is set.
 bench: $(STAMP) $(BENCH_VENV)/.installed servers
+	$(BIN)/python -m compileall -q libs services cli tools
 	$(BIN)/python -m bench.run --img2dataset $(BENCH_VENV)/bin/img2dataset $(BENCH_ARGS)
 
 # The differential tests (~40 s; marker `differential`, left out of `make test`): the same lists,
