@@ -64,6 +64,23 @@ def write_before_0007(folder: Path, path: Path) -> None:
         current.close()
 
 
+def copy_indexed_before_0007(dataset: Dataset, folder: Path) -> dict[str, Any]:
+    """A copy of `dataset` in `folder` whose index is rewritten as the code before 0007 wrote
+    it; returns what a user read of the dataset before (`everything`)."""
+    shutil.copytree(dataset.folder, folder)
+    index = SqliteIndex(folder / "index.sqlite")
+    try:
+        before = everything(folder, index)
+    finally:
+        index.close()
+    old = folder.parent / f"{folder.name}-old.sqlite"
+    write_before_0007(folder, old)
+    for suffix in ("", "-wal", "-shm"):
+        (folder / f"index.sqlite{suffix}").unlink(missing_ok=True)
+    shutil.copy(old, folder / "index.sqlite")
+    return before
+
+
 def test_a_dataset_indexed_before_0007_is_migrated_in_place_and_reads_the_same(
     dataset: Dataset,
     tmp_path: Path,
@@ -71,20 +88,9 @@ def test_a_dataset_indexed_before_0007_is_migrated_in_place_and_reads_the_same(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     folder = tmp_path / "migrated"
-    shutil.copytree(dataset.folder, folder)
-    index = SqliteIndex(folder / "index.sqlite")
-    try:
-        before = everything(folder, index)
-    finally:
-        index.close()
+    before = copy_indexed_before_0007(dataset, folder)
     parquets = {p: p.read_bytes() for p in (folder / "segments").rglob("*.parquet")}
     assert parquets and before["samples"] and before["items"]
-
-    old = tmp_path / "old.sqlite"
-    write_before_0007(folder, old)
-    for suffix in ("", "-wal", "-shm"):
-        (folder / f"index.sqlite{suffix}").unlink(missing_ok=True)
-    shutil.copy(old, folder / "index.sqlite")
 
     # Small batches and a line each time: what a large index shows.
     monkeypatch.setattr(compact_module, "COMPACT_BATCH", 7)
@@ -121,17 +127,7 @@ def test_the_reader_migrates_a_folder_indexed_before_0007_and_answers_lookups(
     """`DatasetReader.open(folder)` on a dataset a previous version wrote: random access works
     at once (the reader migrates the folder's own index; it would find no sample table else)."""
     folder = tmp_path / "old-folder"
-    shutil.copytree(dataset.folder, folder)
-    index = SqliteIndex(folder / "index.sqlite")
-    try:
-        expected = everything(folder, index)
-    finally:
-        index.close()
-    old = tmp_path / "old.sqlite"
-    write_before_0007(folder, old)
-    for suffix in ("", "-wal", "-shm"):
-        (folder / f"index.sqlite{suffix}").unlink(missing_ok=True)
-    shutil.copy(old, folder / "index.sqlite")
+    expected = copy_indexed_before_0007(dataset, folder)
 
     with DatasetReader.open(str(folder)) as reader:
         for item_id in expected["items_by_id"]:
