@@ -14,6 +14,7 @@ import re
 import struct
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -250,9 +251,13 @@ def test_dashboard_during_and_after_a_real_download(tmp_path: Path) -> None:
             assert p["total"] == total and p["samples"] <= p["done"] < total
             assert p["fraction"] == pytest.approx(p["done"] / total)
             assert p["run"]["finished_at"] is None and p["run"]["url_list"] == str(url_list)
-            # The current rate, over the last 10 s, not an average since some earlier time.
+            # The current rate, over the last 10 s, not an average since some earlier time: at
+            # most the pace the run is held to, and not far under the rate the run has
+            # actually kept since it started (measured here, so a loaded machine that runs it
+            # slower than the pace does not fail it).
+            observed = p["samples"] / (time.time() - p["run"]["started_at"])
             assert r["source"] == "appenders" and r["window_seconds"] == 10
-            assert 0.6 * pace <= r["samples_per_second"] <= 1.4 * pace, r
+            assert 0.5 * observed <= r["samples_per_second"] <= 1.4 * pace, (r, observed)
             assert r["failures_per_second"] == pytest.approx(
                 r["samples_per_second"] - r["images_per_second"], abs=0.01
             )
@@ -295,7 +300,7 @@ def test_dashboard_during_and_after_a_real_download(tmp_path: Path) -> None:
             assert float(m.group(2)) < 100 and page["bar"] == float(m.group(2))
             assert not page["barUnknown"]
             assert t["segments-closed"] == "0" and t["segments-open"] == "1"
-            assert 0.6 * pace <= float(t["images-per-second"]) / 0.9 <= 1.4 * pace, t
+            assert 0.5 * observed <= float(t["images-per-second"]) / 0.9 <= 1.4 * pace, t
             rows = page["rows"]["recent"]
             assert len(rows) == 20 and all(row[6].endswith(" (open)") for row in rows)
             assert [row[0] for row in rows] == sorted((row[0] for row in rows), reverse=True)
@@ -339,7 +344,9 @@ def test_dashboard_during_and_after_a_real_download(tmp_path: Path) -> None:
             assert chart["samples_per_second"]["points"] >= 5
             assert float(chart["samples_per_second"]["last"]) == 0
             history = get_json(base + "/api/history")["points"]
-            assert max(x["samples_per_second"] for x in history) >= 0.6 * pace
+            run = p["run"]
+            whole_run = total / (run["finished_at"] - run["started_at"])
+            assert max(x["samples_per_second"] for x in history) >= 0.8 * whole_run
             assert max(x["failures_per_second"] for x in history) > 0
             check_layout(page)
         finally:
