@@ -147,6 +147,8 @@ HOSTILE_KEYS = [
     "dots.in.key",
     "nul\x00byte",
     "new\nline",
+    # Line separators JSON does not escape: the segment's manifest is still read line by line.
+    "line\u2028para\u2029next\x85sep",
     "tab\tand space",
     "ünïcödé",
     "emoji-🙂",

@@ -45,6 +45,11 @@ STATS_SUFFIX = "_stats.json"
 
 
 class Materializer(SegmentConsumer):
+    # Each segment is read once (its own, or an older one that lost rows to it): no parsed
+    # manifest is worth keeping past its segment, and each kept holds ~7 MB per 10,000 rows
+    # in the process of `download` and `service`.
+    manifest_cache_rows = 0
+
     def __init__(self, group_id: str = "materializer", manifest_interval: float = 10.0) -> None:
         self.group_id = group_id
         self.manifest_interval = manifest_interval

@@ -37,6 +37,7 @@ from prometheus_client import Counter
 from i2d_segments.bus import Bus, Consumer, HeldPartitions, Message, TopicPartition
 from i2d_segments.index import Index, IndexAccessError, SampleRow, SegmentRow
 from i2d_segments.reader import DatasetReader, Item, SegmentRows
+from i2d_segments.reader.segment_rows import DEFAULT_CACHE_ROWS
 from i2d_segments.records import MalformedRecord, SegmentClosed
 from i2d_segments.runtime import Health, retry_call
 from i2d_segments.store import SegmentStore, StoreError
@@ -59,12 +60,14 @@ class ConsumerContext:
 
     store: SegmentStore
     index: Index
+    # The rows of parsed manifests `rows` keeps besides the one used last (SegmentRows).
+    cache_rows: int = DEFAULT_CACHE_ROWS
     _reader: DatasetReader | None = field(default=None, init=False, repr=False)
 
     @property
     def reader(self) -> DatasetReader:
         if self._reader is None:
-            self._reader = DatasetReader(self.store, self.index)
+            self._reader = DatasetReader(self.store, self.index, cache_rows=self.cache_rows)
         return self._reader
 
     @property
@@ -87,6 +90,11 @@ class SegmentConsumer(ABC):
     """Subclass, set `group_id`, implement `handle`."""
 
     group_id: str = "segment-consumer"
+    # How many rows of parsed segment manifests `ctx.rows` keeps besides the one used last
+    # (i2d_segments.reader.SegmentRows): more saves parsing a manifest again for lookups
+    # across segments (`ctx.rows.item(...)` of a deduplicated image), 0 holds no memory for
+    # segments already handled.
+    manifest_cache_rows: int = DEFAULT_CACHE_ROWS
 
     @abstractmethod
     def handle(self, segment: SegmentRow, ctx: ConsumerContext) -> None:
@@ -123,7 +131,7 @@ class ConsumerRunner:
         self.group_id = group_id or consumer.group_id
         for outcome in EVENT_OUTCOMES:  # at 0 from the start: "No data" is not 0 on a panel
             EVENTS.labels(self.group_id, outcome)
-        self.ctx = ConsumerContext(store, index)
+        self.ctx = ConsumerContext(store, index, consumer.manifest_cache_rows)
         self.health = health or Health()
         self.held = HeldPartitions()
         self.health.add_check("partitions_assigned", lambda: bool(self.held.held()))

@@ -28,7 +28,7 @@ from i2d_segments.index import Index, ItemRow, SampleRow
 from i2d_segments.naming import object_name_of
 from i2d_segments.reader.dataset_manifest import WIDS_NAME, segment_ids_from_wids, shard_segments
 from i2d_segments.reader.item import Item
-from i2d_segments.reader.segment_rows import SegmentRows
+from i2d_segments.reader.segment_rows import DEFAULT_CACHE_ROWS, SegmentRows
 from i2d_segments.segment import SegmentSample, iter_samples
 from i2d_segments.store import SegmentStore
 
@@ -45,11 +45,17 @@ class DatasetReader:
     """Reads a dataset from its store, with its index when given (random access needs it)."""
 
     def __init__(
-        self, store: SegmentStore, index: Index | None = None, *, close_both: bool = False
+        self,
+        store: SegmentStore,
+        index: Index | None = None,
+        *,
+        close_both: bool = False,
+        cache_rows: int = DEFAULT_CACHE_ROWS,
     ) -> None:
+        """`cache_rows`: `SegmentRows`' budget of parsed manifest rows."""
         self.store = store
         self.index = index
-        self.rows = None if index is None else SegmentRows(store, index)
+        self.rows = None if index is None else SegmentRows(store, index, cache_rows=cache_rows)
         self._close_both = close_both
 
     @classmethod

@@ -6,7 +6,8 @@ same bytes the commit recorded. `SegmentRows` answers what the index used to ans
 columns, for the materializer, the reader, consumers, verify, gc, status and the tools:
 
 - a manifest is one ranged read at the segment's `manifest_offset` (a segment committed before
-  the index recorded it: one scan of the object), parsed once and kept in a small LRU;
+  the index recorded it: one scan of the object), parsed once and kept in a small LRU bounded
+  by rows (`cache_rows`);
 - a segment's rows are its manifest's rows it still holds (`Index.held_samples`: not those a
   newer segment took, nor those delivered again unchanged whose row stayed in an older one);
 - a url lookup takes the index's candidates (a 64-bit hash) and keeps the rows whose manifest
@@ -28,8 +29,13 @@ from i2d_segments.segment.manifest import SegmentManifest, decode_manifest, deco
 from i2d_segments.segment.scan import scan_segment
 from i2d_segments.store import SegmentStore
 
-# Manifests kept parsed: a 10k-row manifest is ~3 MB of JSON, a few times that parsed.
-DEFAULT_CACHE = 8
+# Rows (samples + items) of the manifests kept parsed, besides the one used last (always kept:
+# a segment's samples then its items parse it once). A parsed row is ~0.7 KB (a 10k-row
+# manifest: ~4 MB of JSON, ~7 MB parsed). Bounded by rows, not by manifests: a manifest holds
+# its segment's rows, whatever --number_sample_per_shard made them, and 8 manifests of the
+# default 10,000 rows held ~100 MB in every process that reads rows (`download` and
+# `service` among them, whose materializer reads each segment once, then never again).
+DEFAULT_CACHE_ROWS = 40_000
 # The end of a manifest read for a segment's latest rows (~200 sample lines).
 TAIL_BYTES = 64 * 1024
 
@@ -65,23 +71,37 @@ class _Parsed:
     items: dict[str, ItemRow]
     samples: dict[str, SampleRow]
 
+    @property
+    def rows(self) -> int:
+        return len(self.manifest.items) + len(self.manifest.samples)
+
 
 class SegmentRows:
-    """Full rows of a dataset: `SegmentRows(store, index)`, or with any manifest loader."""
+    """Full rows of a dataset: `SegmentRows(store, index)`, or with any manifest loader.
+
+    `cache_rows`: how many rows the manifests kept parsed may hold besides the one used last
+    (0: that one only, for a reader that goes through segments one by one)."""
 
     def __init__(
         self,
         source: SegmentStore | ManifestLoader,
         index: Index,
         *,
-        cache_size: int = DEFAULT_CACHE,
+        cache_rows: int = DEFAULT_CACHE_ROWS,
     ) -> None:
         self.index = index
         self._store = source if isinstance(source, SegmentStore) else None
         self._load = store_manifests(source) if isinstance(source, SegmentStore) else source
         self._cache: OrderedDict[str, _Parsed] = OrderedDict()
-        self._cache_size = max(1, cache_size)
+        self._cache_rows = max(0, cache_rows)
+        self._rows_cached = 0
         self._lock = threading.Lock()
+
+    @property
+    def cached_rows(self) -> int:
+        """Rows of the manifests kept parsed now."""
+        with self._lock:
+            return self._rows_cached
 
     def _parsed(self, segment_id: str) -> _Parsed | None:
         with self._lock:
@@ -92,6 +112,10 @@ class SegmentRows:
         segment = self.index.segment(segment_id)
         if segment is None:
             return None
+        # Room first: the manifests the new one pushes out of the budget are freed before it
+        # is read and parsed, not after (that held one more manifest at every load).
+        with self._lock:
+            self._evict(keep_last=False)
         manifest = self._load(segment)
         # An item's first line wins and a sample's last, as in the commit.
         parsed = _Parsed(
@@ -100,10 +124,20 @@ class SegmentRows:
             {s.sample_id: s for s in manifest.samples},
         )
         with self._lock:
-            self._cache[segment_id] = parsed
-            while len(self._cache) > self._cache_size:
-                self._cache.popitem(last=False)
+            if segment_id not in self._cache:  # another thread may have parsed it meanwhile
+                self._cache[segment_id] = parsed
+                self._rows_cached += parsed.rows
+            self._cache.move_to_end(segment_id)
+            self._evict(keep_last=True)
         return parsed
+
+    def _evict(self, *, keep_last: bool) -> None:
+        """Drop the least recently used manifests until those besides the one used last (when
+        `keep_last`) hold at most `cache_rows` rows (under the lock)."""
+        last = next(reversed(self._cache.values())).rows if keep_last and self._cache else 0
+        while len(self._cache) > int(keep_last) and self._rows_cached - last > self._cache_rows:
+            _, dropped = self._cache.popitem(last=False)
+            self._rows_cached -= dropped.rows
 
     def manifest(self, segment_id: str) -> SegmentManifest | None:
         """The committed segment's manifest (None: not a committed segment)."""

@@ -17,6 +17,7 @@ too (it has no extension), so training code never sees it.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -70,24 +71,42 @@ def encode_manifest(manifest: SegmentManifest) -> bytes:
 
 
 def decode_manifest(data: bytes) -> SegmentManifest:
-    """Parse a manifest; SegmentFormatError if it is not one this version understands."""
+    """Parse a manifest; SegmentFormatError if it is not one this version understands.
+
+    Line by line: each line's dict is dropped as soon as its row is built, so parsing a
+    manifest never holds all of its lines decoded besides its rows (which doubled the
+    peak), and the strings rows repeat are shared (`_Shared`). Readers keep parsed
+    manifests (`reader.SegmentRows`), and a process that materializes segment after segment
+    parses one per segment: what a parsed row costs, and what parsing peaks at, is memory
+    per row of the segment size.
+
+    Lines are split on b"\\n" only: JSON escapes that one inside strings, not U+2028,
+    U+2029 or U+0085, which `str.splitlines` also splits on (a caption holding one made the
+    whole manifest unreadable)."""
+    lines = _lines(data)
     try:
-        lines = [json.loads(line) for line in data.decode("utf-8").splitlines() if line]
+        head = json.loads(next(lines, b"null"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise SegmentFormatError(f"manifest is not JSON lines: {e}") from e
-    if not lines or not isinstance(lines[0], dict) or lines[0].get("kind") != "segment":
+    if not isinstance(head, dict) or head.get("kind") != "segment":
         raise SegmentFormatError("manifest does not start with its segment line")
-    head = lines[0]
     if head.get("v") != MANIFEST_VERSION:
         raise SegmentFormatError(f"manifest version {head.get('v')!r} is not supported")
+    items: list[ItemRow] = []
+    samples: list[SampleRow] = []
+    shared = _Shared()
     try:
         segment_id = str(head["segment_id"])
-        items = [
-            ItemRow(segment_id=segment_id, **{k: obj[k] for k in _ITEM_FIELDS})
-            for obj in lines[1:]
-            if obj.get("kind") == "item"
-        ]
-        samples = [_sample(obj, segment_id) for obj in lines[1:] if obj.get("kind") == "sample"]
+        for line in lines:
+            try:
+                obj = json.loads(line)
+            except (UnicodeDecodeError, json.JSONDecodeError) as e:
+                raise SegmentFormatError(f"manifest is not JSON lines: {e}") from e
+            kind = obj.get("kind")
+            if kind == "sample":
+                samples.append(_sample(obj, segment_id, shared))
+            elif kind == "item":
+                items.append(ItemRow(segment_id=segment_id, **{k: obj[k] for k in _ITEM_FIELDS}))
         manifest = SegmentManifest(
             segment_id=segment_id,
             topic=str(head["topic"]),
@@ -106,18 +125,51 @@ def decode_manifest(data: bytes) -> SegmentManifest:
     return manifest
 
 
-def _sample(obj: dict[str, Any], segment_id: str) -> SampleRow:
-    return SampleRow(segment_id=segment_id, **{k: obj[k] for k in _SAMPLE_FIELDS})
+def _lines(data: bytes) -> Iterator[bytes]:
+    """The non-empty lines of `data`, one at a time (not a list of them all: a second copy of
+    the manifest)."""
+    start, size = 0, len(data)
+    while start < size:
+        end = data.find(b"\n", start)
+        if end < 0:
+            end = size
+        if end > start:
+            yield data[start:end]
+        start = end + 1
+
+
+class _Shared:
+    """One string object for each value rows repeat: img2dataset's column names (every row's
+    `attrs` keys: json.loads makes new ones for each line), statuses, error messages (10,000
+    rows of a dead site carry one message) and item ids (rows deduplicated to one image).
+    About half of what a parsed failed row held."""
+
+    def __init__(self) -> None:
+        self._seen: dict[str, str] = {}
+
+    def __call__(self, value: Any) -> Any:
+        return self._seen.setdefault(value, value) if isinstance(value, str) else value
+
+
+def _sample(obj: dict[str, Any], segment_id: str, shared: _Shared | None = None) -> SampleRow:
+    row = {k: obj[k] for k in _SAMPLE_FIELDS}
+    if shared is not None:
+        for k in ("status", "error", "item_id"):
+            row[k] = shared(row[k])
+        attrs = row["attrs"]
+        if isinstance(attrs, dict):
+            row["attrs"] = {shared(k): v for k, v in attrs.items()}
+    return SampleRow(segment_id=segment_id, **row)
 
 
 def decode_sample_tail(data: bytes, segment_id: str, *, partial: bool) -> list[SampleRow]:
     """The sample rows of the end of a manifest (`partial`: `data` starts inside a line, which
     is skipped), in manifest order: the rows appended last, without reading the whole
-    manifest (status shows a segment's latest rows)."""
+    manifest (status shows a segment's latest rows). Lines split as `decode_manifest` does."""
     if partial:
         data = data[data.find(b"\n") + 1 :] if b"\n" in data else b""
     try:
-        lines = [json.loads(line) for line in data.decode("utf-8").splitlines() if line]
+        lines = [json.loads(line) for line in _lines(data)]
         return [_sample(obj, segment_id) for obj in lines if obj.get("kind") == "sample"]
     except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
         raise SegmentFormatError(f"manifest tail is not sample lines: {e!r}") from e
