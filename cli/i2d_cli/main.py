@@ -17,12 +17,15 @@ to list them.
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import importlib
 import importlib.abc
 import importlib.machinery
 import logging
+import os
 import sys
+import threading
 from collections.abc import Sequence
 from types import ModuleType
 
@@ -114,7 +117,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     with signals:
         if argv is None:
             hide_pandas()
-        return _run(args, command)
+        code = _run(args, command)
+    if argv is None:
+        exit_without_teardown(code)
+    return code
+
+
+def exit_without_teardown(code: int) -> None:
+    """End this process, the command's own, without tearing the interpreter down.
+
+    Once the command is done and Python's exit handlers ran (logging flushed, the fork
+    server's files removed, wandb finished...), what is left is freeing, one by one, every
+    object of pyarrow, pydantic and the services (0.1-0.15 s of CPU, more of wall time on a
+    busy machine) for memory the kernel frees at once. Everything the command writes is
+    closed (and fsynced) by then. Returns, for the usual exit, while another thread runs."""
+    if threading.active_count() > 1:
+        return
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
 
 
 def _runs_fetch_workers(args: list[str], command: str | None) -> bool:
