@@ -16,7 +16,14 @@ import pytest
 from PIL import Image, ImageFile, JpegImagePlugin
 from pydantic import ValidationError
 
-from i2d_fetcher.imaging.pipeline import ImageRejected, ProcessedImage, process_image
+from i2d_fetcher.imaging.pipeline import (
+    IMAGE_BLOCK_BYTES,
+    IMAGE_BLOCKS,
+    ImageRejected,
+    ProcessedImage,
+    keep_image_blocks,
+    process_image,
+)
 from i2d_fetcher.options import FetchOptions
 from i2d_imageserver import synth
 from i2d_segments.records import SampleStatus
@@ -289,6 +296,24 @@ def test_small_jpegs_and_upscales_are_decoded_in_full(monkeypatch: pytest.Monkey
     process_image(jpeg(200, 150), FetchOptions())  # an upscale
     process_image(jpeg(1600, 1200), FetchOptions(resize_mode="no"))
     assert spy.decoded == []
+
+
+def test_kept_image_blocks_are_reused_within_their_bound() -> None:
+    """The fetch workers' setting (pool/worker.py): freed images' memory serves the next ones
+    (no fresh mapping to fault in per image), and what is kept stays bounded."""
+    defaults = Image.core.get_block_size(), Image.core.get_blocks_max()
+    try:
+        keep_image_blocks()
+        before = Image.core.get_stats()["reused_blocks"]
+        for seed in range(4):
+            process_image(jpeg(1200, 900, seed=seed), FetchOptions())
+        stats = Image.core.get_stats()
+        assert stats["reused_blocks"] > before
+        assert stats["blocks_cached"] <= IMAGE_BLOCKS
+        assert Image.core.get_block_size() == IMAGE_BLOCK_BYTES
+    finally:
+        Image.core.set_blocks_max(defaults[1])
+        Image.core.set_block_size(defaults[0])
 
 
 # --------------------------------------------------------------------------- bombs and junk

@@ -3,7 +3,7 @@ encode, hand-offs between processes, append, index...).
 
 A stage is timed with `time.thread_time()` deltas around code that runs on one thread without
 awaiting (under a microsecond a measure), and added here with `add(stage, seconds)`. In the
-process that serves /metrics the seconds go to `STAGE_CPU` (each service's metrics module
+process that serves /metrics the seconds go to `_stage_cpu()` (each service's metrics module
 creates its own stages' series at 0). A fetch worker process has no /metrics: it calls
 `collect_locally()` at start, so its stages pile up here and travel to the main process with
 its results (`take()`), where `add_reported` counts them.
@@ -18,17 +18,29 @@ import threading
 import time
 from typing import Any
 
-from prometheus_client import Counter
-
-STAGE_CPU = Counter(
-    "img2dataset_stage_cpu_seconds_total",
+_HELP = (
     "CPU seconds spent by pipeline stage, all processes (fetch workers report theirs with "
     "their results): download (a worker's event loop: HTTP, parsing, everything not below), "
     "hash, decode, resize, encode (image work), record (building APPEND records), handoff "
     "(pickling and socket I/O between the main process and the workers), append (the "
-    "appender, writing segments), index (dedup lookups and segment commits), materialize.",
-    ["stage"],
+    "appender, writing segments), index (dedup lookups and segment commits), materialize."
 )
+_counter: Any = None
+
+
+def _stage_cpu() -> Any:
+    """The `img2dataset_stage_cpu_seconds_total` counter, made on first use: a fetch worker
+    never needs it (its stages travel with its results), so the fork server does not import
+    prometheus_client for it (~0.03 s of CPU per run)."""
+    global _counter
+    if _counter is None:
+        with _lock:
+            if _counter is None:
+                from prometheus_client import Counter
+
+                _counter = Counter("img2dataset_stage_cpu_seconds_total", _HELP, ["stage"])
+    return _counter
+
 
 # Every stage, in the order of a row's path (how summaries list them); `other` is the main
 # process's CPU no stage accounts for during a run (reading the list, the bus, progress...).
@@ -90,7 +102,7 @@ def _series(stage: str) -> Any:
     tuple at every call, and stages are counted per message)."""
     child = _children.get(stage)
     if child is None:
-        child = _children[stage] = STAGE_CPU.labels(stage)
+        child = _children[stage] = _stage_cpu().labels(stage)
     return child
 
 
@@ -103,7 +115,7 @@ def own_seconds() -> float:
 def totals() -> dict[str, float]:
     """Every stage's seconds so far, as /metrics shows them."""
     out: dict[str, float] = {}
-    for metric in STAGE_CPU.collect():
+    for metric in _stage_cpu().collect():
         for sample in metric.samples:
             if sample.name.endswith("_total"):
                 out[sample.labels["stage"]] = sample.value
@@ -142,7 +154,7 @@ def take(remainder: str = "download") -> dict[str, float]:
 def precreate(stages: tuple[str, ...]) -> None:
     """Create the series of `stages` at 0 (a dashboard shows 0 rather than "No data")."""
     for stage in stages:
-        STAGE_CPU.labels(stage)
+        _stage_cpu().labels(stage)
 
 
 class RunClock:

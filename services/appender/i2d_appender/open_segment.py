@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from dataclasses import dataclass
+from typing import Any
 
 from i2d_appender import crashpoints
 from i2d_segments.bus import TopicPartition
@@ -72,16 +73,16 @@ class OpenSegment:
         """Add one APPEND record. `stored`: the item is already in the index or this segment, so
         only the sample row is recorded (dedup); `payload` is the image when it must be written."""
         meta = record.meta
+        row = meta.sample_json()  # the item's `.json` member and the sample row's columns
         item_id: str | None = None
         if meta.status is SampleStatus.SUCCESS and meta.item_id:
             item_id = meta.item_id
             if not stored:
                 if payload is None:
                     raise ValueError(f"success record at offset {offset} carries no payload")
-                self._write_item(record, payload)
+                self._write_item(record, payload, row)
         if meta.staged:
             self._staged.append(meta.staged)
-        row = meta.sample_json()
         previous = self._samples.get(meta.sample_id)
         if previous is not None:
             if previous.status == SampleStatus.SUCCESS.value:
@@ -109,11 +110,11 @@ class OpenSegment:
         self.records += 1
         self.last_append = time.monotonic()
 
-    def _write_item(self, record: AppendRecord, payload: bytes) -> None:
+    def _write_item(self, record: AppendRecord, payload: bytes, row: dict[str, Any]) -> None:
         meta = record.meta
         assert meta.item_id is not None
         ext = meta.ext or "jpg"
-        members = sample_members(meta.item_id, ext, payload, meta.sample_json(), meta.caption)
+        members = sample_members(meta.item_id, ext, payload, row, meta.caption)
         image_location = self._writer.add_sample(meta.item_id, members)[0]
         self._items.append(
             ItemRow(

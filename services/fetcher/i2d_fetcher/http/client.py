@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import itertools
 import os
 import random
@@ -314,7 +315,8 @@ async def _attempt(
         except CircuitOpen:
             raise FetchFailed(CIRCUIT_OPEN_MESSAGE, transient=False) from None
         if isinstance(result, Downloaded):
-            return dataclasses.replace(result, attempts=attempt)
+            # Made with attempts=1: the first attempt (nearly every row) needs no copy.
+            return result if attempt == 1 else dataclasses.replace(result, attempts=attempt)
         if reservation is not None:
             reservation.release()  # nothing is held while waiting for the next hop's slot
         if hop >= opts.max_redirects:
@@ -489,18 +491,23 @@ async def _request(
                     raise FetchFailed(_too_large(max_bytes), transient=False)
                 if declared is not None and not encoded:
                     await memory.need(declared)
-                data = bytearray()
                 # Decoded chunks (after Content-Encoding): a gzip bomb is stopped at the cap.
+                # Kept as they come and joined once (one copy of the body, none for a body
+                # read in one chunk), not grown in a bytearray then copied out.
+                chunks: list[bytes] = []
+                size = 0
                 async for chunk in resp.content.iter_any():
-                    data += chunk
-                    if len(data) > max_bytes:
+                    chunks.append(chunk)
+                    size += len(chunk)
+                    if size > max_bytes:
                         resp.close()  # stop now: nothing more of this body is wanted
                         raise FetchFailed(_too_large(max_bytes), transient=False)
-                    await memory.need(len(data), grow=min(max_bytes, 2 * len(data)))
+                    await memory.need(size, grow=min(max_bytes, 2 * size))
+                whole = len(chunks) == 1 and type(chunks[0]) is bytes
                 return Downloaded(
-                    data=bytes(data),
+                    data=chunks[0] if whole else b"".join(chunks),
                     content_type=resp.headers.get("Content-Type"),
-                    headers=_copy(resp.headers),
+                    headers=resp.headers,  # immutable, and independent of the connection
                     final_url=str(resp.url),
                     status=resp.status,
                     attempts=1,
@@ -514,9 +521,13 @@ async def _request(
 def _hop_timeout(opts: FetchOptions) -> aiohttp.ClientTimeout:
     """A hop's total is the deadline `_request` keeps (it moves while waiting for memory);
     aiohttp only watches connecting and the gaps between reads."""
-    return aiohttp.ClientTimeout(
-        total=None, sock_connect=opts.connect_timeout, sock_read=opts.read_timeout
-    )
+    return _hop_timeout_of(opts.connect_timeout, opts.read_timeout)
+
+
+@functools.lru_cache(maxsize=16)
+def _hop_timeout_of(connect: float, read: float) -> aiohttp.ClientTimeout:
+    # One per setting, not one per request (ClientTimeout is immutable).
+    return aiohttp.ClientTimeout(total=None, sock_connect=connect, sock_read=read)
 
 
 class _BodyMemory:

@@ -9,12 +9,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
-import ctypes.util
 import logging
 import signal
 import socket
 
 from i2d_fetcher.http.client import open_client
+from i2d_fetcher.imaging.pipeline import keep_image_blocks
 from i2d_fetcher.outcome import failed_value
 from i2d_fetcher.pool.config import WorkerConfig
 from i2d_fetcher.pool.cpu import ImagingThread
@@ -35,6 +35,7 @@ def worker_main(sock: socket.socket, config: WorkerConfig) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _return_large_buffers_to_the_system()
+    keep_image_blocks()
     stagecpu.collect_locally()  # no /metrics here: the stage times travel with the results
     logging.basicConfig(level=config.log_level, format=_LOG_FORMAT)
     logging.getLogger("aiohttp").setLevel(logging.WARNING)
@@ -46,13 +47,16 @@ MMAP_THRESHOLD = 1 << 20
 
 
 def _return_large_buffers_to_the_system() -> None:
-    """Buffers of 1 MiB and more (bodies, Pillow's 16 MiB image blocks) are mapped on their
-    own and unmapped when freed. glibc's default raises that threshold to 32 MiB after the
-    first large free, so a decoded image's memory stayed in the heap after the decode: each
-    worker kept the peak of its heaviest image resident, and the decode gate (which budgets
-    decodes in flight, not what glibc keeps) was no bound on the process tree."""
+    """Buffers of 1 MiB and more (bodies, Pillow's image blocks) are mapped on their own and
+    unmapped when freed (Pillow keeps a few blocks for reuse: pipeline.keep_image_blocks).
+    glibc's default raises that threshold to 32 MiB after the first large free, so a decoded
+    image's memory stayed in the heap after the decode: each worker kept the peak of its
+    heaviest image resident, and the decode gate (which budgets decodes in flight, not what
+    glibc keeps) was no bound on the process tree."""
     with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        # mallopt is glibc's, whose name is fixed (ctypes.util.find_library would run
+        # `ldconfig -p` in a subprocess at each worker's start); elsewhere: nothing to do.
+        libc = ctypes.CDLL("libc.so.6")
         libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)  # also stops the dynamic raise
 
 
