@@ -56,6 +56,8 @@ class UrlRow(BaseModel):
         index row can hold: replace them here, at the boundary, so every later stage can
         encode strictly. The extra columns (the row's other fields) nest at most
         `safejson.MAX_DEPTH` levels, so every later stage can serialize them."""
+        if value is None or (type(value) is str and value.isascii()):
+            return value  # the common case, per field of every row: nothing to check
         if isinstance(value, dict) and safejson.value_too_deep(value):
             raise ValueError(safejson.TOO_DEEP)
         return _replace_surrogates(value)
@@ -109,6 +111,8 @@ def unparsed_sample_id(value: bytes) -> str:
 
 def _replace_surrogates(value: Any) -> Any:
     if isinstance(value, str):
+        if value.isascii():  # no surrogate in ASCII text; isascii() is a flag, not a scan
+            return value
         try:
             value.encode("utf-8")
         except UnicodeEncodeError:
@@ -210,11 +214,14 @@ def row_content(
     return json_row(obj)
 
 
+# default=str: a parquet column may hold dates or decimals, which JSON has no type for. One
+# encoder for every row: `json.dumps` with options builds a new JSONEncoder at each call.
+_ROW_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str)
+
+
 def json_row(obj: dict[str, Any]) -> bytes:
-    # default=str: a parquet column may hold dates or decimals, which JSON has no type for;
     # "replace": a lone surrogate a malformed row still holds becomes "?" (UrlRow's are gone).
-    text = json.dumps(obj, ensure_ascii=False, separators=(",", ":"), default=str)
-    return text.encode("utf-8", "replace")
+    return _ROW_ENCODER.encode(obj).encode("utf-8", "replace")
 
 
 # --------------------------------------------------------------------------- APPEND topic
