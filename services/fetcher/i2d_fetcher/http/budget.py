@@ -135,6 +135,15 @@ class Reservation:
             return True
         return not self.budget.waiting and self.budget._fits(n - self.held, self.held == 0)
 
+    def reserve_now(self, n: int) -> bool:
+        """Hold at least `n` bytes in all if that needs no wait (what `reserve` would do
+        without suspending); False, holding nothing more, if it would wait."""
+        if not self.fits(n):
+            return False
+        if n > self.held:
+            self.budget._take(self, n - self.held)
+        return True
+
     async def reserve(self, n: int) -> None:
         """Hold at least `n` bytes in all, waiting for them if the budget is spent."""
         if n > self.held:
