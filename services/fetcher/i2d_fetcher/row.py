@@ -66,7 +66,9 @@ async def fetch_value(
     caption_field: str | None = "caption",
     gate: DecodeGate | None = None,
 ) -> Outcome | None:
-    """A `urls` record's outcome; None for a blank line (nothing to report)."""
+    """A `urls` record's outcome; None for a blank line (nothing to report). Its stats carry
+    no robots.txt counts: the caller attaches the client's (`report_robots`) when it reports
+    them, on some rows or on each."""
     row = parse(value, url_field, caption_field)
     if not isinstance(row, UrlRow):
         return row
@@ -76,6 +78,12 @@ async def fetch_value(
     outcome = Outcome.of(record, stats)
     stagecpu.add("record", time.thread_time() - started)
     return outcome
+
+
+def report_robots(client: HttpClient, stats: RowStats) -> None:
+    """The client's robots.txt lookups and fetches since the last report, on `stats`."""
+    if client.robots is not None:
+        stats.robots = client.robots.take_counts()
 
 
 async def fetch_row(
@@ -109,8 +117,6 @@ async def fetch_row(
             return AppendRecord.failure(row, _describe(e), SampleStatus.FAILED_TO_DOWNLOAD)
         finally:
             stats.fetch_seconds = time.monotonic() - started - reservation.waited
-            if client.robots is not None:
-                stats.robots = client.robots.take_counts()
         data = downloaded.data
         stats.downloaded_bytes = len(data)
         expected = _expected_hash(row, opts.verify_hash[0]) if opts.verify_hash else None
