@@ -350,6 +350,74 @@ def encode_append(record: AppendRecord) -> bytes:
     return b"".join((_APPEND_HEADER.pack(_APPEND_MAGIC, 1, len(meta)), meta, payload))
 
 
+# The metadata fields in the order model_dump_json writes them: `failure_value` writes the
+# same JSON as long as AppendMeta has these fields, and declines (None) otherwise.
+_FAILURE_FIELDS = (
+    "v",
+    "sample_id",
+    "url",
+    "caption",
+    "key",
+    "extra",
+    "status",
+    "error_message",
+    "item_id",
+    "ext",
+    "mime",
+    "width",
+    "height",
+    "original_width",
+    "original_height",
+    "original_size",
+    "exif",
+    "hashes",
+    "staged",
+    "fetched_at",
+)
+_FAILURE_FAST = tuple(AppendMeta.model_fields) == _FAILURE_FIELDS
+_FAILURE_TAIL = (
+    '"item_id":null,"ext":null,"mime":null,"width":null,"height":null,"original_width":null,'
+    '"original_height":null,"original_size":null,"exif":null,"hashes":{},"staged":null,'
+)
+
+
+def _plain(text: str) -> bool:
+    """Text JSON writes as it is between quotes (printable ASCII, no quote or backslash)."""
+    return text.isascii() and text.isprintable() and '"' not in text and "\\" not in text
+
+
+def failure_value(
+    row: UrlRow,
+    error: str,
+    status: SampleStatus = SampleStatus.FAILED_TO_DOWNLOAD,
+    fetched_at: float | None = None,
+) -> bytes | None:
+    """`encode_append(AppendRecord.failure(row, error, status))`, byte for byte, without
+    building the pydantic models (most of what a failed row costs a fetch worker); None when
+    the row is not one this shortcut writes exactly (extra columns, text JSON would escape,
+    an unusual time), and the caller takes the general way. tests/segments/test_records.py
+    checks it against the models."""
+    sample_id, url, caption, key = row.sample_id, row.url, row.caption, row.metadata_key
+    now = time.time() if fetched_at is None else fetched_at
+    if (
+        not _FAILURE_FAST
+        or row.extra
+        or not (1.0 <= now < 1e15)  # where float repr is pydantic's number exactly
+        or not (_plain(sample_id) and _plain(url) and _plain(error))
+        or (caption is not None and not _plain(caption))
+        or (key is not None and not _plain(key))
+    ):
+        return None
+    caption_json = "null" if caption is None else '"' + caption + '"'
+    key_json = "null" if key is None else '"' + key + '"'
+    meta = (
+        f'{{"v":1,"sample_id":"{sample_id}","url":"{url}","caption":{caption_json},'
+        f'"key":{key_json},"extra":{{}},"status":"{status.value}","error_message":"{error}",'
+        f'{_FAILURE_TAIL}"fetched_at":{now!r}}}'
+    ).encode("ascii")
+    return _APPEND_HEADER.pack(_APPEND_MAGIC, 1, len(meta)) + meta
+
+
 def decode_append(value: bytes) -> AppendRecord:
     if len(value) < _APPEND_HEADER.size:
         raise MalformedRecord("APPEND value shorter than its header")

@@ -17,6 +17,7 @@ from i2d_segments.records import (
     SampleStatus,
     UrlRow,
     encode_append,
+    failure_value,
     parse_url_value,
 )
 
@@ -64,6 +65,24 @@ class Outcome:
             st.resize_seconds,
             st.robots,
             st.cpu,
+        )
+
+    @classmethod
+    def failure(
+        cls, row: UrlRow, error: str, status: SampleStatus, stats: RowStats | None = None
+    ) -> Outcome:
+        """`Outcome.of(AppendRecord.failure(row, error, status), stats)`: the same record,
+        written without the models when `failure_value` can (a failed row's usual case)."""
+        value = failure_value(row, error, status)
+        if value is None:
+            return cls.of(AppendRecord.failure(row, error, status), stats)
+        return cls(
+            value=value,
+            key=row.sample_id.encode(),  # a failure's key (AppendRecord.key)
+            status=status,
+            payload_size=0,
+            stats=stats or RowStats(),
+            reason=reason_of(error),
         )
 
     @classmethod
