@@ -108,10 +108,13 @@ class FetcherService(HeldPartitions):
         refill = max(1, limit // 8)
         room_opened = asyncio.Event()
 
-        def finished(task: asyncio.Future[Outcome | None]) -> None:
-            tasks.discard(task)
-            if limit - len(tasks) >= refill:
-                room_opened.set()
+        def finished(m: Message, task: asyncio.Future[Outcome | None]) -> None:
+            try:
+                self._fetched(m, task)
+            finally:
+                tasks.discard(task)
+                if limit - len(tasks) >= refill:
+                    room_opened.set()
 
         last_commit = time.monotonic()
         pending = False  # rows started whose APPEND record is not acknowledged yet
@@ -137,8 +140,7 @@ class FetcherService(HeldPartitions):
                             self.offsets.start(m.tp, m.offset)
                             task = asyncio.ensure_future(fetcher.fetch(m.value))
                             tasks.add(task)
-                            task.add_done_callback(functools.partial(self._fetched, m))
-                            task.add_done_callback(finished)
+                            task.add_done_callback(functools.partial(finished, m))
                         if not messages and tasks:
                             await asyncio.sleep(0)
                     self.producer.poll(0)
@@ -211,7 +213,7 @@ class FetcherService(HeldPartitions):
             self.offsets.done(m.tp, m.offset)
             self.rows_done += 1
             self.successes += int(outcome.status is SampleStatus.SUCCESS)
-            metrics.ROWS_BY_STATUS[outcome.status.value].inc()
+            metrics.ROWS_BY_STATUS[outcome.status].inc()  # a StrEnum: its value, as a label
             if outcome.reason is not None:
                 metrics.FAILURES_BY_REASON[outcome.reason].inc()
 
