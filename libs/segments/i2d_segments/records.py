@@ -56,8 +56,8 @@ class UrlRow(BaseModel):
         index row can hold: replace them here, at the boundary, so every later stage can
         encode strictly. The extra columns (the row's other fields) nest at most
         `safejson.MAX_DEPTH` levels, so every later stage can serialize them."""
-        if value is None or (type(value) is str and value.isascii()):
-            return value  # the common case, per field of every row: nothing to check
+        if value is None or (type(value) is str and value.isascii()) or value == {}:
+            return value  # the common cases, per field of every row: nothing to check
         if isinstance(value, dict) and safejson.value_too_deep(value):
             raise ValueError(safejson.TOO_DEEP)
         return _replace_surrogates(value)

@@ -72,7 +72,8 @@ class ByteBudget:
             self.used -= reservation.held
             self.holders -= 1
             reservation.held = 0
-        self._wake()
+        if self._growers or self._newcomers:  # nobody waits, nobody to wake (most releases)
+            self._wake()
 
     async def _acquire(self, reservation: Reservation, n: int) -> None:
         grower = reservation.held > 0
