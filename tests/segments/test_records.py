@@ -11,8 +11,10 @@ from i2d_segments.records import (
     UrlRow,
     decode_append,
     encode_append,
+    encode_url_row,
     failure_value,
     parse_url_value,
+    row_content,
     row_identity,
 )
 
@@ -124,3 +126,19 @@ def test_a_failure_written_without_the_models_is_the_models_record_byte_for_byte
     assert decoded.model_copy(update={"fetched_at": 0.0}) == expected_meta.model_copy(
         update={"fetched_at": 0.0}
     )
+
+
+def test_a_lists_plain_row_travels_as_the_json_of_its_fields() -> None:
+    # encode_url_row writes a list's plain url row itself: row_content's bytes exactly.
+    for url in [
+        "http://a/b",
+        'http://a/"q"\\x',
+        "http://é/ü",
+        "http://a/\t\n",
+        "http://a/\x7f\u2028",
+    ]:
+        row = UrlRow(url=url, row_key="000010007", row_id="f" * 64)
+        written = encode_url_row(row)
+        assert written == row_content(url, None, None, {}, "000010007", "f" * 64)
+        back = parse_url_value(written)  # the fetcher's reading (it strips the url)
+        assert back is not None and (back.url, back.row_id) == (url.strip(), row.row_id)

@@ -186,6 +186,21 @@ def encode_url_row(row: UrlRow | UnparsedRow) -> bytes:
     """The JSON form of a row on the `urls` topic (a bare URL when it has nothing else)."""
     if isinstance(row, UnparsedRow):
         return row.value
+    if (
+        row.row_key is not None
+        and row.row_id is not None
+        and row.caption is None
+        and row.key is None
+        and not row.extra
+    ):
+        # A list's plain url row (every row of a txt list): the text json_row writes for
+        # {"url", "row_key", "sample_id"}, with the same string encoder, without the dict and
+        # the encoder's Python layers.
+        text = (
+            f'{{"url":{_json_str(row.url)},"row_key":{_json_str(row.row_key)},'
+            f'"sample_id":{_json_str(row.row_id)}}}'
+        )
+        return text.encode("utf-8", "replace")
     return row_content(row.url, row.caption, row.key, row.extra, row.row_key, row.row_id)
 
 
@@ -217,6 +232,8 @@ def row_content(
 # default=str: a parquet column may hold dates or decimals, which JSON has no type for. One
 # encoder for every row: `json.dumps` with options builds a new JSONEncoder at each call.
 _ROW_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str)
+# How that encoder writes a string (ensure_ascii=False): json's own function for it.
+_json_str = json.encoder.encode_basestring
 
 
 def json_row(obj: dict[str, Any]) -> bytes:
