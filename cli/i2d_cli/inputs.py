@@ -185,6 +185,12 @@ class RowReader:
             position = 0
             try:
                 for position, rec in enumerate(self._records(path), start=1):
+                    if type(rec) is str:
+                        # A txt line (checked UTF-8, so the row holds it as it is): its
+                        # identity is known before the row is made, made once.
+                        rid = row_id(list_id, position - 1, rec.encode("utf-8"))
+                        yield UrlRow(url=rec, row_key=keys.key(position - 1), row_id=rid)
+                        continue
                     row = self._row(rec, keys.key(position - 1))
                     yield _placed(row, list_id, position - 1)
             except _read_errors() as e:

@@ -4,7 +4,19 @@ from __future__ import annotations
 
 import json
 
-from i2d_segments.records import AppendMeta, SampleStatus, parse_url_value
+from i2d_segments.records import (
+    AppendMeta,
+    AppendRecord,
+    SampleStatus,
+    UrlRow,
+    decode_append,
+    encode_append,
+    encode_url_row,
+    failure_value,
+    parse_url_value,
+    row_content,
+    row_identity,
+)
 
 
 def test_extra_fields_of_a_urls_record_never_replace_the_rows_own_metadata() -> None:
@@ -73,3 +85,60 @@ def test_a_failure_record_is_made_one_way_from_whatever_is_known_of_the_row() ->
 
     resize = AppendRecord.failure(row, "cannot identify image", SampleStatus.FAILED_TO_RESIZE)
     assert resize.meta.status is SampleStatus.FAILED_TO_RESIZE
+
+
+def test_a_failure_written_without_the_models_is_the_models_record_byte_for_byte() -> None:
+    # failure_value (what a fetch worker writes for a failed row) against the one way the
+    # models write it: the same APPEND bytes, or None where the shortcut does not apply.
+    rows = [
+        UrlRow(url="http://127.0.0.1:8/fault/missing/7.jpg", row_key="000010007", row_id="a" * 64),
+        UrlRow(url="http://h/x.jpg?a=1&b=%20", caption="a cat", key="k1"),
+        UrlRow(url="http://h/x.jpg", key="k" * 300),  # a long key: its hash is the sample id
+        UrlRow(url="http://h/é.jpg"),  # non-ASCII: the models' way
+        UrlRow(url='http://h/"q".jpg'),  # a quote: the models' way
+        UrlRow(url="http://h/x.jpg", caption="tab\there"),
+        UrlRow(url="http://h/x.jpg", caption="back\\slash"),
+        UrlRow(url="http://h/x.jpg", extra={"license": "cc0"}),  # extra columns: the models'
+        UrlRow(url="http://h/x.jpg", caption="ünïcode"),
+    ]
+    errors = ["HTTP Error 404: Not Found", "timed out after 10s", 'bad "quoted"', "émoji 😀"]
+    times = [1796577826.061122, 1.0e9, 1700000000.0, 1796577826.1, 0.5, 1e-5]
+    written = 0
+    for row in rows:
+        for error in errors:
+            for status in (SampleStatus.FAILED_TO_DOWNLOAD, SampleStatus.FAILED_TO_RESIZE):
+                for at in times:
+                    fast = failure_value(row, error, status, fetched_at=at)
+                    meta = AppendMeta(
+                        **row_identity(row), status=status, error_message=error, fetched_at=at
+                    )
+                    expected = encode_append(AppendRecord(meta=meta))
+                    assert fast is None or fast == expected, (row, error, at)
+                    written += fast is not None
+                    assert decode_append(expected).meta == meta
+    assert written == 3 * 2 * 2 * 4  # the plain rows, errors and times took the shortcut
+    # Now, not at a given time: still the models' record, bar the time it was written.
+    row = rows[0]
+    value = failure_value(row, errors[0])
+    assert value is not None
+    decoded = decode_append(value).meta
+    expected_meta = AppendRecord.failure(row, errors[0]).meta
+    assert decoded.model_copy(update={"fetched_at": 0.0}) == expected_meta.model_copy(
+        update={"fetched_at": 0.0}
+    )
+
+
+def test_a_lists_plain_row_travels_as_the_json_of_its_fields() -> None:
+    # encode_url_row writes a list's plain url row itself: row_content's bytes exactly.
+    for url in [
+        "http://a/b",
+        'http://a/"q"\\x',
+        "http://é/ü",
+        "http://a/\t\n",
+        "http://a/\x7f\u2028",
+    ]:
+        row = UrlRow(url=url, row_key="000010007", row_id="f" * 64)
+        written = encode_url_row(row)
+        assert written == row_content(url, None, None, {}, "000010007", "f" * 64)
+        back = parse_url_value(written)  # the fetcher's reading (it strips the url)
+        assert back is not None and (back.url, back.row_id) == (url.strip(), row.row_id)

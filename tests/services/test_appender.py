@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import webdataset
 
+from i2d_appender.open_segment import _SAMPLE_COLUMNS, sample_attrs
 from i2d_appender.service import AppenderService
 from i2d_appender.settings import AppenderSettings
 from i2d_segments.bus import TopicPartition
@@ -21,7 +22,9 @@ from i2d_segments.index.sqlite import SqliteIndex
 from i2d_segments.naming import object_name_of
 from i2d_segments.reader import SegmentRows
 from i2d_segments.records import (
+    AppendMeta,
     AppendRecord,
+    SampleStatus,
     SegmentClosed,
     encode_append,
 )
@@ -177,3 +180,30 @@ def test_run_commits_open_segment_on_stop(h: Harness) -> None:
         thread.join(10)
     (seg,) = h.index.segments()
     assert seg.sample_count == 2
+
+
+def test_a_sample_rows_attributes_are_its_metadata_but_its_own_columns() -> None:
+    # sample_attrs (made per record) is sample_json() without SampleRow's columns, in order.
+    metas = [
+        AppendMeta(sample_id="s1", url="http://a/1", status=SampleStatus.FAILED_TO_DOWNLOAD),
+        AppendMeta(
+            sample_id="s2",
+            url="http://a/2",
+            caption="c",
+            key="k2",
+            status=SampleStatus.SUCCESS,
+            item_id="i",
+            width=3,
+            height=4,
+            original_width=30,
+            original_height=40,
+            exif='{"a": "b"}',
+            hashes={"sha256": "f00", "md5": "ba4"},
+            # an extra column never replaces a row's own, nor shows SampleRow's columns twice
+            extra={"license": "cc0", "status": "x", "width": 9, "url": "u", "zz": None},
+        ),
+    ]
+    for meta in metas:
+        expected = {k: v for k, v in meta.sample_json().items() if k not in _SAMPLE_COLUMNS}
+        got = sample_attrs(meta)
+        assert list(got.items()) == list(expected.items())

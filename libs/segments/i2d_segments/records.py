@@ -56,6 +56,8 @@ class UrlRow(BaseModel):
         index row can hold: replace them here, at the boundary, so every later stage can
         encode strictly. The extra columns (the row's other fields) nest at most
         `safejson.MAX_DEPTH` levels, so every later stage can serialize them."""
+        if value is None or (type(value) is str and value.isascii()) or value == {}:
+            return value  # the common cases, per field of every row: nothing to check
         if isinstance(value, dict) and safejson.value_too_deep(value):
             raise ValueError(safejson.TOO_DEEP)
         return _replace_surrogates(value)
@@ -109,6 +111,8 @@ def unparsed_sample_id(value: bytes) -> str:
 
 def _replace_surrogates(value: Any) -> Any:
     if isinstance(value, str):
+        if value.isascii():  # no surrogate in ASCII text; isascii() is a flag, not a scan
+            return value
         try:
             value.encode("utf-8")
         except UnicodeEncodeError:
@@ -182,6 +186,21 @@ def encode_url_row(row: UrlRow | UnparsedRow) -> bytes:
     """The JSON form of a row on the `urls` topic (a bare URL when it has nothing else)."""
     if isinstance(row, UnparsedRow):
         return row.value
+    if (
+        row.row_key is not None
+        and row.row_id is not None
+        and row.caption is None
+        and row.key is None
+        and not row.extra
+    ):
+        # A list's plain url row (every row of a txt list): the text json_row writes for
+        # {"url", "row_key", "sample_id"}, with the same string encoder, without the dict and
+        # the encoder's Python layers.
+        text = (
+            f'{{"url":{_json_str(row.url)},"row_key":{_json_str(row.row_key)},'
+            f'"sample_id":{_json_str(row.row_id)}}}'
+        )
+        return text.encode("utf-8", "replace")
     return row_content(row.url, row.caption, row.key, row.extra, row.row_key, row.row_id)
 
 
@@ -210,11 +229,16 @@ def row_content(
     return json_row(obj)
 
 
+# default=str: a parquet column may hold dates or decimals, which JSON has no type for. One
+# encoder for every row: `json.dumps` with options builds a new JSONEncoder at each call.
+_ROW_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str)
+# How that encoder writes a string (ensure_ascii=False): json's own function for it.
+_json_str = json.encoder.encode_basestring
+
+
 def json_row(obj: dict[str, Any]) -> bytes:
-    # default=str: a parquet column may hold dates or decimals, which JSON has no type for;
     # "replace": a lone surrogate a malformed row still holds becomes "?" (UrlRow's are gone).
-    text = json.dumps(obj, ensure_ascii=False, separators=(",", ":"), default=str)
-    return text.encode("utf-8", "replace")
+    return _ROW_ENCODER.encode(obj).encode("utf-8", "replace")
 
 
 # --------------------------------------------------------------------------- APPEND topic
@@ -341,6 +365,74 @@ def encode_append(record: AppendRecord) -> bytes:
     meta = record.meta.model_dump_json().encode("utf-8")
     payload = record.payload or b""
     return b"".join((_APPEND_HEADER.pack(_APPEND_MAGIC, 1, len(meta)), meta, payload))
+
+
+# The metadata fields in the order model_dump_json writes them: `failure_value` writes the
+# same JSON as long as AppendMeta has these fields, and declines (None) otherwise.
+_FAILURE_FIELDS = (
+    "v",
+    "sample_id",
+    "url",
+    "caption",
+    "key",
+    "extra",
+    "status",
+    "error_message",
+    "item_id",
+    "ext",
+    "mime",
+    "width",
+    "height",
+    "original_width",
+    "original_height",
+    "original_size",
+    "exif",
+    "hashes",
+    "staged",
+    "fetched_at",
+)
+_FAILURE_FAST = tuple(AppendMeta.model_fields) == _FAILURE_FIELDS
+_FAILURE_TAIL = (
+    '"item_id":null,"ext":null,"mime":null,"width":null,"height":null,"original_width":null,'
+    '"original_height":null,"original_size":null,"exif":null,"hashes":{},"staged":null,'
+)
+
+
+def _plain(text: str) -> bool:
+    """Text JSON writes as it is between quotes (printable ASCII, no quote or backslash)."""
+    return text.isascii() and text.isprintable() and '"' not in text and "\\" not in text
+
+
+def failure_value(
+    row: UrlRow,
+    error: str,
+    status: SampleStatus = SampleStatus.FAILED_TO_DOWNLOAD,
+    fetched_at: float | None = None,
+) -> bytes | None:
+    """`encode_append(AppendRecord.failure(row, error, status))`, byte for byte, without
+    building the pydantic models (most of what a failed row costs a fetch worker); None when
+    the row is not one this shortcut writes exactly (extra columns, text JSON would escape,
+    an unusual time), and the caller takes the general way. tests/segments/test_records.py
+    checks it against the models."""
+    sample_id, url, caption, key = row.sample_id, row.url, row.caption, row.metadata_key
+    now = time.time() if fetched_at is None else fetched_at
+    if (
+        not _FAILURE_FAST
+        or row.extra
+        or not (1.0 <= now < 1e15)  # where float repr is pydantic's number exactly
+        or not (_plain(sample_id) and _plain(url) and _plain(error))
+        or (caption is not None and not _plain(caption))
+        or (key is not None and not _plain(key))
+    ):
+        return None
+    caption_json = "null" if caption is None else '"' + caption + '"'
+    key_json = "null" if key is None else '"' + key + '"'
+    meta = (
+        f'{{"v":1,"sample_id":"{sample_id}","url":"{url}","caption":{caption_json},'
+        f'"key":{key_json},"extra":{{}},"status":"{status.value}","error_message":"{error}",'
+        f'{_FAILURE_TAIL}"fetched_at":{now!r}}}'
+    ).encode("ascii")
+    return _APPEND_HEADER.pack(_APPEND_MAGIC, 1, len(meta)) + meta
 
 
 def decode_append(value: bytes) -> AppendRecord:

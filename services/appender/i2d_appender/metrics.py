@@ -5,12 +5,14 @@ from __future__ import annotations
 from prometheus_client import Counter, Gauge, Histogram
 
 from i2d_segments import stagecpu
+from i2d_segments.labels import LabelledChildren
 
 RECORDS = Counter(
     "img2dataset_appender_records_total",
     "APPEND records consumed, by outcome (stored, duplicate, failure, malformed).",
     ["outcome"],
 )
+RECORDS_BY_OUTCOME = LabelledChildren(RECORDS)  # per record: its children, looked up once
 SEGMENTS_CLOSED = Counter(
     "img2dataset_appender_segments_closed_total", "Segments committed to the index."
 )

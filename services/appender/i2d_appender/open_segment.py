@@ -18,13 +18,37 @@ from i2d_segments.bus import TopicPartition
 from i2d_segments.ids import sha256_hex
 from i2d_segments.index import ItemRow, SampleRow, SegmentCommit, SegmentRow
 from i2d_segments.naming import segment_id_of, segment_object_name
-from i2d_segments.records import AppendRecord, SampleStatus
+from i2d_segments.records import AppendMeta, AppendRecord, SampleStatus
 from i2d_segments.segment import SegmentWriter, sample_members
 from i2d_segments.segment.manifest import MANIFEST_NAME, SegmentManifest, encode_manifest
 from i2d_segments.store import SegmentStore
 
 # Columns carried by SampleRow itself; everything else of img2dataset's row goes to `attrs`.
 _SAMPLE_COLUMNS = ("url", "caption", "status", "error_message", "sample_id")
+
+
+_STATUS_TEXT = {s: s.value for s in SampleStatus}  # (an enum's .value is a Python call)
+
+
+def sample_attrs(meta: AppendMeta) -> dict[str, Any]:
+    """The row's metadata but SampleRow's own columns: `meta.sample_json()` without
+    _SAMPLE_COLUMNS, keys in the same order, made without the whole of it (once per record).
+    tests/services/test_appender.py checks the two agree."""
+    attrs: dict[str, Any] = {
+        "key": meta.key if meta.key is not None else meta.sample_id,
+        "width": meta.width,
+        "height": meta.height,
+        "original_width": meta.original_width,
+        "original_height": meta.original_height,
+        "exif": meta.exif,
+    }
+    for name, digest in meta.hashes.items():
+        if name not in _SAMPLE_COLUMNS:
+            attrs[name] = digest
+    for name, value in meta.extra.items():  # never one of the row's own (sample_json)
+        if name not in attrs and name not in _SAMPLE_COLUMNS:
+            attrs[name] = value
+    return attrs
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,11 +123,11 @@ class OpenSegment:
             sample_id=meta.sample_id,
             url=meta.url,
             caption=meta.caption,
-            status=meta.status.value,
+            status=_STATUS_TEXT[meta.status],
             error=meta.error_message,
             item_id=item_id,
             segment_id=self.segment_id,
-            attrs={k: v for k, v in row.items() if k not in _SAMPLE_COLUMNS},
+            attrs=sample_attrs(meta),
             updated_at=time.time(),
         )
         self.last_offset = offset

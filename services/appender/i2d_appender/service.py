@@ -414,7 +414,7 @@ class AppenderService(RebalanceListener):
             self._discard_segment(state, "store write")
             self._defer(state, "store write", e)
             return
-        metrics.RECORDS.labels(outcome).inc()
+        metrics.RECORDS_BY_OUTCOME[outcome].inc()
         self.progress.appended(state, record.meta, segment.segment_id)
         closed = self._close_if_full(state)
         if closed is not None:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from prometheus_client import Counter, Gauge, Histogram
 
 from i2d_segments import stagecpu
+from i2d_segments.labels import LabelledChildren
 
 if TYPE_CHECKING:
     from i2d_fetcher.outcome import RowStats
@@ -25,6 +26,9 @@ FAILURES = Counter(
     "Failed rows by reason: the kind of their error message (a bounded set, see reasons.py).",
     ["reason"],
 )
+# Updated per row: their children by label value, looked up once.
+ROWS_BY_STATUS = LabelledChildren(ROWS)
+FAILURES_BY_REASON = LabelledChildren(FAILURES)
 IN_FLIGHT = Gauge("img2dataset_fetcher_in_flight", "Rows being downloaded or processed.")
 FETCH_SECONDS = Histogram(
     "img2dataset_fetcher_fetch_seconds",

@@ -17,6 +17,7 @@ from i2d_segments.records import (
     SampleStatus,
     UrlRow,
     encode_append,
+    failure_value,
     parse_url_value,
 )
 
@@ -47,6 +48,43 @@ class Outcome:
     stats: RowStats
     reason: str | None = None  # a failure's bounded reason (reasons.py), for the metric
 
+    def __reduce__(self) -> tuple[object, tuple[object, ...]]:
+        # Every row's outcome crosses the wire to the main process (pool/wire.py): as one flat
+        # tuple of plain values, rebuilt by one call. The dataclasses' default pickling
+        # looks their fields up at each load (dataclasses.fields) and the status enum by
+        # value through its metaclass, which cost the main process more than the rest of it.
+        st = self.stats
+        return _outcome, (
+            self.value,
+            self.key,
+            self.status.value,
+            self.payload_size,
+            self.reason,
+            st.fetch_seconds,
+            st.downloaded_bytes,
+            st.resize_seconds,
+            st.robots,
+            st.cpu,
+        )
+
+    @classmethod
+    def failure(
+        cls, row: UrlRow, error: str, status: SampleStatus, stats: RowStats | None = None
+    ) -> Outcome:
+        """`Outcome.of(AppendRecord.failure(row, error, status), stats)`: the same record,
+        written without the models when `failure_value` can (a failed row's usual case)."""
+        value = failure_value(row, error, status)
+        if value is None:
+            return cls.of(AppendRecord.failure(row, error, status), stats)
+        return cls(
+            value=value,
+            key=row.sample_id.encode(),  # a failure's key (AppendRecord.key)
+            status=status,
+            payload_size=0,
+            stats=stats or RowStats(),
+            reason=reason_of(error),
+        )
+
     @classmethod
     def of(cls, record: AppendRecord, stats: RowStats | None = None) -> Outcome:
         return cls(
@@ -59,6 +97,26 @@ class Outcome:
             if record.meta.status is SampleStatus.SUCCESS
             else reason_of(record.meta.error_message),
         )
+
+
+_STATUSES = {s.value: s for s in SampleStatus}
+
+
+def _outcome(
+    value: bytes,
+    key: bytes,
+    status: str,
+    payload_size: int,
+    reason: str | None,
+    fetch_seconds: float | None,
+    downloaded_bytes: int,
+    resize_seconds: float | None,
+    robots: dict[str, int] | None,
+    cpu: dict[str, float] | None,
+) -> Outcome:
+    """An Outcome from its pickled form (`Outcome.__reduce__`)."""
+    stats = RowStats(fetch_seconds, downloaded_bytes, resize_seconds, robots, cpu)
+    return Outcome(value, key, _STATUSES[status], payload_size, stats, reason)
 
 
 def parse(value: bytes, url_field: str, caption_field: str | None) -> UrlRow | Outcome | None:

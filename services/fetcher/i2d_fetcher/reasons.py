@@ -8,6 +8,7 @@ nest ("timed out" vs "connect timed out" are both `timeout`, so that one does no
 
 from __future__ import annotations
 
+import functools
 import re
 
 # (reason, pattern at the start of the message). The messages are this fetcher's own: see
@@ -48,23 +49,48 @@ _RULES: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
 REASONS = (*(reason for reason, _ in _RULES), "other")
 MESSAGE_LIMIT = 160  # characters of a failure message: a reason, not a dump
 _SPACES = re.compile(r"[\s\x00-\x1f\x7f]+")
+# `one_line` and `reason_of` run for every failed row, and a run's failures repeat a few
+# messages (every 404 is "HTTP Error 404: Not Found"): both remember their answers, so a
+# repeat is one dict lookup instead of a regex pass (one_line) or up to 27 (reason_of).
+# Bounded, in count and in length: a message may quote what a server sent.
+MESSAGE_CACHE = 4096  # distinct messages remembered
+CACHED_LENGTH = 256  # longer messages are worked out each time
 
 
 def one_line(message: str, limit: int = MESSAGE_LIMIT) -> str:
     """`message` as one short line: runs of whitespace and control characters (a parser's
     message may quote header bytes, `Invalid character in Content-Length:\\n\\n `) become one
     space, and it is cut at `limit` characters. A message is counted and grepped by users."""
+    if len(message) <= CACHED_LENGTH:
+        return _one_line_cached(message, limit)
+    return _one_line(message, limit)
+
+
+def _one_line(message: str, limit: int) -> str:
     message = _SPACES.sub(" ", message).strip()
     return message if len(message) <= limit else message[: limit - 3] + "..."
 
 
+_one_line_cached = functools.lru_cache(maxsize=MESSAGE_CACHE)(_one_line)
+
+
 def reason_of(message: str | None) -> str:
     """The bounded reason of a failure message (`other` for one no rule knows)."""
-    if message:
-        for reason, pattern in _RULES:
-            if pattern.match(message):
-                return reason
+    if not message:
+        return "other"
+    if len(message) <= CACHED_LENGTH:
+        return _reason_cached(message)
+    return _reason(message)
+
+
+def _reason(message: str) -> str:
+    for reason, pattern in _RULES:
+        if pattern.match(message):
+            return reason
     return "other"
+
+
+_reason_cached = functools.lru_cache(maxsize=MESSAGE_CACHE)(_reason)
 
 
 # Reasons a failure may not last: the same row fetched again later may succeed (rate limits,

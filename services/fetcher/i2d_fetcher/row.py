@@ -18,7 +18,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 from i2d_fetcher.http.client import FetchFailed, HttpClient, download
 from i2d_fetcher.imaging.blur import Box, InvalidBoxes, boxed_item_id, parse_boxes
@@ -66,16 +66,34 @@ async def fetch_value(
     caption_field: str | None = "caption",
     gate: DecodeGate | None = None,
 ) -> Outcome | None:
-    """A `urls` record's outcome; None for a blank line (nothing to report)."""
+    """A `urls` record's outcome; None for a blank line (nothing to report). Its stats carry
+    no robots.txt counts: the caller attaches the client's (`report_robots`) when it reports
+    them, on some rows or on each."""
     row = parse(value, url_field, caption_field)
     if not isinstance(row, UrlRow):
         return row
     stats = RowStats()
-    record = await fetch_row(client, row, opts, run_cpu, stats, gate)
+    done = await _fetch_row(client, row, opts, run_cpu, stats, gate)
     started = time.thread_time()
-    outcome = Outcome.of(record, stats)
+    if isinstance(done, Failure):
+        outcome = Outcome.failure(row, done.message, done.status, stats)
+    else:
+        outcome = Outcome.of(done, stats)
     stagecpu.add("record", time.thread_time() - started)
     return outcome
+
+
+def report_robots(client: HttpClient, stats: RowStats) -> None:
+    """The client's robots.txt lookups and fetches since the last report, on `stats`."""
+    if client.robots is not None:
+        stats.robots = client.robots.take_counts()
+
+
+class Failure(NamedTuple):
+    """Why a row failed, before its record is made (`fetch_value` encodes it directly)."""
+
+    message: str
+    status: SampleStatus = SampleStatus.FAILED_TO_DOWNLOAD
 
 
 async def fetch_row(
@@ -90,12 +108,27 @@ async def fetch_row(
     `stats`, if given, gets the row's figures. The body's bytes are held in the client's
     budget (http/budget.py) from the request until its image is encoded; a heavy decode
     holds its memory in `gate`, shared by the worker processes (imaging/gate.py)."""
+    done = await _fetch_row(client, row, opts, run_cpu, stats, gate)
+    if isinstance(done, Failure):
+        return AppendRecord.failure(row, done.message, done.status)
+    return done
+
+
+async def _fetch_row(
+    client: HttpClient,
+    row: UrlRow,
+    opts: FetchOptions,
+    run_cpu: RunCpu,
+    stats: RowStats | None = None,
+    gate: DecodeGate | None = None,
+) -> AppendRecord | Failure:
+    """`fetch_row`, a failure left as its reason."""
     stats = stats if stats is not None else RowStats()
     try:
         # Before the download: a row whose boxes cannot be read is not worth fetching.
         boxes = parse_boxes(row.extra.get(opts.bbox_col)) if opts.bbox_col else ()
     except InvalidBoxes as e:
-        return AppendRecord.failure(row, str(e), SampleStatus.FAILED_TO_RESIZE)
+        return Failure(str(e), SampleStatus.FAILED_TO_RESIZE)
     async with client.budget.reservation() as reservation:
         started = time.monotonic()
         try:
@@ -103,14 +136,12 @@ async def fetch_row(
                 client, row.url, opts, max_bytes=opts.max_body_bytes, reservation=reservation
             )
         except FetchFailed as e:
-            return AppendRecord.failure(row, e.message, SampleStatus.FAILED_TO_DOWNLOAD)
+            return Failure(e.message, SampleStatus.FAILED_TO_DOWNLOAD)
         except Exception as e:  # a bug must cost one row, not the fetcher
             log.exception("unexpected download error for %s", row.url)
-            return AppendRecord.failure(row, _describe(e), SampleStatus.FAILED_TO_DOWNLOAD)
+            return Failure(_describe(e), SampleStatus.FAILED_TO_DOWNLOAD)
         finally:
             stats.fetch_seconds = time.monotonic() - started - reservation.waited
-            if client.robots is not None:
-                stats.robots = client.robots.take_counts()
         data = downloaded.data
         stats.downloaded_bytes = len(data)
         expected = _expected_hash(row, opts.verify_hash[0]) if opts.verify_hash else None
@@ -118,11 +149,11 @@ async def fetch_row(
             done = await run_cpu(process_body, data, opts, tuple(boxes), expected, gate)
         except Exception as e:  # a bug in a decoder must cost one row, not the worker
             log.exception("unexpected imaging error for %s", row.url)
-            return AppendRecord.failure(row, _describe(e), SampleStatus.FAILED_TO_RESIZE)
+            return Failure(_describe(e), SampleStatus.FAILED_TO_RESIZE)
     stats.resize_seconds = done.seconds
     if done.failure is not None:
         status, message = done.failure
-        return AppendRecord.failure(row, message, status)
+        return Failure(message, status)
     image = done.image
     assert image is not None
     meta = AppendMeta(

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import threading
 import time
@@ -99,16 +100,21 @@ class FetcherService(HeldPartitions):
             lambda: self.consumer.subscribe([self.settings.urls_topic], listener=self),
         )
         limit = self.settings.thread_count
-        tasks: set[asyncio.Task[None]] = set()
+        # The rows in flight: each one's fetch, answered by `_fetched` when it completes (a
+        # callback, not a task per row: the worker processes hand back futures).
+        tasks: set[asyncio.Future[Outcome | None]] = set()
         # Poll again once `refill` rows are done, not after each one: a consumer-thread round
         # trip (and a wait over every pending task) per batch of rows instead of per row.
         refill = max(1, limit // 8)
         room_opened = asyncio.Event()
 
-        def finished(task: asyncio.Task[None]) -> None:
-            tasks.discard(task)
-            if limit - len(tasks) >= refill:
-                room_opened.set()
+        def finished(m: Message, task: asyncio.Future[Outcome | None]) -> None:
+            try:
+                self._fetched(m, task)
+            finally:
+                tasks.discard(task)
+                if limit - len(tasks) >= refill:
+                    room_opened.set()
 
         last_commit = time.monotonic()
         pending = False  # rows started whose APPEND record is not acknowledged yet
@@ -132,9 +138,9 @@ class FetcherService(HeldPartitions):
                         )
                         for m in messages:
                             self.offsets.start(m.tp, m.offset)
-                            task = asyncio.create_task(self._handle(fetcher, m))
+                            task = asyncio.ensure_future(fetcher.fetch(m.value))
                             tasks.add(task)
-                            task.add_done_callback(finished)
+                            task.add_done_callback(functools.partial(finished, m))
                         if not messages and tasks:
                             await asyncio.sleep(0)
                     self.producer.poll(0)
@@ -166,8 +172,8 @@ class FetcherService(HeldPartitions):
         if offsets:
             await loop.run_in_executor(self._consumer_thread, self.consumer.commit, offsets)
 
-    async def _handle(self, fetcher: RowFetcher, m: Message) -> None:
-        outcome = await fetcher.fetch(m.value)
+    def _fetched(self, m: Message, fetch: asyncio.Future[Outcome | None]) -> None:
+        outcome = fetch.result()
         if outcome is None:  # blank line: nothing to report
             self.offsets.done(m.tp, m.offset)
             return
@@ -207,9 +213,9 @@ class FetcherService(HeldPartitions):
             self.offsets.done(m.tp, m.offset)
             self.rows_done += 1
             self.successes += int(outcome.status is SampleStatus.SUCCESS)
-            metrics.ROWS.labels(outcome.status.value).inc()
+            metrics.ROWS_BY_STATUS[outcome.status].inc()  # a StrEnum: its value, as a label
             if outcome.reason is not None:
-                metrics.FAILURES.labels(outcome.reason).inc()
+                metrics.FAILURES_BY_REASON[outcome.reason].inc()
 
         self.producer.produce(
             self.settings.append_topic, outcome.value, key=outcome.key, on_delivery=delivered

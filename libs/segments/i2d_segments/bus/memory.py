@@ -208,7 +208,7 @@ class MemoryBus(EmbeddedBus):
         return logs[tp.partition]
 
     def _append(self, topic: str, value: bytes, key: bytes | None, round_robin: int) -> Message:
-        with self._cond:
+        with self._lock:  # the condition's lock, without its Python-level __enter__
             logs = self._logs(topic)
             if key is not None:
                 partition = partition_for_key(key, len(logs))
@@ -244,7 +244,11 @@ class _MemoryProducer(Producer):
 
     def __init__(self, bus: MemoryBus) -> None:
         self._bus = bus
-        self._cond = threading.Condition(threading.Lock())
+        # Held directly where nothing waits (every produce and callback): a Condition's
+        # __enter__ and notify_all are Python-level calls.
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self._pollers = 0  # callers waiting in `poll` for a delivery
         self._pending: deque[tuple[DeliveryCallback, Message]] = deque()
         self._round_robin: dict[str, int] = {}
         self._closed = False
@@ -256,7 +260,7 @@ class _MemoryProducer(Producer):
         key: bytes | None = None,
         on_delivery: DeliveryCallback | None = None,
     ) -> None:
-        with self._cond:
+        with self._lock:
             if self._closed:
                 raise BusError("producer is closed")
             turn = self._round_robin.get(topic, 0)
@@ -264,15 +268,16 @@ class _MemoryProducer(Producer):
                 self._round_robin[topic] = turn + 1
         msg = self._bus._append(topic, value, key, turn)
         if on_delivery is not None:
-            with self._cond:
+            with self._lock:
                 self._pending.append((on_delivery, msg))
-                self._cond.notify_all()
+                if self._pollers:
+                    self._cond.notify_all()
 
     def _serve(self) -> None:
         # One at a time, outside the lock: a callback may produce, and if one raises the
         # others stay pending for the next poll.
         while True:
-            with self._cond:
+            with self._lock:
                 if not self._pending:
                     return
                 callback, msg = self._pending.popleft()
@@ -281,7 +286,11 @@ class _MemoryProducer(Producer):
     def poll(self, timeout: float = 0.0) -> None:
         with self._cond:
             if not self._pending and timeout > 0:
-                self._cond.wait_for(lambda: bool(self._pending) or self._closed, timeout)
+                self._pollers += 1
+                try:
+                    self._cond.wait_for(lambda: bool(self._pending) or self._closed, timeout)
+                finally:
+                    self._pollers -= 1
         self._serve()
 
     def flush(self, timeout: float = 30.0) -> None:

@@ -44,8 +44,13 @@ class SegmentManifest:
     samples: list[SampleRow]
 
 
+# One encoder for every line (a line per sample): `json.dumps` with options builds a new
+# JSONEncoder at each call.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+
 def _line(obj: dict[str, Any]) -> bytes:
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n"
+    return _ENCODER.encode(obj).encode("utf-8") + b"\n"
 
 
 def encode_manifest(manifest: SegmentManifest) -> bytes:

@@ -72,7 +72,8 @@ class ByteBudget:
             self.used -= reservation.held
             self.holders -= 1
             reservation.held = 0
-        self._wake()
+        if self._growers or self._newcomers:  # nobody waits, nobody to wake (most releases)
+            self._wake()
 
     async def _acquire(self, reservation: Reservation, n: int) -> None:
         grower = reservation.held > 0
@@ -134,6 +135,15 @@ class Reservation:
         if n <= self.held:
             return True
         return not self.budget.waiting and self.budget._fits(n - self.held, self.held == 0)
+
+    def reserve_now(self, n: int) -> bool:
+        """Hold at least `n` bytes in all if that needs no wait (what `reserve` would do
+        without suspending); False, holding nothing more, if it would wait."""
+        if not self.fits(n):
+            return False
+        if n > self.held:
+            self.budget._take(self, n - self.held)
+        return True
 
     async def reserve(self, n: int) -> None:
         """Hold at least `n` bytes in all, waiting for them if the budget is spent."""

@@ -295,7 +295,9 @@ async def _attempt(
             raise _timed_out(opts)
         interval = 0.0  # the site's Crawl-delay (our part of it)
         if opts.respect_robots_txt and client.robots is not None:
-            interval = await client.robots.check(target)  # not the server's time: not counted
+            # Not the server's time: not counted. Awaited only when the site's is not cached.
+            cached = client.robots.check_cached(target)
+            interval = cached if cached is not None else await client.robots.check(target)
         key = f"{target.raw_host}:{target.port}"
         try:
             async with client.hosts.slot(key, interval) as slot:
@@ -472,7 +474,7 @@ async def _request(
                         raise FetchFailed("invalid redirect location", transient=False) from None
                 if not 200 <= resp.status < 300:
                     raise FetchFailed(
-                        _bounded(f"HTTP Error {resp.status}: {resp.reason}"),  # img2dataset's text
+                        _http_error(resp.status, resp.reason),
                         transient=resp.status in TRANSIENT_STATUSES or resp.status >= 500,
                         retry_after=_retry_after(resp.headers),
                         status=resp.status,
@@ -526,8 +528,21 @@ def _hop_timeout(opts: FetchOptions) -> aiohttp.ClientTimeout:
 
 @functools.lru_cache(maxsize=16)
 def _hop_timeout_of(connect: float, read: float) -> aiohttp.ClientTimeout:
-    # One per setting, not one per request (ClientTimeout is immutable).
+    # One (immutable) object per setting, not one per request.
     return aiohttp.ClientTimeout(total=None, sock_connect=connect, sock_read=read)
+
+
+def _http_error(status: int, reason: str | None) -> str:
+    """img2dataset's text of an HTTP error status, bounded. Remembered: a run answers the
+    same few (`HTTP Error 404: Not Found`) for many rows."""
+    if reason is not None and len(reason) > 256:
+        return _bounded(f"HTTP Error {status}: {reason}")
+    return _http_error_cached(status, reason)
+
+
+@functools.lru_cache(maxsize=1024)
+def _http_error_cached(status: int, reason: str | None) -> str:
+    return _bounded(f"HTTP Error {status}: {reason}")
 
 
 class _BodyMemory:
@@ -545,6 +560,8 @@ class _BodyMemory:
         r = self.reservation
         if r is None or n <= r.held:
             return
+        if r.reserve_now(max(n, grow or n)):
+            return  # nothing to wait for (most rows): no deadline or timer to touch
         when = self.deadline.when()
         if r.fits(max(n, grow or n)) or when is None:
             await r.reserve(max(n, grow or n))

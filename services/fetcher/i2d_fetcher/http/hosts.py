@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from types import TracebackType
 
 CIRCUIT_OPEN_MESSAGE = "host circuit open: too many failures"
 SWEEP_EVERY = 1024  # releases between sweeps of hosts whose state has expired
@@ -86,30 +86,10 @@ class HostLimiter:
         """Hosts with state kept."""
         return len(self._hosts)
 
-    @asynccontextmanager
-    async def slot(self, key: str, interval: float = 0.0) -> AsyncIterator[Slot]:
-        """Hold one of `key`'s slots; its start waits at least `interval` seconds after the
-        host's previous one (and at least 1 / rate)."""
-        host = self._hosts.get(key)
-        if host is None:
-            host = self._hosts[key] = _Host(asyncio.Semaphore(self.max_connections))
-        host.users += 1
-        try:
-            self._admit(host, claim_probe=False)  # fail fast, before queueing
-            await self._wait_pause(host)
-            async with host.gate:
-                # The breaker may have opened, or a pause begun, while this row was queued.
-                slot = Slot(self, host, probe=self._admit(host, claim_probe=True))
-                try:
-                    await self._wait_pause(host)
-                    await self._wait_rate(host, interval)
-                    yield slot
-                finally:
-                    if slot.probe and not slot.reported:
-                        host.probing = False  # e.g. cancelled: let another probe try
-        finally:
-            host.users -= 1
-            self._release(key, host)
+    def slot(self, key: str, interval: float = 0.0) -> _SlotHold:
+        """Hold one of `key`'s slots (`async with`); its start waits at least `interval`
+        seconds after the host's previous one (and at least 1 / rate)."""
+        return _SlotHold(self, key, interval)
 
     def pause(self, key: str, seconds: float) -> None:
         """The host asked (Retry-After) that no request start for `seconds`."""
@@ -134,6 +114,9 @@ class HostLimiter:
     async def _wait_pause(self, host: _Host) -> None:
         while (delay := host.paused_until - self._clock()) > 0:
             await self._sleep(delay)
+
+    def _paused(self, host: _Host) -> bool:
+        return host.paused_until > self._clock()
 
     async def _wait_rate(self, host: _Host, interval: float = 0.0) -> None:
         interval = max(self.interval, interval)
@@ -176,3 +159,71 @@ class HostLimiter:
             return False
         # A cool-down after the last failure, a fresh start is fine (open or not).
         return not host.failures or now >= host.forget_at
+
+
+class _SlotHold:
+    """`async with limiter.slot(key, interval) as slot`. A class rather than an
+    @asynccontextmanager generator, and the waits (pause, rate) only awaited when there is
+    something to wait for: every request takes a slot, and this is most of what it costs."""
+
+    __slots__ = ("_host", "_interval", "_key", "_limiter", "_slot")
+
+    def __init__(self, limiter: HostLimiter, key: str, interval: float) -> None:
+        self._limiter = limiter
+        self._key = key
+        self._interval = interval
+        self._host: _Host | None = None
+        self._slot: Slot | None = None
+
+    async def __aenter__(self) -> Slot:
+        limiter = self._limiter
+        host = limiter._hosts.get(self._key)
+        if host is None:
+            host = limiter._hosts[self._key] = _Host(asyncio.Semaphore(limiter.max_connections))
+        host.users += 1
+        try:
+            limiter._admit(host, claim_probe=False)  # fail fast, before queueing
+            if limiter._paused(host):
+                await limiter._wait_pause(host)
+            await host.gate.acquire()
+            try:
+                # The breaker may have opened, or a pause begun, while this row was queued.
+                slot = Slot(limiter, host, probe=limiter._admit(host, claim_probe=True))
+                try:
+                    if limiter._paused(host):
+                        await limiter._wait_pause(host)
+                    if limiter.interval or self._interval:
+                        await limiter._wait_rate(host, self._interval)
+                except BaseException:
+                    _end_probe(slot)
+                    raise
+            except BaseException:
+                host.gate.release()
+                raise
+        except BaseException:
+            host.users -= 1
+            limiter._release(self._key, host)
+            raise
+        self._host = host
+        self._slot = slot
+        return slot
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        host, slot = self._host, self._slot
+        assert host is not None and slot is not None
+        try:
+            _end_probe(slot)
+        finally:
+            host.gate.release()
+            host.users -= 1
+            self._limiter._release(self._key, host)
+
+
+def _end_probe(slot: Slot) -> None:
+    if slot.probe and not slot.reported:
+        slot._host.probing = False  # e.g. cancelled: let another probe try

@@ -141,15 +141,25 @@ class RobotsCache:
         self._counts.clear()
         return counts
 
+    def check_cached(self, url: URL) -> float | None:
+        """`check` without waiting, when the site's robots.txt is cached (nearly every row):
+        the interval, or FetchFailed; None when it must be fetched (then await `check`)."""
+        key = site_of(url)
+        entry = self._entries.get(key)
+        if entry is None or entry.expires <= self._clock():
+            return None
+        self._counts["hit"] += 1
+        self._entries.move_to_end(key)
+        return self._apply(entry, url)
+
     async def check(self, url: URL) -> float:
         """The least interval between two requests to `url`'s host this fetcher keeps (its part
         of the site's Crawl-delay; 0 for none); FetchFailed if `url` may not be fetched."""
+        cached = self.check_cached(url)
+        if cached is not None:
+            return cached
         key = site_of(url)
         entry = self._entries.get(key)
-        if entry is not None and entry.expires > self._clock():
-            self._counts["hit"] += 1
-            self._entries.move_to_end(key)
-            return self._apply(entry, url)
         self._counts["miss"] += 1
         while True:
             task = self._inflight.get(key)

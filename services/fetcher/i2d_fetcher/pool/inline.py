@@ -7,7 +7,7 @@ from i2d_fetcher.http.client import HttpClient
 from i2d_fetcher.outcome import Outcome
 from i2d_fetcher.pool.config import WorkerConfig
 from i2d_fetcher.pool.cpu import ImagingThread
-from i2d_fetcher.row import fetch_value
+from i2d_fetcher.row import fetch_value, report_robots
 
 
 class InlineFetcher:
@@ -20,9 +20,12 @@ class InlineFetcher:
 
     async def fetch(self, value: bytes) -> Outcome | None:
         c = self.config
-        return await fetch_value(
+        outcome = await fetch_value(
             self.client, value, c.options, self._imaging, c.url_field, c.caption_field
         )
+        if outcome is not None:
+            report_robots(self.client, outcome.stats)  # this process observes them: each row
+        return outcome
 
     def close(self) -> None:
         self._imaging.close()

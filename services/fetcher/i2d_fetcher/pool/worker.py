@@ -19,7 +19,7 @@ from i2d_fetcher.outcome import failed_value
 from i2d_fetcher.pool.config import WorkerConfig
 from i2d_fetcher.pool.cpu import ImagingThread
 from i2d_fetcher.pool.wire import Channel
-from i2d_fetcher.row import fetch_value
+from i2d_fetcher.row import fetch_value, report_robots
 from i2d_segments import stagecpu
 
 log = logging.getLogger(__name__)
@@ -64,11 +64,16 @@ async def _serve(sock: socket.socket, config: WorkerConfig) -> None:
     loop = asyncio.get_running_loop()
     lost = loop.create_future()
     tasks: set[asyncio.Task[None]] = set()
+    # Rows received and not answered yet. Exact at each answer (a task leaves `tasks` only in
+    # a callback a turn later): the last row in flight is the one that sees none besides
+    # itself, and it carries the figures not reported yet.
+    in_flight = 0
     opts = config.options
     imaging = ImagingThread()
     async with open_client(opts, config.concurrency, workers=config.workers) as client:
 
         async def handle(task_id: int, value: bytes) -> None:
+            nonlocal in_flight
             try:
                 outcome = await fetch_value(
                     client,
@@ -83,11 +88,17 @@ async def _serve(sock: socket.socket, config: WorkerConfig) -> None:
                 log.exception("unexpected error fetching %r", value[:200])
                 error = f"fetch worker error: {type(e).__name__}"
                 outcome = failed_value(value, error, config.url_field, config.caption_field)
-            if outcome is not None and stagecpu.due(idle=len(tasks) <= 1):
+            in_flight -= 1
+            if outcome is not None and stagecpu.due(idle=in_flight == 0):
+                # With the stage times, about every half second and on the last row in
+                # flight: the robots.txt counts since the last report (not a dict per row).
                 outcome.stats.cpu = stagecpu.take()
+                report_robots(client, outcome.stats)
             channel.send((task_id, outcome))
 
         def on_message(message: tuple[int, bytes]) -> None:
+            nonlocal in_flight
+            in_flight += 1
             task = loop.create_task(handle(*message))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
