@@ -384,7 +384,9 @@ def _events(log: Any, count: int) -> dict[tuple[str, str], float]:
 def test_the_gate_makes_heavy_decodes_wait_for_room(gate: DecodeGate) -> None:
     with _holders(
         gate,
-        ("a", 70 * MiB, 1.0),  # holds 70 of 100
+        # a holds long enough for b and light to start beside it (spawning a process takes
+        # over a second on a loaded machine): light then gets in while a still holds.
+        ("a", 70 * MiB, 4.0),  # holds 70 of 100
         ("b", 60 * MiB, 0.1),  # does not fit beside a: waits
         ("light", 10 * MiB, 0.1),  # below the floor: never waits
     ) as log:
