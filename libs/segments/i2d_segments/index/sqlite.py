@@ -35,10 +35,9 @@ from typing import Any
 from i2d_segments.index.base import IndexAccessError, PartitionLease, SegmentCommit, SegmentMove
 from i2d_segments.index.commit import (
     INSERT_ROW_SQL,
-    LOCATED_KEYS_SQL,
-    ROWS_BY_KEYS_SQL,
     UPDATED_COLUMNS,
     IndexRow,
+    bucket_rows_sql,
     write_commit,
 )
 from i2d_segments.index.rows import SEGMENT_COLUMNS, chunked, clean_text, cols, segment_values
@@ -90,20 +89,27 @@ class _Tx:
         if rows:
             self.conn.executemany(sql, rows)
 
-    def _in_keys(self, sql: str, column: str, keys: Sequence[bytes]) -> list[tuple[Any, ...]]:
-        out: list[tuple[Any, ...]] = []
-        for batch in chunked(keys, LOOKUP_CHUNK):
-            condition = f"{column} IN ({', '.join('?' * len(batch))})"
-            out += self.conn.execute(sql.format(condition), batch).fetchall()
+    def _in_buckets(self, column: str, buckets: Sequence[int]) -> list[IndexRow]:
+        out: list[IndexRow] = []
+        for batch in chunked(buckets, LOOKUP_CHUNK):
+            sql = bucket_rows_sql("VALUES " + ", ".join(["(?)"] * len(batch)), column)
+            out += [IndexRow(*r) for r in self.conn.execute(sql, batch)]
         return out
 
-    def rows_by_keys(self, keys: Sequence[bytes]) -> list[IndexRow]:
-        return [IndexRow(*r) for r in self._in_keys(ROWS_BY_KEYS_SQL, "sample_key", keys)]
+    def rows_in_buckets(self, buckets: Sequence[int]) -> list[IndexRow]:
+        return self._in_buckets("sample_key", buckets)
 
-    def located_keys(self, keys: Sequence[bytes]) -> set[bytes]:
-        return {bytes(r[0]) for r in self._in_keys(LOCATED_KEYS_SQL, "item_key", keys)}
+    def located_in_buckets(self, buckets: Sequence[int]) -> list[IndexRow]:
+        return self._in_buckets("item_key", buckets)
 
-    def insert_rows(self, rows: Sequence[IndexRow]) -> set[bytes]:
+    # 0007's keys, for migrations 0007 and 0008 (index/compact.py, index/slotting.py).
+    def legacy_key(self, key: bytes) -> bytes:
+        return key
+
+    def legacy_unkey(self, value: Any) -> bytes:
+        return bytes(value)
+
+    def insert_rows(self, rows: Sequence[IndexRow]) -> set[int]:
         # Under the write lock no other transaction inserts a key meanwhile.
         self.execute_many(INSERT_ROW_SQL, [r.values() for r in rows])
         return {r.sample_key for r in rows}
