@@ -238,30 +238,44 @@ def insert_or_find(
                 found[row.identity] = row
 
     pending = sorted(make)
+    known: set[int] = set()  # buckets whose rows were read
     if db.reads_first:
-        learn(db.rows_in_buckets(sorted({i.bucket for i in pending})))
+        known = {i.bucket for i in pending}
+        learn(db.rows_in_buckets(sorted(known)))
     inserted: list[IndexRow] = []
-    # Each round either inserts a row or learns a taken slot of its bucket.
-    for _ in range(SLOTS + 1):
+    # Each round inserts rows, or learns the rows of their buckets.
+    for _ in range(SLOTS + 2):
         fresh: list[IndexRow] = []
+        unsure: list[Identity] = []
+        blind: set[int] = set()
         for identity in pending:
-            if identity not in found:
+            if identity in found:
+                continue
+            if identity.bucket in known:
                 bucket = taken.setdefault(identity.bucket, set())
                 slot = free_slot(identity, bucket)
                 bucket.add(slot)
                 fresh.append(make[identity](slot))
+            elif identity.bucket not in blind:
+                # Unread, only a bucket's first slot may be tried: rows fill a bucket from it,
+                # so the identity has no row elsewhere if that slot is free.
+                blind.add(identity.bucket)
+                fresh.append(make[identity](identity.bucket))
+            else:
+                unsure.append(identity)
         done = db.insert_rows(fresh) if fresh else set()
         inserted += [r for r in fresh if r.sample_key in done]
         failed = [r for r in fresh if r.sample_key not in done]
-        if not failed:
+        if not failed and not unsure:
             return inserted, found
         for row in failed:
             refused(row)
-        # Taken by an existing row (this identity's own, or another's) or meanwhile.
-        for row in failed:
-            taken[bucket_of(row.sample_key)].discard(row.sample_key)
-        learn(db.rows_in_buckets(sorted({bucket_of(r.sample_key) for r in failed})))
-        pending = sorted({r.identity for r in failed})
+            # Taken by an existing row (this identity's own, or another's), maybe meanwhile.
+            taken.get(bucket_of(row.sample_key), set()).discard(row.sample_key)
+        read = {bucket_of(r.sample_key) for r in failed} | {i.bucket for i in unsure}
+        learn(db.rows_in_buckets(sorted(read)))
+        known |= read
+        pending = sorted({r.identity for r in failed} | set(unsure))
     raise IndexAccessError("index rows could not be placed: their slots kept being taken")
 
 
