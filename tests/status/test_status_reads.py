@@ -106,8 +106,8 @@ def test_status_reads_totals_not_rows(folder: tuple[SqliteIndex, Path], tmp_path
             if touched:
                 rows_read.append((sql, plan))
     # The one read of sample rows: which rows of a few newest segments' manifests they hold,
-    # by the slots of their keys' buckets (bounded by the manifests' rows).
+    # by the slots of their keys (bounded by the manifests' rows).
     assert rows_read
     for sql, plan in rows_read:
-        assert "si.sample_key BETWEEN b.lo AND b.lo + 7" in sql
+        assert "si.sample_key IN" in sql
         assert any("USING INDEX sample_index_slot" in step for step in plan), plan

@@ -42,6 +42,7 @@ from i2d_segments.index.keys import (
     sample_check_of,
     sample_key,
     url_hash,
+    walk_slots,
 )
 from i2d_segments.index.rows import SUCCESS_STATUS, clean_opt, clean_text
 from i2d_segments.index.totals import Count, Db, Moved, error_key, record_commit
@@ -75,15 +76,9 @@ INSERT_ROW_SQL = (
 UPDATED_COLUMNS = tuple(c for c in INDEX_COLUMNS if c != "sample_key")
 
 
-def bucket_rows_sql(buckets: str, column: str) -> str:
-    """The rows whose `column` slot is in one of the buckets the CTE body `buckets` lists (as
-    `lo`, their lowest slots): each a range of that slot's b-tree. An item slot counts only on
-    a row that locates the item."""
-    located = " WHERE si.data_length IS NOT NULL" if column == "item_key" else ""
-    return (
-        f"WITH b(lo) AS ({buckets}) SELECT {', '.join('si.' + c for c in INDEX_COLUMNS)} "
-        f"FROM b JOIN sample_index si ON si.{column} BETWEEN b.lo AND b.lo + {SLOTS - 1}" + located
-    )
+# The engines' CommitDb statements ({} is the engine's "slot in these" condition).
+ROWS_AT_SQL = f"SELECT {', '.join(INDEX_COLUMNS)} FROM sample_index WHERE {{}}"
+LOCATED_AT_SQL = f"{ROWS_AT_SQL} AND data_length IS NOT NULL"
 
 
 def data_block(offset: int) -> int:
@@ -134,18 +129,17 @@ class IndexRow:
 class CommitDb(Db, Protocol):
     """The engine's side of a commit, in its transaction."""
 
-    # Read the rows of the commit's buckets before inserting (SQLite: cheap, and its plain
-    # INSERT must not meet an existing slot). PostgreSQL inserts first and reads only the
-    # buckets the insert was refused in: one index probe per new row instead of two.
+    # Read the rows of the commit's identities before inserting (SQLite: cheap, and its plain
+    # INSERT must not meet an existing slot). PostgreSQL inserts first and reads only where
+    # the insert was refused: one index probe per new row instead of two.
     reads_first: bool
 
-    def rows_in_buckets(self, buckets: Sequence[int]) -> list[IndexRow]:
-        """The rows whose slot is in one of these sample buckets (PostgreSQL: locked, in slot
-        order)."""
+    def rows_at(self, slots: Sequence[int]) -> list[IndexRow]:
+        """The rows at these sample slots (PostgreSQL: locked, in slot order)."""
         ...
 
-    def located_in_buckets(self, buckets: Sequence[int]) -> list[IndexRow]:
-        """The rows that locate an item whose slot is in one of these item buckets."""
+    def located_at(self, slots: Sequence[int]) -> list[IndexRow]:
+        """The rows that locate an item at these item slots."""
         ...
 
     def insert_rows(self, rows: Sequence[IndexRow]) -> set[int]:
@@ -206,7 +200,7 @@ def item_slots(db: CommitDb, wanted: Iterable[Identity]) -> tuple[dict[Identity,
     wanted = sorted(set(wanted))
     taken: dict[int, set[int]] = {}
     slots: dict[Identity, int] = {}
-    for row in db.located_in_buckets(sorted({i.bucket for i in wanted})):
+    for row in walk_slots(db.located_at, wanted, _item_of):
         assert row.item_key is not None and row.item is not None
         taken.setdefault(row.item.bucket, set()).add(row.item_key)
         slots[row.item] = row.item_key
@@ -217,6 +211,15 @@ def item_slots(db: CommitDb, wanted: Iterable[Identity]) -> tuple[dict[Identity,
             slots[identity] = free_slot(identity, bucket)
             bucket.add(slots[identity])
     return slots, located
+
+
+def _item_of(row: IndexRow) -> Identity:
+    assert row.item is not None  # a row that locates an item
+    return row.item
+
+
+def _identity_of(row: IndexRow) -> Identity:
+    return row.identity
 
 
 def insert_or_find(
@@ -238,10 +241,10 @@ def insert_or_find(
                 found[row.identity] = row
 
     pending = sorted(make)
-    known: set[int] = set()  # buckets whose rows were read
+    known: set[int] = set()  # buckets read up to their first free slot, or to the identity
     if db.reads_first:
         known = {i.bucket for i in pending}
-        learn(db.rows_in_buckets(sorted(known)))
+        learn(walk_slots(db.rows_at, pending, _identity_of))
     inserted: list[IndexRow] = []
     # Each round inserts rows, or learns the rows of their buckets.
     for _ in range(SLOTS + 2):
@@ -272,10 +275,9 @@ def insert_or_find(
             refused(row)
             # Taken by an existing row (this identity's own, or another's), maybe meanwhile.
             taken.get(bucket_of(row.sample_key), set()).discard(row.sample_key)
-        read = {bucket_of(r.sample_key) for r in failed} | {i.bucket for i in unsure}
-        learn(db.rows_in_buckets(sorted(read)))
-        known |= read
         pending = sorted({r.identity for r in failed} | set(unsure))
+        learn(walk_slots(db.rows_at, pending, _identity_of))
+        known |= {i.bucket for i in pending}
     raise IndexAccessError("index rows could not be placed: their slots kept being taken")
 
 

@@ -25,7 +25,11 @@ sample's check, and the item's check (on a success row: the check of the item it
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import TypeVar
+
+R = TypeVar("R")
 
 SLOTS = 8  # rows of one bucket; a bucket is a multiple of SLOTS
 CHECK_BITS = 16
@@ -120,3 +124,28 @@ def url_range(url: str) -> tuple[int, int]:
     """The `hashes` values of every row of this url (a b-tree range)."""
     low = url_hash(url) << URL_SHIFT
     return low, low | ((1 << URL_SHIFT) - 1)
+
+
+def walk_slots(
+    read: Callable[[list[int]], list[R]],
+    wanted: Iterable[Identity],
+    identity: Callable[[R], Identity],
+) -> list[R]:
+    """The rows of the wanted identities, read slot by slot with `read(slots)` (one query per
+    round: a point lookup of each slot, as cheap as a lookup by key). A bucket's rows fill its
+    slots from the first and are never deleted, so a bucket is read on only while its last
+    slot read held a row and some identity wanted in it has not been found: nearly always one
+    round. The rows returned then also tell, for an identity not found, which slots of its
+    bucket are taken (all those before the first free one)."""
+    missing = set(wanted)
+    buckets = {i.bucket for i in missing}
+    out: list[R] = []
+    for k in range(SLOTS):
+        if not buckets:
+            break
+        rows = read([b + k for b in sorted(buckets)])
+        out += rows
+        missing -= {identity(r) for r in rows}
+        held = {identity(r).bucket for r in rows}
+        buckets = {i.bucket for i in missing} & held
+    return out

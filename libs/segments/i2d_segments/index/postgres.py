@@ -38,9 +38,10 @@ import psycopg
 from i2d_segments.index.base import IndexAccessError, PartitionLease, SegmentCommit, SegmentMove
 from i2d_segments.index.commit import (
     INDEX_COLUMNS,
+    LOCATED_AT_SQL,
+    ROWS_AT_SQL,
     UPDATED_COLUMNS,
     IndexRow,
-    bucket_rows_sql,
     write_commit,
 )
 from i2d_segments.index.rows import clean_text, cols, segment_values
@@ -80,12 +81,9 @@ _INSERT_STAGED = (
     f"SELECT {cols(INDEX_COLUMNS)} FROM {_STAGE} ORDER BY sample_key "
     "ON CONFLICT (sample_key) DO NOTHING RETURNING sample_key"
 )
-# One array parameter: the buckets of a batch, as the CTE `b(lo)` of the shared SQL.
-_BUCKETS = "SELECT unnest(%s::bigint[])"
-_ROWS_IN_BUCKETS = (
-    bucket_rows_sql(_BUCKETS, "sample_key") + " ORDER BY si.sample_key FOR UPDATE OF si"
-)
-_LOCATED_IN_BUCKETS = bucket_rows_sql(_BUCKETS, "item_key")
+# One array parameter of slots: one plan, one round trip.
+_ROWS_AT = ROWS_AT_SQL.format("sample_key = ANY(%s::bigint[])") + " ORDER BY sample_key FOR UPDATE"
+_LOCATED_AT = LOCATED_AT_SQL.format("item_key = ANY(%s::bigint[])")
 _UPDATE_STAGED = (
     f"UPDATE sample_index si SET {', '.join(f'{c} = st.{c}' for c in UPDATED_COLUMNS)} "
     f"FROM {_STAGE} st WHERE si.sample_key = st.sample_key"
@@ -130,17 +128,15 @@ class _Tx:
             with self.conn.cursor() as cur:
                 cur.executemany(_pg(sql), rows)
 
-    def rows_in_buckets(self, buckets: Sequence[int]) -> list[IndexRow]:
-        if not buckets:
+    def rows_at(self, slots: Sequence[int]) -> list[IndexRow]:
+        if not slots:
             return []
-        rows = self.conn.execute(_ROWS_IN_BUCKETS, (list(buckets),)).fetchall()
-        return [IndexRow(*r) for r in rows]
+        return [IndexRow(*r) for r in self.conn.execute(_ROWS_AT, (list(slots),))]
 
-    def located_in_buckets(self, buckets: Sequence[int]) -> list[IndexRow]:
-        if not buckets:
+    def located_at(self, slots: Sequence[int]) -> list[IndexRow]:
+        if not slots:
             return []
-        rows = self.conn.execute(_LOCATED_IN_BUCKETS, (list(buckets),)).fetchall()
-        return [IndexRow(*r) for r in rows]
+        return [IndexRow(*r) for r in self.conn.execute(_LOCATED_AT, (list(slots),))]
 
     # 0007's keys, for migrations 0007 and 0008 (index/compact.py, index/slotting.py).
     def legacy_key(self, key: bytes) -> uuid.UUID:
@@ -271,8 +267,8 @@ class PostgresIndex(SqlIndex):
     # One array parameter instead of thousands of bind parameters: one plan, one round trip.
     _lookup_chunk = 20_000
 
-    def _buckets(self, buckets: list[int]) -> tuple[str, Sequence[Any]]:
-        return "SELECT unnest(?::bigint[])", (buckets,)
+    def _in_condition(self, column: str, ids: list[Any]) -> tuple[str, Sequence[Any]]:
+        return f"{column} = ANY(?)", (ids,)
 
     # ------------------------------------------------------------------ writes
 

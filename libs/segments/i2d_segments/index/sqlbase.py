@@ -29,7 +29,6 @@ from i2d_segments.index.base import (
 from i2d_segments.index.commit import TAR_BLOCK
 from i2d_segments.index.compact import COMPACT_VERSION
 from i2d_segments.index.keys import (
-    SLOTS,
     Identity,
     bucket_of,
     item_check_of,
@@ -37,6 +36,7 @@ from i2d_segments.index.keys import (
     sample_check_of,
     sample_key,
     url_range,
+    walk_slots,
 )
 from i2d_segments.index.rows import (
     PARTITION_COLUMNS,
@@ -79,14 +79,8 @@ _ITEM_REF = (
     "SELECT si.item_key, si.hashes, g.segment_id, si.data_block, si.data_length "
     "FROM sample_index si JOIN segments g ON g.seg = si.seg WHERE si.data_length IS NOT NULL"
 )
-# The rows in the buckets of a batch of identities: `b` is the buckets' lowest slots (the
-# engine's `_buckets` source), each a range of the slot's b-tree.
-_IN_BUCKETS = (
-    "WITH b(lo) AS ({source}) SELECT si.{column}, si.hashes{select} FROM b "
-    f"JOIN sample_index si ON si.{{column}} BETWEEN b.lo AND b.lo + {SLOTS - 1}{{joins}} "
-    "WHERE TRUE{where}"
-)
-_SEG_OF = "(SELECT seg FROM segments WHERE segment_id = ?)"
+# The rows at a batch of slots (`keys.walk_slots`), for the identities they may hold.
+_AT_SLOTS = "SELECT si.{column}, si.hashes, si.seg{select} FROM sample_index si{joins} WHERE "
 _PROGRESS = f"SELECT {cols(PROGRESS_COLUMNS)} FROM partition_progress"
 _RUN = f"SELECT {cols(RUN_COLUMNS)} FROM download_runs"
 
@@ -220,11 +214,6 @@ class SqlIndex(Index):
     def partitions(self) -> list[PartitionRow]:
         return [to_partition(r) for r in self._fetch(f'{_PARTITION} ORDER BY topic, "partition"')]
 
-    def _buckets(self, buckets: list[int]) -> tuple[str, Sequence[Any]]:
-        """The CTE body listing these buckets (column `lo`): portable VALUES; an adapter may
-        offer a cheaper form."""
-        return "VALUES " + ", ".join(["(?)"] * len(buckets)), buckets
-
     def _find(
         self,
         wanted: dict[Identity, T],
@@ -232,31 +221,42 @@ class SqlIndex(Index):
         items: bool = False,
         select: str = "",
         joins: str = "",
-        where: str = "",
-        params: Sequence[Any] = (),
+        segment_id: str | None = None,
     ) -> list[tuple[T, tuple[Any, ...]]]:
-        """(wanted value, the row's `select` columns) for each row of a wanted identity: the
-        rows in its bucket (of sample slots, or of item slots among the rows that locate an
-        item) whose check is its."""
+        """(wanted value, the row's `select` columns) for the row of each wanted identity (a
+        sample's, or among the rows that locate an item an item's), if in `segment_id` when
+        given."""
         column = "item_key" if items else "sample_key"
         check_of = item_check_of if items else sample_check_of
-        if items:
-            where += " AND si.data_length IS NOT NULL"
-        out: list[tuple[T, tuple[Any, ...]]] = []
-        for batch in chunked(wanted, self._lookup_chunk):
-            source, buckets = self._buckets(sorted({i.bucket for i in batch}))
-            sql = _IN_BUCKETS.format(
-                source=source,
-                column=column,
-                select="".join(", " + c for c in select.split(",") if c.strip()),
-                joins=joins,
-                where=where,
-            )
-            for row in self._fetch(sql, (*buckets, *params)):
-                found = wanted.get(Identity(bucket_of(int(row[0])), check_of(int(row[1]))))
-                if found is not None:
-                    out.append((found, tuple(row[2:])))
-        return out
+        sql = _AT_SLOTS.format(
+            column=column,
+            select="".join(", " + c.strip() for c in select.split(",") if c.strip()),
+            joins=joins,
+        )
+        located = " AND si.data_length IS NOT NULL" if items else ""
+
+        def read(slots: list[int]) -> list[tuple[Any, ...]]:
+            out: list[tuple[Any, ...]] = []
+            for batch in chunked(slots, self._lookup_chunk):
+                condition, params = self._in_condition(f"si.{column}", batch)
+                out += self._fetch(sql + condition + located, params)
+            return out
+
+        def identity(row: tuple[Any, ...]) -> Identity:
+            return Identity(bucket_of(int(row[0])), check_of(int(row[1])))
+
+        seg = None
+        if segment_id is not None:
+            found = self._fetch("SELECT seg FROM segments WHERE segment_id = ?", (segment_id,))
+            if not found:
+                return []
+            seg = int(found[0][0])
+        rows = walk_slots(read, wanted, identity)
+        return [
+            (wanted[identity(r)], tuple(r[3:]))
+            for r in rows
+            if identity(r) in wanted and (seg is None or int(r[2]) == seg)
+        ]
 
     def existing_items(self, item_ids: Iterable[str]) -> set[str]:
         return {i for i, _ in self._find({item_key(i): i for i in item_ids}, items=True)}
@@ -275,11 +275,7 @@ class SqlIndex(Index):
         return {s: (str(r[0]), r[1]) for s, r in rows}
 
     def held_samples(self, segment_id: str, sample_ids: Iterable[str]) -> set[str]:
-        rows = self._find(
-            {sample_key(s): s for s in sample_ids},
-            where=f" AND si.seg = {_SEG_OF}",
-            params=(clean_text(segment_id),),
-        )
+        rows = self._find({sample_key(s): s for s in sample_ids}, segment_id=clean_text(segment_id))
         return {s for s, _ in rows}
 
     def located_items(self, segment_id: str, item_ids: Iterable[str]) -> dict[str, tuple[int, int]]:
@@ -287,10 +283,13 @@ class SqlIndex(Index):
             {item_key(i): i for i in item_ids},
             items=True,
             select="si.data_block, si.data_length",
-            where=f" AND si.seg = {_SEG_OF}",
-            params=(clean_text(segment_id),),
+            segment_id=clean_text(segment_id),
         )
         return {i: (int(r[0]) * TAR_BLOCK, int(r[1])) for i, r in rows}
+
+    def _in_condition(self, column: str, ids: list[Any]) -> tuple[str, Sequence[Any]]:
+        """`column IN (?, ?, ...)`: portable; an adapter may offer a cheaper form."""
+        return f"{column} IN ({', '.join('?' * len(ids))})", ids
 
     def allocate_shard(self, list_id: str, local_shard: int) -> int:
         key = (clean_text(list_id), local_shard)

@@ -35,9 +35,10 @@ from typing import Any
 from i2d_segments.index.base import IndexAccessError, PartitionLease, SegmentCommit, SegmentMove
 from i2d_segments.index.commit import (
     INSERT_ROW_SQL,
+    LOCATED_AT_SQL,
+    ROWS_AT_SQL,
     UPDATED_COLUMNS,
     IndexRow,
-    bucket_rows_sql,
     write_commit,
 )
 from i2d_segments.index.rows import SEGMENT_COLUMNS, chunked, clean_text, cols, segment_values
@@ -89,18 +90,18 @@ class _Tx:
         if rows:
             self.conn.executemany(sql, rows)
 
-    def _in_buckets(self, column: str, buckets: Sequence[int]) -> list[IndexRow]:
+    def _at(self, sql: str, column: str, slots: Sequence[int]) -> list[IndexRow]:
         out: list[IndexRow] = []
-        for batch in chunked(buckets, LOOKUP_CHUNK):
-            sql = bucket_rows_sql("VALUES " + ", ".join(["(?)"] * len(batch)), column)
-            out += [IndexRow(*r) for r in self.conn.execute(sql, batch)]
+        for batch in chunked(slots, LOOKUP_CHUNK):
+            condition = f"{column} IN ({', '.join('?' * len(batch))})"
+            out += [IndexRow(*r) for r in self.conn.execute(sql.format(condition), batch)]
         return out
 
-    def rows_in_buckets(self, buckets: Sequence[int]) -> list[IndexRow]:
-        return self._in_buckets("sample_key", buckets)
+    def rows_at(self, slots: Sequence[int]) -> list[IndexRow]:
+        return self._at(ROWS_AT_SQL, "sample_key", slots)
 
-    def located_in_buckets(self, buckets: Sequence[int]) -> list[IndexRow]:
-        return self._in_buckets("item_key", buckets)
+    def located_at(self, slots: Sequence[int]) -> list[IndexRow]:
+        return self._at(LOCATED_AT_SQL, "item_key", slots)
 
     # 0007's keys, for migrations 0007 and 0008 (index/compact.py, index/slotting.py).
     def legacy_key(self, key: bytes) -> bytes:
