@@ -268,7 +268,7 @@ class PostgresIndex(SqlIndex):
     _lookup_chunk = 20_000
 
     def _in_condition(self, column: str, ids: list[Any]) -> tuple[str, Sequence[Any]]:
-        return f"{column} = ANY(?)", (ids,)
+        return f"{column} = ANY(?::bigint[])", (ids,)
 
     # ------------------------------------------------------------------ writes
 
