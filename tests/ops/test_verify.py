@@ -3,7 +3,6 @@ row are each reported, and the command exits non-zero."""
 
 from __future__ import annotations
 
-
 import pytest
 
 from i2d_cli.main import main
