@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 from i2d_segments.index.commit import CARRIER, CommitDb, outcome_ids
 from i2d_segments.index.keys import item_digest
+from i2d_segments.index.progress import MigrationProgress
 from i2d_segments.index.rows import SUCCESS_STATUS, chunked
 from i2d_segments.index.totals import BACKFILL_LOG_SECONDS
 
@@ -105,39 +106,13 @@ def _insert(db: MigrationDb, rows: Sequence[LegacyRow]) -> None:
     )
 
 
-class _Progress:
-    def __init__(self, what: str, total: int) -> None:
-        self.what = what
-        self.total = total
-        self.done = 0
-        self.started = self.last = time.monotonic()
-
-    def add(self, n: int) -> None:
-        self.done += n
-        now = time.monotonic()
-        if now - self.last >= BACKFILL_LOG_SECONDS:
-            self.last = now
-            self.log()
-
-    def log(self) -> None:
-        seconds = max(time.monotonic() - self.started, 1e-9)
-        log.info(
-            "index migration %d: %s: %d of %d (%.0f rows/s, %.0f s)",
-            COMPACT_VERSION,
-            self.what,
-            self.done,
-            self.total,
-            self.done / seconds,
-            seconds,
-        )
-
-
 def compact_index(db: MigrationDb) -> None:
     """Fill sample_index from samples and items, then drop them."""
     segs = {str(sid): int(seg) for sid, seg in db.fetch("SELECT segment_id, seg FROM segments")}
     wanted = {(str(s), e) for s, e in db.fetch("SELECT DISTINCT status, error FROM samples")}
     ids = {v: k for k, v in outcome_ids(db, wanted | {CARRIER}).items()}
-    samples = _Progress("sample rows", int(db.fetch("SELECT COUNT(*) FROM samples")[0][0]))
+    total = int(db.fetch("SELECT COUNT(*) FROM samples")[0][0])
+    samples = MigrationProgress(log, COMPACT_VERSION, "sample rows", total, BACKFILL_LOG_SECONDS)
     log.info(
         "index migration %d: making the index compact: %d sample rows",
         COMPACT_VERSION,
@@ -170,7 +145,9 @@ def compact_index(db: MigrationDb) -> None:
         _insert(db, rows)
         samples.add(len(batch))
     samples.log()
-    items = _Progress("items without a success row", 0)
+    items = MigrationProgress(
+        log, COMPACT_VERSION, "items without a success row", 0, BACKFILL_LOG_SECONDS
+    )
     after = ""
     while True:
         batch = db.fetch(_ITEMS, (after, COMPACT_BATCH))

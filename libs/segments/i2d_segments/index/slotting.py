@@ -34,6 +34,7 @@ from i2d_segments.index.keys import (
     identity_of,
     pack_hashes,
 )
+from i2d_segments.index.progress import MigrationProgress
 from i2d_segments.index.totals import BACKFILL_LOG_SECONDS
 
 log = logging.getLogger(__name__)
@@ -52,50 +53,39 @@ _ROWS = (
 )
 
 
-class _Progress:
-    def __init__(self, total: int) -> None:
-        self.total = total
-        self.done = 0
-        self.started = self.last = time.monotonic()
+class _Slots:
+    """Slots given in key order: a bucket's identities come together, and take its slots in
+    turn."""
 
-    def add(self, n: int) -> None:
-        self.done += n
-        now = time.monotonic()
-        if now - self.last >= BACKFILL_LOG_SECONDS:
-            self.last = now
-            self.log()
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.bucket: int | None = None
+        self.used = 0
 
-    def log(self) -> None:
-        seconds = max(time.monotonic() - self.started, 1e-9)
-        log.info(
-            "index migration %d: rows: %d of %d (%.0f rows/s, %.0f s)",
-            SLOTS_VERSION,
-            self.done,
-            self.total,
-            self.done / seconds,
-            seconds,
-        )
+    def take(self, identity: Identity) -> int:
+        if identity.bucket != self.bucket:
+            self.bucket, self.used = identity.bucket, 0
+        elif self.used + 1 >= SLOTS:
+            raise ValueError(f"index migration 8: {self.what} bucket {self.bucket} is full")
+        else:
+            self.used += 1
+        return identity.bucket + self.used
 
 
 def _shared_item_buckets(db: MigrationDb, low: Any) -> dict[Identity, int]:
     """The slots of located items whose bucket holds more than one (all others: the first)."""
-    slots: dict[Identity, int] = {}
-    after, bucket, here = low, None, 0
+    shared: dict[Identity, int] = {}
+    slots, after = _Slots("item"), low
     while True:
         batch = db.fetch(_LOCATED, (after, BATCH))
         if not batch:
-            return slots
+            return shared
         after = batch[-1][0]
         for (key,) in batch:
             item = identity_of(db.legacy_unkey(key))
-            if item.bucket != bucket:
-                bucket, here = item.bucket, 0
-            elif here + 1 >= SLOTS:
-                raise ValueError(f"index migration 8: item bucket {bucket} is full")
-            else:
-                here += 1
-                slots[item] = item.bucket + here
-        # Only the shared ones are kept: a bucket's first item takes its first slot.
+            slot = slots.take(item)
+            if slot != item.bucket:  # only the shared ones are kept
+                shared[item] = slot
 
 
 def slot_index(db: MigrationDb) -> None:
@@ -103,10 +93,11 @@ def slot_index(db: MigrationDb) -> None:
     carrier = {v: k for k, v in outcome_ids(db, {CARRIER}).items()}[CARRIER]
     low = db.legacy_key(b"\x00" * 16)
     shared = _shared_item_buckets(db, low)
-    progress = _Progress(int(db.fetch(f"SELECT COUNT(*) FROM {_OLD}")[0][0]))
+    total = int(db.fetch(f"SELECT COUNT(*) FROM {_OLD}")[0][0])
+    progress = MigrationProgress(log, SLOTS_VERSION, "rows", total, BACKFILL_LOG_SECONDS)
     log.info("index migration %d: giving %d rows their slots", SLOTS_VERSION, progress.total)
     carriers: dict[Identity, tuple[int, int, int | None, int | None]] = {}
-    after, bucket, used = low, None, 0
+    after, samples = low, _Slots("sample")
     while True:
         batch = db.fetch(_ROWS, (after, BATCH))
         if not batch:
@@ -122,16 +113,10 @@ def slot_index(db: MigrationDb) -> None:
                 carriers[item] = (item_slot, int(item_seg), block, length)
                 continue
             sample = identity_of(db.legacy_unkey(key))
-            if sample.bucket != bucket:
-                bucket, used = sample.bucket, 0
-            elif used + 1 >= SLOTS:
-                raise ValueError(f"index migration 8: sample bucket {bucket} is full")
-            else:
-                used += 1
             hashes = pack_hashes(
                 int(url_h) >> URL_SHIFT, sample.check, 0 if item is None else item.check
             )
-            row = IndexRow(hashes, sample.bucket + used, item_slot, seg, outcome, None, None)
+            row = IndexRow(hashes, samples.take(sample), item_slot, seg, outcome, None, None)
             if length is not None:
                 assert item is not None and item_slot is not None and item_seg is not None
                 if item_seg == seg:
