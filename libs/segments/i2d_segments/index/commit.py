@@ -106,13 +106,13 @@ class IndexRow:
 
     @property
     def identity(self) -> Identity:
-        return Identity(bucket_of(self.sample_key), sample_check_of(self.hashes))
+        return Identity.at(self.sample_key, sample_check_of(self.hashes))
 
     @property
     def item(self) -> Identity | None:
         if self.item_key is None:
             return None
-        return Identity(bucket_of(self.item_key), item_check_of(self.hashes))
+        return Identity.at(self.item_key, item_check_of(self.hashes))
 
     def values(self) -> tuple[Any, ...]:
         return (

@@ -243,7 +243,7 @@ class SqlIndex(Index):
             return out
 
         def identity(row: tuple[Any, ...]) -> Identity:
-            return Identity(bucket_of(int(row[0])), check_of(int(row[1])))
+            return Identity.at(row[0], check_of(row[1]))
 
         seg = None
         if segment_id is not None:
@@ -251,12 +251,12 @@ class SqlIndex(Index):
             if not found:
                 return []
             seg = int(found[0][0])
-        rows = walk_slots(read, wanted, identity)
-        return [
-            (wanted[identity(r)], tuple(r[3:]))
-            for r in rows
-            if identity(r) in wanted and (seg is None or int(r[2]) == seg)
-        ]
+        out: list[tuple[T, tuple[Any, ...]]] = []
+        for r in walk_slots(read, wanted, identity):
+            value = wanted.get(identity(r))
+            if value is not None and (seg is None or r[2] == seg):
+                out.append((value, tuple(r[3:])))
+        return out
 
     def existing_items(self, item_ids: Iterable[str]) -> set[str]:
         return {i for i, _ in self._find({item_key(i): i for i in item_ids}, items=True)}
