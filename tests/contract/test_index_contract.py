@@ -391,8 +391,8 @@ def test_indexed_item_keeps_its_first_location(index: Index) -> None:
 
     # The same content again (another URL serving the same bytes), stored again in segment b.
     b = seg(0, 10, 19, lease.epoch, items=2, samples=1)
-    again = item("same-bytes", b.segment_id, 9999, 555)
-    other = item("other-bytes", b.segment_id, 20000, 10)
+    again = item("same-bytes", b.segment_id, 9728, 555)
+    other = item("other-bytes", b.segment_id, 19968, 10)
     index.commit_segment(
         commit_of(b, [again, other], [ok_sample("url-2", "same-bytes", b.segment_id)])
     )

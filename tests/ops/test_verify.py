@@ -3,8 +3,6 @@ row are each reported, and the command exits non-zero."""
 
 from __future__ import annotations
 
-import uuid
-
 import pytest
 
 from i2d_cli.main import main
@@ -50,11 +48,11 @@ def test_wrong_index_row_is_found(backend: Backend, capsys: pytest.CaptureFixtur
     build_dataset(backend.store, backend.index)
     seg = backend.index.segments()[0]
     item = SegmentRows(backend.store, backend.index).items_for_segment(seg.segment_id)[1]
-    key = item_key(item.item_id)  # the index's key of the item: bytes, a uuid on PostgreSQL
+    key = item_key(item.item_id)  # its row is at a slot of this bucket (keys.py)
     backend.execute(
-        "UPDATE sample_index SET data_offset = data_offset + 512 "
-        "WHERE item_key = ? AND data_length IS NOT NULL",
-        (key if backend.kind == "local" else uuid.UUID(bytes=key),),
+        "UPDATE sample_index SET data_block = data_block + 1 "
+        "WHERE item_key BETWEEN ? AND ? AND data_length IS NOT NULL",
+        (key.bucket, key.last_slot),
     )
     # Found from the segment pass alone, without reading the item back.
     assert main(["verify", *backend.flags(), "--sample", "0"]) == 1

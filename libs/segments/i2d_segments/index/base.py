@@ -16,6 +16,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from i2d_segments.index.keys import Identity
+
 
 class IndexAccessError(RuntimeError):  # named so as not to shadow the builtin IndexError
     """An index operation failed."""
@@ -68,7 +70,7 @@ class ItemRef:
     """What the index holds of a stored item: where its bytes are. Everything else about it
     (ext, dims, data_sha256) is its line in that segment's manifest (`reader.SegmentRows`)."""
 
-    item_key: bytes  # keys.item_key(item_id)
+    item_key: Identity  # keys.item_key(item_id)
     segment_id: str
     data_offset: int
     data_length: int
@@ -79,11 +81,11 @@ class SampleRef:
     """What the index holds of a sample row: its latest outcome and the segment whose manifest
     has the row (url, caption, attrs, full ids: `reader.SegmentRows`)."""
 
-    sample_key: bytes  # keys.sample_key(sample_id)
+    sample_key: Identity  # keys.sample_key(sample_id)
     segment_id: str
     status: str
     error: str | None
-    item_key: bytes | None  # the item of a success
+    item_key: Identity | None  # the item of a success
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,9 +2,10 @@
 compact in place, in the migration's transaction.
 
 Sample rows are read in sample_id order, a batch at a time, with their item's location, and
-written as sample_index rows (keys computed here, with the same functions the commits use,
-index/keys.py); the first success row of an item carries its location, and an item no success
-row points at gets a carrier row (index/commit.py). Then the old tables go. A progress line
+written as sample_index rows of 0007's format (16-byte keys, computed here: the first 16 bytes
+of the hashes keys.py cuts identities from); the first success row of an item carries its
+location, and an item no success row points at gets a carrier row. Then the old tables go, and
+0008 (index/slotting.py) turns these rows into today's. A progress line
 (rows done of the total, rate) is logged every few seconds on a large index, as 0006's backfill
 does. What the old rows held beyond the index's columns (url, caption, attrs, item dims) is in
 each segment's manifest already: the segments are the truth, the old columns were copies.
@@ -12,12 +13,16 @@ each segment's manifest already: the segments are the truth, the old columns wer
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
+from collections.abc import Sequence
+from typing import Any, Protocol
 
-from i2d_segments.index.commit import CARRIER, CommitDb, IndexRow, outcome_ids
-from i2d_segments.index.keys import carrier_key, item_key, sample_key, url_hash
-from i2d_segments.index.rows import SUCCESS_STATUS
+from i2d_segments.index.commit import CARRIER, CommitDb, outcome_ids
+from i2d_segments.index.keys import item_digest
+from i2d_segments.index.progress import MigrationProgress
+from i2d_segments.index.rows import SUCCESS_STATUS, chunked
 from i2d_segments.index.totals import BACKFILL_LOG_SECONDS
 
 log = logging.getLogger(__name__)
@@ -37,39 +42,77 @@ _ITEMS = (
 )
 
 
-class _Progress:
-    def __init__(self, what: str, total: int) -> None:
-        self.what = what
-        self.total = total
-        self.done = 0
-        self.started = self.last = time.monotonic()
-
-    def add(self, n: int) -> None:
-        self.done += n
-        now = time.monotonic()
-        if now - self.last >= BACKFILL_LOG_SECONDS:
-            self.last = now
-            self.log()
-
-    def log(self) -> None:
-        seconds = max(time.monotonic() - self.started, 1e-9)
-        log.info(
-            "index migration %d: %s: %d of %d (%.0f rows/s, %.0f s)",
-            COMPACT_VERSION,
-            self.what,
-            self.done,
-            self.total,
-            self.done / seconds,
-            seconds,
-        )
+# 0007's sample_index row, as 0007 wrote it (before 0008 gave rows slots).
+LEGACY_COLUMNS = (
+    "url_hash",
+    "data_offset",
+    "sample_key",
+    "item_key",
+    "seg",
+    "outcome",
+    "item_seg",
+    "data_length",
+)
+_LEGACY_INSERT = (
+    f"INSERT INTO sample_index ({', '.join(LEGACY_COLUMNS)}) "
+    f"VALUES ({', '.join('?' * len(LEGACY_COLUMNS))})"
+)
+_LEGACY_LOCATED = "SELECT item_key FROM sample_index WHERE data_length IS NOT NULL AND item_key IN "
+LegacyRow = tuple[int, int | None, bytes, bytes | None, int, int, int | None, int | None]
 
 
-def compact_index(db: CommitDb) -> None:
+class MigrationDb(CommitDb, Protocol):
+    """A migration's transaction: a commit's, and the engine's binding of 0007's 16-byte keys
+    (SQLite: bytes; PostgreSQL: uuid)."""
+
+    def legacy_key(self, key: bytes) -> Any: ...
+
+    def legacy_unkey(self, value: Any) -> bytes: ...
+
+
+def _sha256(text: str) -> bytes:
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest()
+
+
+def legacy_sample_key(sample_id: str) -> bytes:
+    return _sha256(sample_id)[:16]
+
+
+def legacy_item_key(item_id: str) -> bytes:
+    return item_digest(item_id)[:16]
+
+
+def legacy_url_hash(url: str) -> int:
+    return int.from_bytes(_sha256(url)[:8], "big", signed=True)
+
+
+def legacy_carrier_key(item: bytes) -> bytes:
+    return hashlib.sha256(b"\x00item-location\x00" + item).digest()[:16]
+
+
+def _located(db: MigrationDb, keys: Sequence[bytes]) -> set[bytes]:
+    out: set[bytes] = set()
+    for batch in chunked(keys, 1000):
+        sql = _LEGACY_LOCATED + "(" + ", ".join("?" * len(batch)) + ")"
+        out |= {db.legacy_unkey(r[0]) for r in db.fetch(sql, [db.legacy_key(k) for k in batch])}
+    return out
+
+
+def _insert(db: MigrationDb, rows: Sequence[LegacyRow]) -> None:
+    k = db.legacy_key
+    db.execute_many(
+        _LEGACY_INSERT,
+        [(u, o, k(s), i if i is None else k(i), g, c, ig, n) for u, o, s, i, g, c, ig, n in rows],
+    )
+
+
+def compact_index(db: MigrationDb) -> None:
     """Fill sample_index from samples and items, then drop them."""
     segs = {str(sid): int(seg) for sid, seg in db.fetch("SELECT segment_id, seg FROM segments")}
     wanted = {(str(s), e) for s, e in db.fetch("SELECT DISTINCT status, error FROM samples")}
     ids = {v: k for k, v in outcome_ids(db, wanted | {CARRIER}).items()}
-    samples = _Progress("sample rows", int(db.fetch("SELECT COUNT(*) FROM samples")[0][0]))
+    total = int(db.fetch("SELECT COUNT(*) FROM samples")[0][0])
+    samples = MigrationProgress(log, COMPACT_VERSION, "sample rows", total, BACKFILL_LOG_SECONDS)
     log.info(
         "index migration %d: making the index compact: %d sample rows",
         COMPACT_VERSION,
@@ -81,53 +124,44 @@ def compact_index(db: CommitDb) -> None:
         if not batch:
             break
         after = str(batch[-1][0])
-        located = db.located_keys(
-            sorted({item_key(r[4]) for r in batch if r[4] is not None and r[6] is not None})
+        located = _located(
+            db,
+            sorted({legacy_item_key(r[4]) for r in batch if r[4] is not None and r[6] is not None}),
         )
-        rows: list[IndexRow] = []
+        rows: list[LegacyRow] = []
         for sid, url, status, error, item_id, segment_id, item_seg, offset, length in batch:
-            item = item_key(item_id) if status == SUCCESS_STATUS and item_id else None
-            row = IndexRow(
-                url_hash(url),
-                None,
-                sample_key(sid),
-                item,
+            item = legacy_item_key(item_id) if status == SUCCESS_STATUS and item_id else None
+            url_h, sample, seg, outcome = (
+                legacy_url_hash(url),
+                legacy_sample_key(sid),
                 segs[segment_id],
                 ids[(status, error)],
-                None,
-                None,
             )
             if item is not None and item_seg is not None and item not in located:
                 located.add(item)
-                row.item_seg, row.data_offset, row.data_length = segs[item_seg], offset, length
-            rows.append(row)
-        db.insert_rows(rows)
+                rows.append((url_h, offset, sample, item, seg, outcome, segs[item_seg], length))
+            else:
+                rows.append((url_h, None, sample, item, seg, outcome, None, None))
+        _insert(db, rows)
         samples.add(len(batch))
     samples.log()
-    items = _Progress("items without a success row", 0)
+    items = MigrationProgress(
+        log, COMPACT_VERSION, "items without a success row", 0, BACKFILL_LOG_SECONDS
+    )
     after = ""
     while True:
         batch = db.fetch(_ITEMS, (after, COMPACT_BATCH))
         if not batch:
             break
         after = str(batch[-1][0])
-        keys = {item_key(r[0]): r for r in batch}
-        located = db.located_keys(sorted(keys))
-        carriers = [
-            IndexRow(
-                0,
-                offset,
-                carrier_key(k),
-                k,
-                segs[sid],
-                ids[CARRIER],
-                segs[sid],
-                length,
-            )
+        keys = {legacy_item_key(r[0]): r for r in batch}
+        located = _located(db, sorted(keys))
+        carriers: list[LegacyRow] = [
+            (0, offset, legacy_carrier_key(k), k, segs[sid], ids[CARRIER], segs[sid], length)
             for k, (_, sid, offset, length) in sorted(keys.items())
             if k not in located
         ]
-        db.insert_rows(carriers)
+        _insert(db, carriers)
         items.add(len(carriers))
     db.execute("DROP TABLE samples")
     db.execute("DROP TABLE items")

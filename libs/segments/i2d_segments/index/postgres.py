@@ -38,8 +38,8 @@ import psycopg
 from i2d_segments.index.base import IndexAccessError, PartitionLease, SegmentCommit, SegmentMove
 from i2d_segments.index.commit import (
     INDEX_COLUMNS,
-    LOCATED_KEYS_SQL,
-    ROWS_BY_KEYS_SQL,
+    LOCATED_AT_SQL,
+    ROWS_AT_SQL,
     UPDATED_COLUMNS,
     IndexRow,
     write_commit,
@@ -70,17 +70,20 @@ MIGRATE_LOCK_KEY = int.from_bytes(
 
 # The session temp table the commit COPYs sample rows into; emptied before each use and at
 # each commit. Plain column types (no LIKE), so it does not depend on the schema.
-_STAGE = "_i2d_stage_index"
+_STAGE = "_i2d_stage_slots"
 _CREATE_STAGING = (
-    f"CREATE TEMP TABLE IF NOT EXISTS {_STAGE} (url_hash BIGINT, data_offset BIGINT, "
-    "sample_key UUID, item_key UUID, seg INTEGER, outcome INTEGER, item_seg INTEGER, "
-    "data_length INTEGER) ON COMMIT DELETE ROWS"
+    f"CREATE TEMP TABLE IF NOT EXISTS {_STAGE} (hashes BIGINT, sample_key BIGINT, "
+    "item_key BIGINT, seg INTEGER, outcome INTEGER, data_block INTEGER, data_length INTEGER) "
+    "ON COMMIT DELETE ROWS"
 )
 _INSERT_STAGED = (
     f"INSERT INTO sample_index ({cols(INDEX_COLUMNS)}) "
     f"SELECT {cols(INDEX_COLUMNS)} FROM {_STAGE} ORDER BY sample_key "
-    "ON CONFLICT (sample_key) DO NOTHING RETURNING replace(sample_key::text, '-', '')"
+    "ON CONFLICT (sample_key) DO NOTHING RETURNING sample_key"
 )
+# One array parameter of slots: one plan, one round trip.
+_ROWS_AT = ROWS_AT_SQL.format("sample_key = ANY(%s::bigint[])") + " ORDER BY sample_key FOR UPDATE"
+_LOCATED_AT = LOCATED_AT_SQL.format("item_key = ANY(%s::bigint[])")
 _UPDATE_STAGED = (
     f"UPDATE sample_index si SET {', '.join(f'{c} = st.{c}' for c in UPDATED_COLUMNS)} "
     f"FROM {_STAGE} st WHERE si.sample_key = st.sample_key"
@@ -95,27 +98,14 @@ def _pg(sql: str) -> str:
     return sql.replace("?", "%s")
 
 
-def _bytes(value: uuid.UUID | None) -> bytes | None:
-    return None if value is None else value.bytes
-
-
-def _hexes(keys: Sequence[bytes]) -> tuple[list[str]]:
-    """An array parameter of keys (`= ANY(%s::uuid[])`): hex text, cheaper than uuid objects."""
-    return ([k.hex() for k in keys],)
-
-
 def _copy_text(rows: Sequence[IndexRow]) -> str:
-    """Rows in COPY's text format, built at once: ints and hex keys need no escaping, and one
-    write is several times faster than a write_row per row (10k rows per commit)."""
+    """Rows in COPY's text format, built at once: ints need no escaping, and one write is
+    several times faster than a write_row per row (10k rows per commit)."""
 
-    def field(v: int | bytes | None) -> str:
-        return "\\N" if v is None else v.hex() if isinstance(v, bytes) else str(v)
+    def field(v: int | None) -> str:
+        return "\\N" if v is None else str(v)
 
-    return "".join(
-        "\t".join(map(field, (r.url_hash, r.data_offset, r.sample_key, r.item_key, r.seg,
-                               r.outcome, r.item_seg, r.data_length))) + "\n"
-        for r in rows
-    )  # fmt: skip
+    return "".join("\t".join(map(field, r.values())) + "\n" for r in rows)
 
 
 class _Tx:
@@ -138,34 +128,35 @@ class _Tx:
             with self.conn.cursor() as cur:
                 cur.executemany(_pg(sql), rows)
 
-    def rows_by_keys(self, keys: Sequence[bytes]) -> list[IndexRow]:
-        if not keys:
+    def rows_at(self, slots: Sequence[int]) -> list[IndexRow]:
+        if not slots:
             return []
-        sql = ROWS_BY_KEYS_SQL.format("sample_key = ANY(%s::uuid[])")
-        rows = self.conn.execute(sql + " ORDER BY sample_key FOR UPDATE", _hexes(keys)).fetchall()
-        return [
-            IndexRow(r[0], r[1], r[2].bytes, _bytes(r[3]), r[4], r[5], r[6], r[7]) for r in rows
-        ]
+        return [IndexRow(*r) for r in self.conn.execute(_ROWS_AT, (list(slots),))]
 
-    def located_keys(self, keys: Sequence[bytes]) -> set[bytes]:
-        if not keys:
-            return set()
-        sql = LOCATED_KEYS_SQL.format("item_key = ANY(%s::uuid[])")
-        return {r[0].bytes for r in self.conn.execute(sql, _hexes(keys))}
+    def located_at(self, slots: Sequence[int]) -> list[IndexRow]:
+        if not slots:
+            return []
+        return [IndexRow(*r) for r in self.conn.execute(_LOCATED_AT, (list(slots),))]
+
+    # 0007's keys, for migrations 0007 and 0008 (index/compact.py, index/slotting.py).
+    def legacy_key(self, key: bytes) -> uuid.UUID:
+        return uuid.UUID(bytes=key)
+
+    def legacy_unkey(self, value: Any) -> bytes:
+        return value.bytes if isinstance(value, uuid.UUID) else bytes(value)
 
     def _stage(self, cur: psycopg.Cursor[tuple[Any, ...]], rows: Sequence[IndexRow]) -> None:
         cur.execute(f"DELETE FROM {_STAGE}")
         with cur.copy(f"COPY {_STAGE} ({cols(INDEX_COLUMNS)}) FROM STDIN") as copy:
             copy.write(_copy_text(rows))
 
-    def insert_rows(self, rows: Sequence[IndexRow]) -> set[bytes]:
+    def insert_rows(self, rows: Sequence[IndexRow]) -> set[int]:
         if not rows:
             return set()
         with self.conn.cursor() as cur:
             self._stage(cur, rows)
             cur.execute(_INSERT_STAGED)
-            inserted = {str(r[0]) for r in cur.fetchall()}  # hex
-            return {r.sample_key for r in rows if r.sample_key.hex() in inserted}
+            return {int(r[0]) for r in cur.fetchall()}
 
     def update_rows(self, rows: Sequence[IndexRow]) -> None:
         if rows:
@@ -277,13 +268,7 @@ class PostgresIndex(SqlIndex):
     _lookup_chunk = 20_000
 
     def _in_condition(self, column: str, ids: list[Any]) -> tuple[str, Sequence[Any]]:
-        return f"{column} = ANY(?)", (ids,)
-
-    def _key(self, key: bytes) -> Any:
-        return uuid.UUID(bytes=key)
-
-    def _unkey(self, value: Any) -> bytes:
-        return value.bytes if isinstance(value, uuid.UUID) else bytes(value)
+        return f"{column} = ANY(?::bigint[])", (ids,)
 
     # ------------------------------------------------------------------ writes
 
@@ -304,7 +289,7 @@ class PostgresIndex(SqlIndex):
                     for statement in migration.statements():
                         conn.execute(statement)
                     if migration.step is not None:
-                        conn.execute(_CREATE_STAGING)  # 0007 writes rows as the commits do
+                        conn.execute(_CREATE_STAGING)  # 0008 writes rows as the commits do
                         migration.step(_Tx(conn))
                     conn.execute(
                         "INSERT INTO schema_migrations (version, name, applied_at) "

@@ -7,7 +7,8 @@ packaging bug, caught here rather than as a drifting schema.
 
 A version may also have a Python step (`STEPS`), run after its statements in the same
 transaction: work SQL alone cannot do the same way in both engines, or should log its progress
-(0006 fills the totals from the rows of an existing index; 0007 rewrites its rows compact).
+(0006 fills the totals from the rows of an existing index; 0007 rewrites its rows compact;
+0008 gives them slots).
 
 Each adapter applies the pending versions in order, one transaction per version, recording each
 in `schema_migrations` within that transaction; it serialises concurrent `migrate()` calls with
@@ -25,8 +26,8 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Literal
 
-from i2d_segments.index.commit import CommitDb
-from i2d_segments.index.compact import COMPACT_VERSION, compact_index
+from i2d_segments.index.compact import COMPACT_VERSION, MigrationDb, compact_index
+from i2d_segments.index.slotting import SLOTS_VERSION, slot_index
 from i2d_segments.index.totals import TOTALS_VERSION, backfill_totals
 
 Engine = Literal["sqlite", "postgres"]
@@ -43,9 +44,10 @@ SCHEMA_MIGRATIONS_DDL = (
 
 
 # Python steps by version: run after the version's statements, in its transaction.
-STEPS: dict[int, Callable[[CommitDb], None]] = {
+STEPS: dict[int, Callable[[MigrationDb], None]] = {
     TOTALS_VERSION: backfill_totals,
     COMPACT_VERSION: compact_index,
+    SLOTS_VERSION: slot_index,
 }
 
 
@@ -54,7 +56,7 @@ class Migration:
     version: int
     name: str
     sql: str
-    step: Callable[[CommitDb], None] | None = None
+    step: Callable[[MigrationDb], None] | None = None
 
     def statements(self) -> list[str]:
         return split_statements(self.sql)

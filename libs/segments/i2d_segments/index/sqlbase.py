@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from abc import abstractmethod
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from i2d_segments.index.base import (
     DownloadRun,
@@ -26,8 +26,18 @@ from i2d_segments.index.base import (
     SegmentMove,
     SegmentRow,
 )
+from i2d_segments.index.commit import TAR_BLOCK
 from i2d_segments.index.compact import COMPACT_VERSION
-from i2d_segments.index.keys import item_key, sample_key, url_hash
+from i2d_segments.index.keys import (
+    Identity,
+    bucket_of,
+    item_check_of,
+    item_key,
+    sample_check_of,
+    sample_key,
+    url_range,
+    walk_slots,
+)
 from i2d_segments.index.rows import (
     PARTITION_COLUMNS,
     PROGRESS_COLUMNS,
@@ -55,18 +65,22 @@ from i2d_segments.index.totals import (
 # Ids per lookup query: far under SQLite's bind limit (32766) and a cheap plan for Postgres.
 LOOKUP_CHUNK = 1000
 
+T = TypeVar("T")
+
 _PARTITION = f"SELECT {cols(PARTITION_COLUMNS)} FROM partitions"
 _SEGMENT = f"SELECT {cols(SEGMENT_COLUMNS)} FROM segments"
 # A sample's ref: its outcome and the segment whose manifest holds its row.
 _SAMPLE_REF = (
-    "SELECT si.sample_key, g.segment_id, o.status, o.error, si.item_key FROM sample_index si "
-    "JOIN segments g ON g.seg = si.seg JOIN outcomes o ON o.outcome = si.outcome"
+    "SELECT si.sample_key, si.hashes, g.segment_id, o.status, o.error, si.item_key "
+    "FROM sample_index si JOIN segments g ON g.seg = si.seg "
+    "JOIN outcomes o ON o.outcome = si.outcome"
 )
 _ITEM_REF = (
-    "SELECT si.item_key, g.segment_id, si.data_offset, si.data_length FROM sample_index si "
-    "JOIN segments g ON g.seg = si.item_seg WHERE si.data_length IS NOT NULL"
+    "SELECT si.item_key, si.hashes, g.segment_id, si.data_block, si.data_length "
+    "FROM sample_index si JOIN segments g ON g.seg = si.seg WHERE si.data_length IS NOT NULL"
 )
-_SEG_OF = "(SELECT seg FROM segments WHERE segment_id = ?)"
+# The rows at a batch of slots (`keys.walk_slots`), for the identities they may hold.
+_AT_SLOTS = "SELECT si.{column}, si.hashes, si.seg{select} FROM sample_index si{joins} WHERE "
 _PROGRESS = f"SELECT {cols(PROGRESS_COLUMNS)} FROM partition_progress"
 _RUN = f"SELECT {cols(RUN_COLUMNS)} FROM download_runs"
 
@@ -200,70 +214,82 @@ class SqlIndex(Index):
     def partitions(self) -> list[PartitionRow]:
         return [to_partition(r) for r in self._fetch(f'{_PARTITION} ORDER BY topic, "partition"')]
 
-    # Keys as the engine binds and returns them (SQLite: bytes; PostgreSQL: uuid).
-    def _key(self, key: bytes) -> Any:
-        return key
+    def _find(
+        self,
+        wanted: dict[Identity, T],
+        *,
+        items: bool = False,
+        select: str = "",
+        joins: str = "",
+        segment_id: str | None = None,
+    ) -> list[tuple[T, tuple[Any, ...]]]:
+        """(wanted value, the row's `select` columns) for the row of each wanted identity (a
+        sample's, or among the rows that locate an item an item's), if in `segment_id` when
+        given."""
+        column = "item_key" if items else "sample_key"
+        check_of = item_check_of if items else sample_check_of
+        sql = _AT_SLOTS.format(
+            column=column,
+            select="".join(", " + c.strip() for c in select.split(",") if c.strip()),
+            joins=joins,
+        )
+        located = " AND si.data_length IS NOT NULL" if items else ""
 
-    def _unkey(self, value: Any) -> bytes:
-        return bytes(value)
+        def read(slots: list[int]) -> list[tuple[Any, ...]]:
+            out: list[tuple[Any, ...]] = []
+            for batch in chunked(slots, self._lookup_chunk):
+                condition, params = self._in_condition(f"si.{column}", batch)
+                out += self._fetch(sql + condition + located, params)
+            return out
 
-    def _keyed(
-        self, select: str, column: str, wanted: dict[bytes, str], params: Sequence[Any] = ()
-    ) -> list[tuple[Any, ...]]:
-        """Rows of `select ... AND column IN (wanted keys)`, in batches; the key column first,
-        as bytes."""
-        out: list[tuple[Any, ...]] = []
-        for batch in chunked(wanted, self._lookup_chunk):
-            condition, keys = self._in_condition(column, [self._key(k) for k in batch])
-            rows = self._fetch(f"{select} AND {condition}", (*params, *keys))
-            out += [(self._unkey(r[0]), *r[1:]) for r in rows]
+        def identity(row: tuple[Any, ...]) -> Identity:
+            return Identity.at(row[0], check_of(row[1]))
+
+        seg = None
+        if segment_id is not None:
+            found = self._fetch("SELECT seg FROM segments WHERE segment_id = ?", (segment_id,))
+            if not found:
+                return []
+            seg = int(found[0][0])
+        out: list[tuple[T, tuple[Any, ...]]] = []
+        for r in walk_slots(read, wanted, identity):
+            value = wanted.get(identity(r))
+            if value is not None and (seg is None or r[2] == seg):
+                out.append((value, tuple(r[3:])))
         return out
 
     def existing_items(self, item_ids: Iterable[str]) -> set[str]:
-        wanted = {item_key(i): i for i in item_ids}
-        rows = self._keyed(
-            "SELECT item_key FROM sample_index WHERE data_length IS NOT NULL", "item_key", wanted
-        )
-        return {wanted[r[0]] for r in rows}
+        return {i for i, _ in self._find({item_key(i): i for i in item_ids}, items=True)}
 
     def known_samples(self, sample_ids: Iterable[str]) -> set[str]:
-        wanted = {sample_key(s): s for s in sample_ids}
-        rows = self._keyed("SELECT sample_key FROM sample_index WHERE TRUE", "sample_key", wanted)
-        return {wanted[r[0]] for r in rows}
+        return {s for s, _ in self._find({sample_key(s): s for s in sample_ids})}
 
     _lookup_chunk = LOOKUP_CHUNK
 
     def sample_outcomes(self, sample_ids: Iterable[str]) -> dict[str, tuple[str, str | None]]:
-        wanted = {sample_key(s): s for s in sample_ids}
-        rows = self._keyed(
-            "SELECT si.sample_key, o.status, o.error FROM sample_index si "
-            "JOIN outcomes o ON o.outcome = si.outcome WHERE TRUE",
-            "si.sample_key",
-            wanted,
+        rows = self._find(
+            {sample_key(s): s for s in sample_ids},
+            select="o.status, o.error",
+            joins=" JOIN outcomes o ON o.outcome = si.outcome",
         )
-        return {wanted[r[0]]: (str(r[1]), r[2]) for r in rows}
+        return {s: (str(r[0]), r[1]) for s, r in rows}
 
     def held_samples(self, segment_id: str, sample_ids: Iterable[str]) -> set[str]:
-        wanted = {sample_key(s): s for s in sample_ids}
-        rows = self._keyed(
-            f"SELECT sample_key FROM sample_index WHERE seg = {_SEG_OF}",
-            "sample_key",
-            wanted,
-            (clean_text(segment_id),),
-        )
-        return {wanted[r[0]] for r in rows}
+        rows = self._find({sample_key(s): s for s in sample_ids}, segment_id=clean_text(segment_id))
+        return {s for s, _ in rows}
 
     def located_items(self, segment_id: str, item_ids: Iterable[str]) -> dict[str, tuple[int, int]]:
-        wanted = {item_key(i): i for i in item_ids}
-        rows = self._keyed(
-            "SELECT item_key, data_offset, data_length FROM sample_index "
-            f"WHERE item_seg = {_SEG_OF} "
-            "AND data_length IS NOT NULL",
-            "item_key",
-            wanted,
-            (clean_text(segment_id),),
+        rows = self._find(
+            {item_key(i): i for i in item_ids},
+            items=True,
+            select="si.data_block, si.data_length",
+            segment_id=clean_text(segment_id),
         )
-        return {wanted[r[0]]: (int(r[1]), int(r[2])) for r in rows}
+        return {i: (int(r[0]) * TAR_BLOCK, int(r[1])) for i, r in rows}
+
+    def _in_condition(self, column: str, ids: list[Any]) -> tuple[str, Sequence[Any]]:
+        """`column IN (?, ?, ...)`: portable; an adapter may offer a cheaper form."""
+        return f"{column} IN ({', '.join('?' * len(ids))})", ids
 
     def allocate_shard(self, list_id: str, local_shard: int) -> int:
         key = (clean_text(list_id), local_shard)
@@ -281,30 +307,38 @@ class SqlIndex(Index):
         rows = self._fetch(_LIST_SHARD, key)
         return int(rows[0][0])
 
-    def _in_condition(self, column: str, ids: list[Any]) -> tuple[str, Sequence[Any]]:
-        """`column IN (?, ?, ...)`: portable; an adapter may offer a cheaper form."""
-        return f"{column} IN ({', '.join('?' * len(ids))})", ids
-
-    def _sample_ref(self, row: Sequence[Any]) -> SampleRef:
-        item = None if row[4] is None else self._unkey(row[4])
-        return SampleRef(self._unkey(row[0]), str(row[1]), str(row[2]), row[3], item)
+    @staticmethod
+    def _sample_ref(row: Sequence[Any]) -> SampleRef:
+        slot, hashes, segment_id, status, error, item_slot = row
+        item = None
+        if item_slot is not None:
+            item = Identity(bucket_of(int(item_slot)), item_check_of(int(hashes)))
+        identity = Identity(bucket_of(int(slot)), sample_check_of(int(hashes)))
+        return SampleRef(identity, str(segment_id), str(status), error, item)
 
     def item_ref(self, item_id: str) -> ItemRef | None:
-        rows = self._fetch(f"{_ITEM_REF} AND si.item_key = ?", (self._key(item_key(item_id)),))
-        if not rows:
-            return None
-        key, segment_id, offset, length = rows[0]
-        return ItemRef(self._unkey(key), str(segment_id), int(offset), int(length))
+        item = item_key(item_id)
+        rows = self._fetch(
+            f"{_ITEM_REF} AND si.item_key BETWEEN ? AND ?", (item.bucket, item.last_slot)
+        )
+        for _, hashes, segment_id, block, length in rows:
+            if item_check_of(int(hashes)) == item.check:
+                return ItemRef(item, str(segment_id), int(block) * TAR_BLOCK, int(length))
+        return None
 
     def sample_ref(self, sample_id: str) -> SampleRef | None:
+        sample = sample_key(sample_id)
         rows = self._fetch(
-            f"{_SAMPLE_REF} WHERE si.sample_key = ?", (self._key(sample_key(sample_id)),)
+            f"{_SAMPLE_REF} WHERE si.sample_key BETWEEN ? AND ?", (sample.bucket, sample.last_slot)
         )
-        return self._sample_ref(rows[0]) if rows else None
+        for row in rows:
+            if sample_check_of(int(row[1])) == sample.check:
+                return self._sample_ref(row)
+        return None
 
     def sample_refs_by_url(self, url: str) -> list[SampleRef]:
         rows = self._fetch(
-            f"{_SAMPLE_REF} WHERE si.url_hash = ? ORDER BY si.sample_key", (url_hash(url),)
+            f"{_SAMPLE_REF} WHERE si.hashes BETWEEN ? AND ? ORDER BY si.sample_key", url_range(url)
         )
         return [self._sample_ref(r) for r in rows]
 

@@ -35,8 +35,8 @@ from typing import Any
 from i2d_segments.index.base import IndexAccessError, PartitionLease, SegmentCommit, SegmentMove
 from i2d_segments.index.commit import (
     INSERT_ROW_SQL,
-    LOCATED_KEYS_SQL,
-    ROWS_BY_KEYS_SQL,
+    LOCATED_AT_SQL,
+    ROWS_AT_SQL,
     UPDATED_COLUMNS,
     IndexRow,
     write_commit,
@@ -90,20 +90,27 @@ class _Tx:
         if rows:
             self.conn.executemany(sql, rows)
 
-    def _in_keys(self, sql: str, column: str, keys: Sequence[bytes]) -> list[tuple[Any, ...]]:
-        out: list[tuple[Any, ...]] = []
-        for batch in chunked(keys, LOOKUP_CHUNK):
+    def _at(self, sql: str, column: str, slots: Sequence[int]) -> list[IndexRow]:
+        out: list[IndexRow] = []
+        for batch in chunked(slots, LOOKUP_CHUNK):
             condition = f"{column} IN ({', '.join('?' * len(batch))})"
-            out += self.conn.execute(sql.format(condition), batch).fetchall()
+            out += [IndexRow(*r) for r in self.conn.execute(sql.format(condition), batch)]
         return out
 
-    def rows_by_keys(self, keys: Sequence[bytes]) -> list[IndexRow]:
-        return [IndexRow(*r) for r in self._in_keys(ROWS_BY_KEYS_SQL, "sample_key", keys)]
+    def rows_at(self, slots: Sequence[int]) -> list[IndexRow]:
+        return self._at(ROWS_AT_SQL, "sample_key", slots)
 
-    def located_keys(self, keys: Sequence[bytes]) -> set[bytes]:
-        return {bytes(r[0]) for r in self._in_keys(LOCATED_KEYS_SQL, "item_key", keys)}
+    def located_at(self, slots: Sequence[int]) -> list[IndexRow]:
+        return self._at(LOCATED_AT_SQL, "item_key", slots)
 
-    def insert_rows(self, rows: Sequence[IndexRow]) -> set[bytes]:
+    # 0007's keys, for migrations 0007 and 0008 (index/compact.py, index/slotting.py).
+    def legacy_key(self, key: bytes) -> bytes:
+        return key
+
+    def legacy_unkey(self, value: Any) -> bytes:
+        return bytes(value)
+
+    def insert_rows(self, rows: Sequence[IndexRow]) -> set[int]:
         # Under the write lock no other transaction inserts a key meanwhile.
         self.execute_many(INSERT_ROW_SQL, [r.values() for r in rows])
         return {r.sample_key for r in rows}
