@@ -46,7 +46,8 @@ from i2d_segments.store.local import LocalStore
 
 log = logging.getLogger(__name__)
 
-# How far the reader may run ahead of the fetcher: bounds memory whatever the list size.
+# How far the reader may run ahead of the fetcher, and the fetcher ahead of the appender's
+# segments: bounds memory whatever the list size.
 MAX_AHEAD = 20_000
 SKIP_BATCH = 2_000
 # How often the run's row in the index (download_runs) is brought up to date.
@@ -290,7 +291,9 @@ class EmbeddedDownload:
             producer.poll(0)
             pipeline.housekeeping()
             self._beat(summary)
-            while pipeline.backlog() > MAX_AHEAD and not self.stop_requested.is_set():
+            while (
+                pipeline.backlog() > MAX_AHEAD or pipeline.appender_behind(MAX_AHEAD)
+            ) and not self.stop_requested.is_set():
                 progress.update(*pipeline.progress())
                 time.sleep(0.05)
                 producer.poll(0)

@@ -180,6 +180,16 @@ class LocalPipeline:
                 return False
         return True
 
+    def appender_behind(self, slack: int) -> bool:
+        """More rows are held on their way to the appender (not fetched yet, or answered and not
+        committed past by the appender) than its open and closing segments hold, plus `slack`:
+        the reader should wait. Else a slow disk or index lets answers (their images included)
+        pile up in the in-process bus."""
+        s = self.settings.appender
+        lag = self.bus.lag(s.group_id, s.append_topic)
+        held = sum(max(0, p.high_watermark - (p.committed or 0)) for p in lag)
+        return self.backlog() + held > slack + 2 * s.number_sample_per_shard * len(lag)
+
     def _materialized(self) -> bool:
         s = self.settings.materializer
         return all(
