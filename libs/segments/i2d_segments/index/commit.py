@@ -341,7 +341,7 @@ def write_samples(
     carriers = plan.carriers + plan.unplaced_items()
     _, found = insert_or_find(db, {carrier_key(item): make for item, make in carriers})
     if found:
-        # A location is on one row at a time (sample_index_item): a carrier of an item that has
+        # A location is on one row at a time (sample_index_item_slot): a carrier of an item that has
         # one already would mean two.
         raise IndexAccessError(f"index: {len(found)} item locations have a carrier already")
     return plan.counts(db, outcomes)
