@@ -111,10 +111,6 @@ def pack_hashes(url: int, sample_check: int, item_check: int) -> int:
     return (url << URL_SHIFT) | (sample_check << CHECK_BITS) | item_check
 
 
-def url_of(hashes: int) -> int:
-    return hashes >> URL_SHIFT
-
-
 def sample_check_of(hashes: int) -> int:
     return (hashes >> CHECK_BITS) & CHECK_MASK
 

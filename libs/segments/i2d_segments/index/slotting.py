@@ -126,8 +126,9 @@ def slot_index(db: MigrationDb) -> None:
             rows.append(row)
         db.insert_rows(rows)
         progress.add(len(batch))
-    for start in range(0, len(carriers), BATCH):
-        part = sorted(carriers.items())[start : start + BATCH]
+    ordered = sorted(carriers.items())
+    for start in range(0, len(ordered), BATCH):
+        part = ordered[start : start + BATCH]
         makers = {
             carrier_key(item): carrier_row(item, slot, seg, carrier, block, length)
             for item, (slot, seg, block, length) in part

@@ -30,7 +30,6 @@ from i2d_segments.index.commit import TAR_BLOCK
 from i2d_segments.index.compact import COMPACT_VERSION
 from i2d_segments.index.keys import (
     Identity,
-    bucket_of,
     item_check_of,
     item_key,
     sample_check_of,
@@ -310,10 +309,8 @@ class SqlIndex(Index):
     @staticmethod
     def _sample_ref(row: Sequence[Any]) -> SampleRef:
         slot, hashes, segment_id, status, error, item_slot = row
-        item = None
-        if item_slot is not None:
-            item = Identity(bucket_of(int(item_slot)), item_check_of(int(hashes)))
-        identity = Identity(bucket_of(int(slot)), sample_check_of(int(hashes)))
+        item = None if item_slot is None else Identity.at(item_slot, item_check_of(hashes))
+        identity = Identity.at(slot, sample_check_of(hashes))
         return SampleRef(identity, str(segment_id), str(status), error, item)
 
     def item_ref(self, item_id: str) -> ItemRef | None:
