@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import NamedTuple
 
-from i2d_fetcher import metrics
+from i2d_fetcher import eventloop, metrics
 from i2d_fetcher.offsets import OffsetTracker
 from i2d_fetcher.outcome import Outcome
 from i2d_fetcher.pool import RowFetcher, WorkerConfig, open_fetcher
@@ -84,7 +84,7 @@ class FetcherService(HeldPartitions):
     # ------------------------------------------------------------------ loop
 
     def run(self, stop: threading.Event) -> None:
-        asyncio.run(self.run_async(stop))
+        eventloop.run(self.run_async(stop))
 
     async def run_async(self, stop: threading.Event) -> None:
         loop = asyncio.get_running_loop()

@@ -14,7 +14,7 @@ import pickle
 import struct
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from i2d_segments import stagecpu
 
@@ -33,8 +33,9 @@ class Channel(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # A stream transport: asyncio's own or uvloop's (which does not subclass
+        # asyncio.Transport, so no isinstance check here).
+        self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         started = time.thread_time()

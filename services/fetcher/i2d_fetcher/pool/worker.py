@@ -13,6 +13,7 @@ import logging
 import signal
 import socket
 
+from i2d_fetcher import eventloop
 from i2d_fetcher.http.client import open_client
 from i2d_fetcher.imaging.pipeline import keep_image_blocks
 from i2d_fetcher.outcome import failed_value
@@ -39,7 +40,7 @@ def worker_main(sock: socket.socket, config: WorkerConfig) -> None:
     stagecpu.collect_locally()  # no /metrics here: the stage times travel with the results
     logging.basicConfig(level=config.log_level, format=_LOG_FORMAT)
     logging.getLogger("aiohttp").setLevel(logging.WARNING)
-    asyncio.run(_serve(sock, config))
+    eventloop.run(_serve(sock, config))
 
 
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
