@@ -288,8 +288,9 @@ def ours_extra_flags(binary: str) -> list[str]:
 class TreeSampler:
     """CPU time of process trees (user + system, sampled: a process that exits between two
     samples loses what it ran since the last one), peak resident memory of the first process
-    (VmHWM, exact) and of all the trees together (sampled). CPU time, unlike wall-clock time,
-    barely moves when other jobs share the machine. `stop()` takes a last sample, so a tree
+    (its VmHWM high-water mark: exact but for a rise in its last `interval`) and of all the
+    trees together (sampled). CPU time, unlike wall-clock time, barely moves when other jobs
+    share the machine. `stop()` takes a last sample, so a tree
     still running then is counted exactly. `from_now`: only the CPU time spent after the first
     sample counts (servers started before the measure: their start-up is not the run's)."""
 
@@ -380,14 +381,19 @@ def _failed(cmd: Sequence[str], code: int | None, log_path: Path, what: str = ""
 
 def run_timed(
     cmd: Sequence[str], log_path: Path, env: dict[str, str] | None = None
-) -> tuple[float, TreeSampler, int]:
-    """Run `cmd` to completion; (wall seconds, sampler, ru_maxrss of the child in KiB)."""
+) -> tuple[float, TreeSampler]:
+    """Run `cmd` to completion; (wall seconds, sampler).
+
+    The peak memory of the command's process is its VmHWM as the sampler last read it, not
+    wait4's ru_maxrss: Linux carries a process's high-water mark across exec, so ru_maxrss is
+    at least this bench's own resident memory when it forked the command (over 300 MB while it
+    holds a million-url list), whatever the command used."""
     with log_path.open("w") as log:
         started = time.monotonic()
         proc = _start(cmd, log, env)
         sampler = TreeSampler(proc.pid)
         try:
-            _, status, usage = os.wait4(proc.pid, 0)
+            _, status, _ = os.wait4(proc.pid, 0)
             wall = time.monotonic() - started
         except BaseException:  # Ctrl-C: leave nothing running
             proc.kill()
@@ -398,7 +404,7 @@ def run_timed(
         proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         raise _failed(cmd, proc.returncode, log_path)
-    return wall, sampler, usage.ru_maxrss
+    return wall, sampler
 
 
 # How long a service has to exit after SIGTERM (not measured) before the bench fails.
@@ -481,7 +487,6 @@ def _result(
     out: Path,
     wall: float,
     sampler: TreeSampler,
-    maxrss_kb: int = 0,
     in_run: float | None = None,
     in_run_from_stats: bool = False,
 ) -> RunResult:
@@ -493,7 +498,7 @@ def _result(
     )
     result.statuses = statuses
     result.cpu_seconds = sampler.cpu_seconds
-    result.peak_rss_main_mb = max(sampler.main_kb, maxrss_kb) / 1024
+    result.peak_rss_main_mb = sampler.main_kb / 1024
     result.peak_rss_tree_mb = sampler.tree_kb / 1024
     return result
 
@@ -509,10 +514,10 @@ def run_ours(
 ) -> RunResult:
     shutil.rmtree(out, ignore_errors=True)
     log = out.with_suffix(".log")
-    wall, sampler, maxrss = run_timed(ours_command(binary, url_list, out, s, extra), log)
+    wall, sampler = run_timed(ours_command(binary, url_list, out, s, extra), log)
     m = _SUMMARY.search(log.read_text())
     in_run = float(m.group(1)) if m else None
-    return _result("download", corpus, round_, out, wall, sampler, maxrss, in_run)
+    return _result("download", corpus, round_, out, wall, sampler, in_run)
 
 
 def run_service(
@@ -584,9 +589,5 @@ def run_img2dataset(
 ) -> RunResult:
     shutil.rmtree(out, ignore_errors=True)
     log = out.with_suffix(".log")
-    wall, sampler, maxrss = run_timed(
-        img2dataset_command(binary, url_list, out, s), log, IMG2DATASET_ENV
-    )
-    return _result(
-        "img2dataset", corpus, round_, out, wall, sampler, maxrss, in_run_from_stats=True
-    )
+    wall, sampler = run_timed(img2dataset_command(binary, url_list, out, s), log, IMG2DATASET_ENV)
+    return _result("img2dataset", corpus, round_, out, wall, sampler, in_run_from_stats=True)
