@@ -16,16 +16,17 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
+# Imported with this module, so the fork server preloads it (pool/forkserver.py): a worker
+# does not import it again at its start.
+try:
+    import uvloop
 
-def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    try:
-        import uvloop
-    except ImportError:  # Windows, or a build without it: asyncio's default loop
-        return None
-    return uvloop.new_event_loop
+    _LOOP_FACTORY: Callable[[], asyncio.AbstractEventLoop] | None = uvloop.new_event_loop
+except ImportError:  # Windows, or a build without it: asyncio's default loop
+    _LOOP_FACTORY = None
 
 
 def run(main: Coroutine[Any, Any, T]) -> T:
     """`asyncio.run(main)` on the fastest loop available."""
-    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+    with asyncio.Runner(loop_factory=_LOOP_FACTORY) as runner:
         return runner.run(main)
