@@ -2,7 +2,7 @@
 encoded in a worker come back as the APPEND records the main process produces, with the
 metric figures; the per-host limits are split across the workers; a worker killed mid-run
 costs only its rows in flight (each still gets exactly one record) and is replaced; a stop
-leaves no worker process behind."""
+leaves no worker process behind, and the records it had polled and not started come again."""
 
 from __future__ import annotations
 
@@ -209,5 +209,54 @@ def test_a_stop_finishes_the_rows_in_flight_then_the_workers_exit(
     consumer.subscribe(["APPEND"])
     records = [decode_append(m.value) for m in consumer.poll_batch(1000, 1.0)]
     assert sorted(r.meta.url for r in records) == sorted(urls)
+    assert {r.meta.status for r in records} == {SampleStatus.SUCCESS}
+    assert [p.committed for p in bus.lag(settings.group_id, "urls")] == [len(urls)]
+
+
+def test_records_polled_and_not_started_at_a_stop_come_again_to_the_next_fetcher(
+    image_server: ImageServer,
+) -> None:
+    """A poll takes up to thread_count records and starts them as rows finish: at a stop, the
+    ones not started yet are neither answered nor committed past, so the next fetcher of the
+    group gets them, and every row ends with exactly one record."""
+    bus = MemoryBus()
+    bus.create_topic("urls", 1)
+    bus.create_topic("APPEND", 1)
+    fast = image_server.url_for(fresh_seed(), 300, 200)
+    slow = [image_server.url_for(fresh_seed(), 300, 200, fault="slow", delay=2) for _ in range(7)]
+    urls = [fast, *slow]
+    producer = bus.producer()
+    for url in urls:
+        producer.produce("urls", url.encode())
+    producer.flush()
+    settings = FetcherSettings(
+        processes_count=1,
+        thread_count=4,  # refill 1: once the fast row is done, a poll takes the last 4
+        allowed_networks=IMAGE_SERVER_NETWORKS,
+        image_size=64,
+        metrics_port=0,
+        create_topics=False,
+    )
+    slow_before = image_server.count("slow")
+
+    def serve(until: Callable[[FetcherService], bool]) -> None:
+        service = FetcherService(bus, settings)
+        stop = threading.Event()
+        thread = threading.Thread(target=service.run, args=(stop,))
+        thread.start()
+        try:
+            wait_for(lambda: until(service))
+        finally:
+            stop.set()
+            thread.join()
+
+    # Stopped with 4 slow rows in flight and 3 records polled behind them.
+    serve(lambda _: image_server.count("slow") - slow_before >= 4)
+    assert [p.committed for p in bus.lag(settings.group_id, "urls")] == [5]
+    serve(lambda s: s.rows_done >= 3)
+    consumer = bus.consumer("check")
+    consumer.subscribe(["APPEND"])
+    records = [decode_append(m.value) for m in consumer.poll_batch(1000, 1.0)]
+    assert Counter(r.meta.url for r in records) == Counter(urls)
     assert {r.meta.status for r in records} == {SampleStatus.SUCCESS}
     assert [p.committed for p in bus.lag(settings.group_id, "urls")] == [len(urls)]

@@ -182,6 +182,34 @@ def test_run_commits_open_segment_on_stop(h: Harness) -> None:
     assert seg.sample_count == 2
 
 
+def test_after_a_small_poll_the_appender_lets_records_gather_but_not_while_draining(
+    h: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A poll that brought fewer than poll_max_records / 8 records is followed by a wait of
+    poll_linger_seconds, so a busy fetcher's records reach the appender in batches; a full
+    enough poll is not, and neither is any poll while draining (a download's last records
+    are committed at once)."""
+    waits: list[float] = []
+    monkeypatch.setattr("i2d_appender.service.time.sleep", waits.append)
+    app = h.appender(poll_max_records=80, poll_linger_seconds=0.25, number_sample_per_shard=100)
+    app.consumer.subscribe([TOPIC], listener=app)
+
+    def appended() -> int:
+        return sum(s.segment.records for s in app.owned.values() if s.segment is not None)
+
+    h.send([failure(i) for i in range(3)])
+    run_until(app, lambda: appended() == 3)
+    assert waits == [0.25]
+    h.send([failure(i) for i in range(3, 13)])  # 10 = 80 / 8: a batch already
+    run_until(app, lambda: appended() == 13)
+    assert waits == [0.25]
+    app.drain()
+    h.send([failure(i) for i in range(13, 15)])
+    run_until(app, lambda: len(h.index.segments()) == 1)
+    assert waits == [0.25]
+    assert h.index.segments()[0].last_offset == 14  # nothing lost on the way
+
+
 def test_a_sample_rows_attributes_are_its_metadata_but_its_own_columns() -> None:
     # sample_attrs (made per record) is sample_json() without SampleRow's columns, in order.
     metas = [

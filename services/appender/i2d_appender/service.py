@@ -132,6 +132,15 @@ class AppenderService(RebalanceListener):
             stagecpu.add("index", index)
             stagecpu.add("append", spent - index)
 
+    def _linger(self, polled: int) -> None:
+        """Let records gather after a small poll, as a Kafka consumer's fetch waits for
+        `fetch.min.bytes`: a download's appender otherwise woke for every few records its
+        fetcher produced, each time a switch between the process's threads. Not while
+        draining: the last records are committed at once."""
+        linger = self.settings.poll_linger_seconds
+        if linger and polled < self.settings.poll_max_records // 8 and not self._draining.is_set():
+            time.sleep(linger)
+
     def _step(self) -> None:
         self._retry_due()
         messages = self.consumer.poll_batch(
@@ -140,6 +149,7 @@ class AppenderService(RebalanceListener):
         self.health.beat()
         if messages:
             self._append_batch(messages)
+            self._linger(len(messages))
         self._close_due(idle=not messages)
         self.announcer.reannounce_due(self.owned.values())
         self.announcer.poll()

@@ -26,6 +26,14 @@ class AppenderSettings(ConnectionSettings):
     )
     poll_max_records: int = Field(500, ge=1, description="Records taken per poll.")
     poll_timeout_seconds: float = Field(0.5, gt=0, description="Longest wait of one poll.")
+    poll_linger_seconds: float = Field(
+        0.01,
+        ge=0,
+        description="After a poll that brought fewer than poll_max_records / 8 records, wait "
+        "this long before the next, so records come in batches: each poll that wakes the "
+        "appender for a few records costs a thread switch (in `download` the appender shares "
+        "its process with the fetcher). 0: poll again at once.",
+    )
     commit_attempts: int = Field(
         8,
         ge=1,

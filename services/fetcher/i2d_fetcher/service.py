@@ -5,7 +5,8 @@
 
 This process only dispatches records and produces what the workers encoded, observing the
 figures they send back into its metrics. Back-pressure is explicit: no more than
-`thread_count` rows are in flight; the loop stops polling while that many are pending. All
+`thread_count` rows are in flight, and no more than `thread_count` records polled wait for
+room; the loop polls again only once every record it polled has started. All
 consumer calls run on one dedicated thread (the consumer is not thread-safe and rebalance
 callbacks run inside its poll).
 """
@@ -18,6 +19,7 @@ import functools
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import NamedTuple
@@ -107,6 +109,13 @@ class FetcherService(HeldPartitions):
         # trip (and a wait over every pending task) per batch of rows instead of per row.
         refill = max(1, limit // 8)
         room_opened = asyncio.Event()
+        # Records polled and not started yet. A poll takes up to `limit` of them, started as
+        # room opens: one consumer-thread round trip per `limit` rows, not per `refill` (in
+        # `download`, each round trip is two switches between the process's threads). Only an
+        # empty queue polls again, so a rebalance, which runs inside a poll, never finds a
+        # record polled here and not started; at a stop, those not started are not committed
+        # and come again.
+        polled: deque[Message] = deque()
 
         def finished(m: Message, task: asyncio.Future[Outcome | None]) -> None:
             try:
@@ -130,19 +139,21 @@ class FetcherService(HeldPartitions):
                             async with asyncio.timeout(0.2):
                                 await room_opened.wait()
                     else:
-                        messages = await loop.run_in_executor(
-                            self._consumer_thread,
-                            self.consumer.poll_batch,
-                            min(room, 1000),
-                            0.05 if tasks or pending else self.settings.poll_timeout_seconds,
-                        )
-                        for m in messages:
+                        if not polled:
+                            polled += await loop.run_in_executor(
+                                self._consumer_thread,
+                                self.consumer.poll_batch,
+                                min(limit, 1000),
+                                0.05 if tasks or pending else self.settings.poll_timeout_seconds,
+                            )
+                        if not polled and tasks:
+                            await asyncio.sleep(0)
+                        for _ in range(min(room, len(polled))):
+                            m = polled.popleft()
                             self.offsets.start(m.tp, m.offset)
                             task = asyncio.ensure_future(fetcher.fetch(m.value))
                             tasks.add(task)
                             task.add_done_callback(functools.partial(finished, m))
-                        if not messages and tasks:
-                            await asyncio.sleep(0)
                     self.producer.poll(0)
                     metrics.IN_FLIGHT.set(len(tasks))
                     # Rows being fetched or waiting for their acknowledgement: the poll above
