@@ -27,7 +27,7 @@ class AppenderSettings(ConnectionSettings):
     poll_max_records: int = Field(500, ge=1, description="Records taken per poll.")
     poll_timeout_seconds: float = Field(0.5, gt=0, description="Longest wait of one poll.")
     poll_linger_seconds: float = Field(
-        0.01,
+        0.04,
         ge=0,
         description="After a poll that brought fewer than poll_max_records / 8 records, wait "
         "this long before the next, so records come in batches: each poll that wakes the "
