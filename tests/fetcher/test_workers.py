@@ -37,6 +37,41 @@ def wait_for(condition: Callable[[], bool], timeout: float = 60.0) -> None:
         time.sleep(0.02)
 
 
+def bus_with_urls(urls: list[str]) -> MemoryBus:
+    """An in-process bus whose `urls` topic holds `urls`, one record each."""
+    bus = MemoryBus()
+    bus.create_topic("urls", 1)
+    bus.create_topic("APPEND", 1)
+    producer = bus.producer()
+    for url in urls:
+        producer.produce("urls", url.encode())
+    producer.flush()
+    return bus
+
+
+def worker_settings(*, processes_count: int, thread_count: int) -> FetcherSettings:
+    return FetcherSettings(
+        processes_count=processes_count,
+        thread_count=thread_count,
+        allowed_networks=IMAGE_SERVER_NETWORKS,
+        image_size=64,
+        metrics_port=0,
+        create_topics=False,
+    )
+
+
+def assert_each_url_stored_once_and_committed(
+    bus: MemoryBus, urls: list[str], settings: FetcherSettings
+) -> None:
+    """Every url has exactly one APPEND record, a success, and the group committed them all."""
+    consumer = bus.consumer("check")
+    consumer.subscribe(["APPEND"])
+    records = [decode_append(m.value) for m in consumer.poll_batch(1000, 1.0)]
+    assert Counter(r.meta.url for r in records) == Counter(urls)
+    assert {r.meta.status for r in records} == {SampleStatus.SUCCESS}
+    assert [p.committed for p in bus.lag(settings.group_id, "urls")] == [len(urls)]
+
+
 def gone(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -175,22 +210,9 @@ def test_a_killed_worker_fails_only_its_rows_and_is_replaced(image_server: Image
 def test_a_stop_finishes_the_rows_in_flight_then_the_workers_exit(
     image_server: ImageServer,
 ) -> None:
-    bus = MemoryBus()
-    bus.create_topic("urls", 1)
-    bus.create_topic("APPEND", 1)
     urls = [image_server.url_for(fresh_seed(), 300, 200, fault="slow", delay=1) for _ in range(6)]
-    producer = bus.producer()
-    for url in urls:
-        producer.produce("urls", url.encode())
-    producer.flush()
-    settings = FetcherSettings(
-        processes_count=2,
-        thread_count=8,
-        allowed_networks=IMAGE_SERVER_NETWORKS,
-        image_size=64,
-        metrics_port=0,
-        create_topics=False,
-    )
+    bus = bus_with_urls(urls)
+    settings = worker_settings(processes_count=2, thread_count=8)
     service = FetcherService(bus, settings)
     stop = threading.Event()
     thread = threading.Thread(target=service.run, args=(stop,))
@@ -205,12 +227,7 @@ def test_a_stop_finishes_the_rows_in_flight_then_the_workers_exit(
         stop.set()  # what SIGTERM does in `serve fetcher`
         thread.join()
     assert all(gone(pid) for pid in pids)
-    consumer = bus.consumer("check")
-    consumer.subscribe(["APPEND"])
-    records = [decode_append(m.value) for m in consumer.poll_batch(1000, 1.0)]
-    assert sorted(r.meta.url for r in records) == sorted(urls)
-    assert {r.meta.status for r in records} == {SampleStatus.SUCCESS}
-    assert [p.committed for p in bus.lag(settings.group_id, "urls")] == [len(urls)]
+    assert_each_url_stored_once_and_committed(bus, urls, settings)
 
 
 def test_records_polled_and_not_started_at_a_stop_come_again_to_the_next_fetcher(
@@ -219,24 +236,12 @@ def test_records_polled_and_not_started_at_a_stop_come_again_to_the_next_fetcher
     """A poll takes up to thread_count records and starts them as rows finish: at a stop, the
     ones not started yet are neither answered nor committed past, so the next fetcher of the
     group gets them, and every row ends with exactly one record."""
-    bus = MemoryBus()
-    bus.create_topic("urls", 1)
-    bus.create_topic("APPEND", 1)
     fast = image_server.url_for(fresh_seed(), 300, 200)
     slow = [image_server.url_for(fresh_seed(), 300, 200, fault="slow", delay=2) for _ in range(7)]
     urls = [fast, *slow]
-    producer = bus.producer()
-    for url in urls:
-        producer.produce("urls", url.encode())
-    producer.flush()
-    settings = FetcherSettings(
-        processes_count=1,
-        thread_count=4,  # refill 1: once the fast row is done, a poll takes the last 4
-        allowed_networks=IMAGE_SERVER_NETWORKS,
-        image_size=64,
-        metrics_port=0,
-        create_topics=False,
-    )
+    bus = bus_with_urls(urls)
+    # thread_count 4, so refill 1: once the fast row is done, a poll takes the last 4.
+    settings = worker_settings(processes_count=1, thread_count=4)
     slow_before = image_server.count("slow")
 
     def serve(until: Callable[[FetcherService], bool]) -> None:
@@ -254,9 +259,4 @@ def test_records_polled_and_not_started_at_a_stop_come_again_to_the_next_fetcher
     serve(lambda _: image_server.count("slow") - slow_before >= 4)
     assert [p.committed for p in bus.lag(settings.group_id, "urls")] == [5]
     serve(lambda s: s.rows_done >= 3)
-    consumer = bus.consumer("check")
-    consumer.subscribe(["APPEND"])
-    records = [decode_append(m.value) for m in consumer.poll_batch(1000, 1.0)]
-    assert Counter(r.meta.url for r in records) == Counter(urls)
-    assert {r.meta.status for r in records} == {SampleStatus.SUCCESS}
-    assert [p.committed for p in bus.lag(settings.group_id, "urls")] == [len(urls)]
+    assert_each_url_stored_once_and_committed(bus, urls, settings)
