@@ -393,7 +393,7 @@ def run_timed(
         proc = _start(cmd, log, env)
         sampler = TreeSampler(proc.pid)
         try:
-            _, status, _ = os.wait4(proc.pid, 0)
+            proc.wait()
             wall = time.monotonic() - started
         except BaseException:  # Ctrl-C: leave nothing running
             proc.kill()
@@ -401,7 +401,6 @@ def run_timed(
             raise
         finally:
             sampler.stop()
-        proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         raise _failed(cmd, proc.returncode, log_path)
     return wall, sampler

@@ -159,10 +159,12 @@ class LocalPipeline:
     def backlog(self) -> int:
         """Rows on `urls` the fetchers have not answered yet (as of their last commit)."""
         fs = self.settings.fetcher
-        return sum(
-            max(0, p.high_watermark - (p.committed or 0))
-            for p in self.bus.lag(fs.group_id, fs.urls_topic)
-        )
+        return self._uncommitted(fs.group_id, fs.urls_topic)[0]
+
+    def _uncommitted(self, group: str, topic: str) -> tuple[int, int]:
+        """Records of `topic` past `group`'s committed offsets, and the topic's partitions."""
+        lag = self.bus.lag(group, topic)
+        return sum(max(0, p.high_watermark - (p.committed or 0)) for p in lag), len(lag)
 
     def drained(self) -> bool:
         """Every row on `urls` is answered, every answer is in a committed segment, and every
@@ -186,9 +188,8 @@ class LocalPipeline:
         the reader should wait. Else a slow disk or index lets answers (their images included)
         pile up in the in-process bus."""
         s = self.settings.appender
-        lag = self.bus.lag(s.group_id, s.append_topic)
-        held = sum(max(0, p.high_watermark - (p.committed or 0)) for p in lag)
-        return self.backlog() + held > slack + 2 * s.number_sample_per_shard * len(lag)
+        held, partitions = self._uncommitted(s.group_id, s.append_topic)
+        return self.backlog() + held > slack + 2 * s.number_sample_per_shard * partitions
 
     def _materialized(self) -> bool:
         s = self.settings.materializer

@@ -4,10 +4,12 @@ row is mostly event-loop work, and uvloop's loop is what makes it cheaper."""
 from __future__ import annotations
 
 import asyncio
+import socket
 
 import uvloop
 
 from i2d_fetcher import eventloop
+from i2d_fetcher.pool.wire import Channel
 
 
 async def _loop_and_answer() -> tuple[asyncio.AbstractEventLoop, int]:
@@ -25,11 +27,8 @@ def test_the_fetcher_runs_its_coroutines_on_uvloop() -> None:
 def test_a_worker_channel_works_over_uvloop_transports() -> None:
     """uvloop's transports are not asyncio.Transport subclasses: the workers' channel
     (pool/wire.py) must still take them, or every worker dies at its start."""
-    from i2d_fetcher.pool.wire import Channel
 
     async def exchange() -> list[object]:
-        import socket
-
         a, b = socket.socketpair()
         got: list[object] = []
         done = asyncio.get_running_loop().create_future()
