@@ -281,6 +281,13 @@ def broker_restart_round(b: Bench) -> None:
 
 def postgres_restart_round(b: Bench) -> None:
     proc = b.apps.start()
+    # The round is about PostgreSQL going away under a running appender: one still starting
+    # (connecting, migrating) exits "cannot start" by design, for its orchestrator to restart.
+    wait_until(
+        lambda: "appender serving" in proc.log_tail(200) or not proc.alive(),
+        60,
+        "the appender to serve",
+    )
     b.produce()
     time.sleep(b.rng.uniform(0.0, 2.0))
     if b.rng.random() < 0.5:
