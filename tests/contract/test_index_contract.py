@@ -28,6 +28,7 @@ from i2d_segments.index import (
     Index,
     IndexAccessError,
     ItemRow,
+    PositionError,
     PostgresIndex,
     SampleRow,
     SegmentCommit,
@@ -336,7 +337,7 @@ def test_first_offset_below_next_offset_is_refused(index: Index) -> None:
     index.commit_segment(simple_commit(2, 0, 99, lease.epoch, "first"))
 
     overlapping = simple_commit(2, 50, 149, lease.epoch, "overlap")
-    with pytest.raises(IndexAccessError) as raised:
+    with pytest.raises(PositionError) as raised:
         index.commit_segment(overlapping)
     assert not isinstance(raised.value, FencedError)
     assert index.segment(overlapping.segment.segment_id) is None
@@ -344,8 +345,27 @@ def test_first_offset_below_next_offset_is_refused(index: Index) -> None:
     row = index.partition(TOPIC, 2)
     assert row is not None and row.next_offset == 100
 
-    # A gap (offsets compacted away, control records) is fine: only going back is refused.
-    index.commit_segment(simple_commit(2, 120, 149, lease.epoch, "after-gap"))
+    # A gap the writer saw (offsets the bus deleted) is fine: it resumed from next_offset.
+    after_gap = replace(simple_commit(2, 120, 149, lease.epoch, "after-gap"), resumed_from=100)
+    index.commit_segment(after_gap)
+    row = index.partition(TOPIC, 2)
+    assert row is not None and row.next_offset == 150
+
+
+def test_a_commit_that_does_not_follow_the_committed_position_is_refused(index: Index) -> None:
+    # The index lost an acknowledged commit (crash without durable commits, failover to an
+    # asynchronous replica): its writer, which resumed from 100, must not leave 50..99 behind.
+    lease = index.acquire_partition(TOPIC, 2, "me")
+    index.commit_segment(simple_commit(2, 0, 49, lease.epoch, "kept"))
+    next_one = replace(simple_commit(2, 100, 149, lease.epoch, "after-lost"), resumed_from=100)
+    with pytest.raises(PositionError, match="lost acknowledged commits"):
+        index.commit_segment(next_one)
+    assert index.segment(next_one.segment.segment_id) is None
+    assert index.existing_items(["item-after-lost"]) == set()
+    row = index.partition(TOPIC, 2)
+    assert row is not None and row.next_offset == 50
+    # Resumed from where the index is, the same offsets go in.
+    index.commit_segment(replace(simple_commit(2, 50, 149, lease.epoch, "again"), resumed_from=50))
     row = index.partition(TOPIC, 2)
     assert row is not None and row.next_offset == 150
 

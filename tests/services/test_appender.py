@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import webdataset
+from prometheus_client import REGISTRY
 
 from i2d_appender.open_segment import _SAMPLE_COLUMNS, sample_attrs
 from i2d_appender.service import AppenderService
@@ -161,6 +162,20 @@ def test_new_owner_fences_the_old_one_and_resumes_at_next_offset(h: Harness) -> 
     second = h.index.segments()[1]
     assert (second.first_offset, second.last_offset, second.epoch) == (5, 6, 2)
     assert h.index.sample_ref("s6").segment_id == second.segment_id  # type: ignore[union-attr]
+
+
+def test_records_deleted_by_retention_before_appending_are_counted_and_passed(
+    h: Harness,
+) -> None:
+    h.send([success(i) for i in range(8)])
+    h.bus.truncate_before(TOPIC, 0, 3)
+    skipped = REGISTRY.get_sample_value("img2dataset_appender_offsets_skipped_total") or 0.0
+    app = h.appender()
+    run_until(app, lambda: len(h.index.segments()) == 1)
+    (seg,) = h.index.segments()
+    assert (seg.first_offset, seg.last_offset) == (3, 7)
+    assert h.index.partition(TOPIC, 0).next_offset == 8  # type: ignore[union-attr]
+    assert REGISTRY.get_sample_value("img2dataset_appender_offsets_skipped_total") == skipped + 3
 
 
 def test_run_commits_open_segment_on_stop(h: Harness) -> None:

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from prometheus_client import REGISTRY
 
 from i2d_appender.partition import TRANSITIONS, PartitionState, Phase
 from i2d_appender.retry import Backoff, RetryPolicy
@@ -23,10 +24,13 @@ TP = TopicPartition(TOPIC, 0)
 
 
 class FlakyIndex(SqliteIndex):
-    """Fails the next `acquire_failures` leases and `commit_failures` commits."""
+    """Fails the next `acquire_failures` leases and `commit_failures` commits, and acknowledges
+    the next `lost_commits` commits without keeping them (an index that crashed before its
+    commits were durable, or failed over to an asynchronous replica)."""
 
     acquire_failures = 0
     commit_failures = 0
+    lost_commits = 0
 
     def acquire_partition(self, topic: str, partition: int, owner: str) -> PartitionLease:
         if self.acquire_failures:
@@ -38,6 +42,9 @@ class FlakyIndex(SqliteIndex):
         if self.commit_failures:
             self.commit_failures -= 1
             raise IndexAccessError("commit failed (test)")
+        if self.lost_commits:
+            self.lost_commits -= 1
+            return []
         return super().commit_segment(commit)
 
 
@@ -94,6 +101,35 @@ def test_a_failed_commit_is_retried_before_reading_on(h: Harness) -> None:
     step_until(app, lambda: len(h.index.segments()) == 2)
     assert [(s.first_offset, s.last_offset) for s in h.index.segments()] == [(0, 4), (5, 6)]
     assert app.owned[TP].phase is Phase.APPENDING and app.stopped_partitions() == {}
+
+
+def test_commits_the_index_lost_are_written_again_from_its_position(h: Harness) -> None:
+    flaky(h).lost_commits = 1
+    records = [success(i) for i in range(12)]
+    h.send(records)
+    refused = metrics_value("img2dataset_appender_position_refused_total")
+    app = started(h)
+    # 0..4 is acknowledged and lost; 5..9 follows offset 5, which the index never reached.
+    step_until(app, lambda: len(h.index.segments()) == 2)
+    app.drain()
+    step_until(app, lambda: len(h.index.segments()) == 3)
+    segments = h.index.segments()
+    assert [(s.first_offset, s.last_offset, s.epoch) for s in segments] == [
+        (0, 4, 2),
+        (5, 9, 2),
+        (10, 11, 2),
+    ]
+    assert h.index.partition(TOPIC, 0).next_offset == 12  # type: ignore[union-attr]
+    ids = [r.meta.sample_id for r in records]
+    assert h.index.known_samples(ids) == set(ids)
+    assert metrics_value("img2dataset_appender_position_refused_total") == refused + 1
+    assert app.owned[TP].phase is Phase.APPENDING and app.stopped_partitions() == {}
+
+
+def metrics_value(name: str) -> float:
+    value = REGISTRY.get_sample_value(name)
+    assert value is not None
+    return value
 
 
 def test_failures_outlasting_commit_attempts_stop_the_partition(h: Harness) -> None:

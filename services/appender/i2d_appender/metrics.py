@@ -32,6 +32,16 @@ FENCED = Counter(
     "img2dataset_appender_fenced_total",
     "Segment commits refused because another owner took the partition (zombie).",
 )
+POSITION_REFUSED = Counter(
+    "img2dataset_appender_position_refused_total",
+    "Segment commits refused because the index's next_offset is not where this appender "
+    "resumed (it lost acknowledged commits): the partition is taken again and re-read from there.",
+)
+OFFSETS_SKIPPED = Counter(
+    "img2dataset_appender_offsets_skipped_total",
+    "APPEND offsets the bus no longer held when the appender read on (deleted by retention "
+    "before they were appended): their rows are lost upstream.",
+)
 OWNED_PARTITIONS = Gauge(
     "img2dataset_appender_owned_partitions", "APPEND partitions this instance owns."
 )
@@ -66,12 +76,21 @@ RETRY_OPERATIONS = (
     "announce",
     "dedup lookup",
     "index commit",
+    "index position",
     "kafka_commit",
     "store complete",
     "store read",
     "store write",
 )
-ABANDON_REASONS = ("fenced", "lost", "stopped", "store complete", "store read", "store write")
+ABANDON_REASONS = (
+    "fenced",
+    "lost",
+    "position",
+    "stopped",
+    "store complete",
+    "store read",
+    "store write",
+)
 for _outcome in RECORD_OUTCOMES:
     RECORDS.labels(_outcome)
 for _operation in RETRY_OPERATIONS:

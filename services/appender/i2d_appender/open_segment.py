@@ -59,11 +59,19 @@ class ClosedSegment:
 
 class OpenSegment:
     def __init__(
-        self, store: SegmentStore, tp: TopicPartition, epoch: int, first_offset: int
+        self,
+        store: SegmentStore,
+        tp: TopicPartition,
+        epoch: int,
+        first_offset: int,
+        resumed_from: int | None = None,
     ) -> None:
         self.tp = tp
         self.epoch = epoch
         self.first_offset = first_offset
+        # The partition's committed next_offset when this segment opened: the index checks it
+        # is still there at the commit (`SegmentCommit.resumed_from`).
+        self.resumed_from = resumed_from
         self.last_offset = first_offset - 1
         self.name = segment_object_name(tp.partition, first_offset, epoch)
         self.segment_id = segment_id_of(self.name)
@@ -198,6 +206,7 @@ class OpenSegment:
             items=self._items,
             samples=samples,
             next_offset=self.last_offset + 1,
+            resumed_from=self.resumed_from,
         )
         return ClosedSegment(commit=commit, staged=self._staged)
 

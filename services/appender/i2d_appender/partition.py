@@ -6,7 +6,8 @@ against `TRANSITIONS`:
     resumed          WAITING -> APPENDING           just assigned, or its retry went through
     deferred         APPENDING, WAITING -> WAITING  a store or index call failed: rewound,
                      ACQUIRING -> ACQUIRING         paused, retried after a backoff
-    needs_new_lease  APPENDING, WAITING -> ACQUIRING  its segment's name is taken
+    needs_new_lease  APPENDING, WAITING -> ACQUIRING  its segment's name is taken, or the
+                     index refused its commit's position (it lost acknowledged commits)
     stop             any but STOPPED -> STOPPED     failures outlasted `commit_attempts`
 
 On assignment the lease is taken and the partition resumed at once (the bus starts it at the
@@ -114,7 +115,9 @@ class PartitionState:
 
     def needs_new_lease(self) -> None:
         """-> ACQUIRING: an earlier attempt under this epoch published the segment's name
-        unbeknownst to us; a new epoch (a new name) is needed to write the records again."""
+        unbeknownst to us, or the index is not at the position we resumed from; a new lease
+        (a new epoch, so new names, and the index's next_offset) is needed to write the
+        records again."""
         self._move(Phase.ACQUIRING)
         self.epoch = None
 

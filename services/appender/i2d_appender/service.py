@@ -13,7 +13,9 @@ partition back to the first uncommitted offset and pauses it for a doubling back
 the other partitions go on. After `commit_attempts` consecutive failures the partition stops:
 paused, counted in a metric, logged, and readiness fails until the appender is restarted. A
 commit the index refuses as fenced means another appender owns the partition now: this one lets
-go of it. The phases a partition goes through, and how it moves between them, are
+go of it. A commit the index refuses because its `next_offset` is not where this appender
+resumed (the index lost acknowledged commits) makes it take the partition again and re-read
+from the index's position. The phases a partition goes through, and how it moves between them, are
 `partition.Phase` and the methods of `partition.PartitionState`.
 """
 
@@ -34,7 +36,7 @@ from i2d_appender.retry import RetryPolicy
 from i2d_appender.settings import AppenderSettings
 from i2d_segments import stagecpu
 from i2d_segments.bus import Bus, BusError, Message, RebalanceListener, TopicPartition
-from i2d_segments.index import FencedError, Index, IndexAccessError
+from i2d_segments.index import FencedError, Index, IndexAccessError, PositionError
 from i2d_segments.records import (
     AppendRecord,
     MalformedRecord,
@@ -380,8 +382,22 @@ class AppenderService(RebalanceListener):
     def _segment_for(self, state: PartitionState, m: Message) -> OpenSegment | None:
         if state.segment is None:
             assert state.epoch is not None
+            if m.offset > state.next_offset:
+                # Our producers leave no gaps (idempotent, not transactional): these records
+                # were deleted (retention) before they were appended. Say so; the index
+                # cannot hold what the bus no longer has.
+                metrics.OFFSETS_SKIPPED.inc(m.offset - state.next_offset)
+                log.error(
+                    "%s: offsets %d..%d are gone from the bus (retention shorter than the "
+                    "appender's delay?): their rows were never appended",
+                    m.tp,
+                    state.next_offset,
+                    m.offset - 1,
+                )
             try:
-                state.segment = OpenSegment(self.store, m.tp, state.epoch, m.offset)
+                state.segment = OpenSegment(
+                    self.store, m.tp, state.epoch, m.offset, resumed_from=state.next_offset
+                )
             except StoreError as e:
                 self._defer(state, "store write", e)
                 return None
@@ -521,6 +537,20 @@ class AppenderService(RebalanceListener):
             metrics.FENCED.inc()
             log.error("segment %s fenced, letting %s go: %s", commit.segment.segment_id, tp, e)
             self._let_go(state)
+            return None
+        except PositionError as e:
+            # The index is not where we resumed: it lost commits it had acknowledged. It is the
+            # source of truth, so take the partition again and re-read from its next_offset;
+            # this object is garbage, and so are announcements not yet sent.
+            metrics.POSITION_REFUSED.inc()
+            metrics.SEGMENTS_ABANDONED.labels("position").inc()
+            log.error("segment %s refused, re-reading %s: %s", commit.segment.segment_id, tp, e)
+            state.pending = None
+            if on_failure == "abandon":
+                return None
+            self.announcer.drop(tp)
+            state.needs_new_lease()
+            self._defer(state, "index position", e)
             return None
         except IndexAccessError as e:
             if on_failure == "abandon":

@@ -27,6 +27,14 @@ class FencedError(IndexAccessError):
     """The caller's epoch is no longer the partition's: another owner took over (zombie)."""
 
 
+class PositionError(IndexAccessError):
+    """The commit does not continue the partition's committed position: it starts below
+    `next_offset`, or its writer resumed from a `next_offset` the index no longer holds (an
+    index that lost commits it had acknowledged: a crash without durable commits, a restore, a
+    failover to an asynchronous replica). Retrying cannot help; the writer takes the partition
+    again and resumes from the index's `next_offset`."""
+
+
 @dataclass(frozen=True, slots=True)
 class PartitionLease:
     topic: str
@@ -199,6 +207,10 @@ class SegmentCommit:
     items: Sequence[ItemRow]
     samples: Sequence[SampleRow]
     next_offset: int  # segment.last_offset + 1
+    # The partition's next_offset as the writer last saw it committed: where its reading
+    # resumed for this segment. The segment may start later (offsets the bus deleted), but the
+    # index must still be there; None skips that check (reindex, tools).
+    resumed_from: int | None = None
 
 
 class Index(ABC):
@@ -213,7 +225,8 @@ class Index(ABC):
     @abstractmethod
     def commit_segment(self, commit: SegmentCommit) -> list[SegmentMove]:
         """In one transaction: check the partition's epoch equals `commit.epoch` (else
-        FencedError, nothing written) and that `commit.segment.first_offset >= next_offset`;
+        FencedError, nothing written), that `commit.segment.first_offset >= next_offset` and
+        that `commit.resumed_from`, if given, equals next_offset (else PositionError);
         insert the segment; insert items that are not stored yet (an item already indexed keeps
         its first location); upsert samples (latest outcome wins: a row already recorded with a
         different outcome moves to this segment; the same outcome again stays where it is);

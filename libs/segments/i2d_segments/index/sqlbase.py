@@ -21,6 +21,7 @@ from i2d_segments.index.base import (
     ItemRef,
     PartitionProgress,
     PartitionRow,
+    PositionError,
     SampleRef,
     SegmentCommit,
     SegmentMove,
@@ -156,8 +157,8 @@ def commit_gate(
     Returns True to write, False when this very segment is already committed: a caller that lost
     its connection during COMMIT cannot know whether it landed, retries, and must not then be told
     its offsets are stale. The same segment id means the same partition, first offset and epoch,
-    so the same owner's same data. Raises FencedError for a stale or missing epoch, IndexAccessError
-    for a first offset below the committed position.
+    so the same owner's same data. Raises FencedError for a stale or missing epoch, PositionError
+    for a commit that does not continue the committed position.
     """
     current = None if state is None else int(state[0])
     if current != commit.epoch:
@@ -166,17 +167,19 @@ def commit_gate(
         return False
     assert state is not None
     next_offset = int(state[1])
-    if commit.segment.first_offset < next_offset:
-        raise refuse_offset(commit, next_offset)
-    return True
-
-
-def refuse_offset(commit: SegmentCommit, next_offset: int) -> IndexAccessError:
     seg = commit.segment
-    return IndexAccessError(
-        f"segment {seg.segment_id} starts at offset {seg.first_offset}, below partition "
-        f"{seg.topic}/{seg.partition}'s committed next_offset {next_offset}"
-    )
+    where = f"partition {seg.topic}/{seg.partition}'s committed next_offset {next_offset}"
+    if seg.first_offset < next_offset:
+        raise PositionError(
+            f"segment {seg.segment_id} starts at offset {seg.first_offset}, below {where}"
+        )
+    if commit.resumed_from is not None and commit.resumed_from != next_offset:
+        # A gap the writer did not see: commits it was told had landed are gone.
+        raise PositionError(
+            f"segment {seg.segment_id} follows offset {commit.resumed_from}, but {where}: "
+            "the index lost acknowledged commits"
+        )
+    return True
 
 
 def fenced(commit: SegmentCommit, current: int | None) -> FencedError:
