@@ -51,6 +51,8 @@ APPENDER_SEGMENT_BYTES = "img2dataset_appender_segment_bytes"
 APPENDER_COMMIT = "img2dataset_appender_commit_seconds"
 APPENDER_OPEN_BYTES = "img2dataset_appender_open_segment_bytes"
 APPENDER_FENCED = "img2dataset_appender_fenced_total"
+APPENDER_POSITION_REFUSED = "img2dataset_appender_position_refused_total"
+APPENDER_OFFSETS_SKIPPED = "img2dataset_appender_offsets_skipped_total"
 APPENDER_OWNED = "img2dataset_appender_owned_partitions"
 MATERIALIZER_SEGMENTS = "img2dataset_materializer_segments_total"
 MATERIALIZER_SECONDS = "img2dataset_materializer_segment_seconds"
@@ -75,6 +77,7 @@ APPEND_PARTITIONS = "APPEND partitions"
 BACKLOG = "Backlog per consumer group"
 FAILURE_RATIO = "Fetch failure ratio by reason"
 APPENDER_ERRORS = "Appender retries and abandoned segments"
+DATA_LOST = "Rows lost upstream, commits lost by the index"
 SEGMENT_EVENTS = "SEGMENT_CLOSED events by outcome"
 COMMIT_LATENCY = "Commit latency"
 
@@ -213,6 +216,27 @@ def sections() -> list[tuple[str, list[dict[str, Any]]]]:
                             "abandoned: {{reason}}",
                         ),
                         (f"sum({APPENDER_PENDING})", "announcements pending"),
+                    ],
+                ),
+                panel(
+                    DATA_LOST,
+                    "APPEND offsets the appenders found gone from the bus (deleted by the "
+                    "topic's retention before they were appended: their rows are in no "
+                    "segment and no failed sample, lost until enqueued again), and segment "
+                    "commits the index refused because its next_offset was not where the "
+                    "appender resumed (PostgreSQL lost commits it had acknowledged; the "
+                    "appender re-reads the partition by itself). Both stay at 0 in a healthy "
+                    "pipeline.",
+                    "short",
+                    [
+                        (
+                            f"sum by (instance) (increase({APPENDER_OFFSETS_SKIPPED}[{RATE}]))",
+                            "rows lost upstream {{instance}}",
+                        ),
+                        (
+                            f"sum by (instance) (increase({APPENDER_POSITION_REFUSED}[{RATE}]))",
+                            "commits refused: the index lost commits {{instance}}",
+                        ),
                     ],
                 ),
                 panel(

@@ -14,7 +14,8 @@ equal, and `make test` fails when either differs from this script's output.
     python deploy/prometheus/build_rules.py --time-scale 60 --output FILE
                                                        a copy whose durations run 60x faster
 
-Every alert carries `severity` (critical: data stops moving; warning: it moves badly), and the
+Every alert carries `severity` (critical: data stops moving, or is lost; warning: it moves
+badly), and the
 annotations `summary`, `description`, `runbook` (what to look at and what to do, in order) and
 `dashboard`: a link to the panel of the Grafana dashboard (deploy/grafana/build_dashboard.py)
 that shows what the alert measures. Links point at the compose Grafana (http://localhost:3000);
@@ -79,19 +80,32 @@ def panel_link(title: str) -> str:
     raise KeyError(f"no dashboard panel titled {title!r}")
 
 
-def event_count(metric: str, selector: str, window: str, by: str) -> str:
+def event_count(
+    metric: str, selector: str, window: str, by: str, *, new_targets: bool = False
+) -> str:
     """Events of a labelled counter within `window`, by `by`. prometheus-client creates a
     label's series at its first increment, already at 1, which `increase()` cannot see (there
     is no earlier sample); so a series that did not exist `window` ago counts with its value,
     provided its target was scraped then (else it is Prometheus that is new, not the series:
-    after a Prometheus restart, old counts must not fire)."""
+    after a Prometheus restart, old counts must not fire).
+
+    `new_targets`: a new series counts as long as Prometheus scraped anything `window` ago,
+    even if not its target: for events that happen as a process starts, before its first
+    scrape (an appender back from an outage, in a pod or container with a new address, counts
+    the offsets it finds gone at once). A long-running target Prometheus only now discovers
+    would fire with its old counts: only for events too costly to miss."""
     series = f"{metric}{{{selector}}}" if selector else metric
+    scraped = (
+        f"on () (count(up offset {window}) > 0)"
+        if new_targets
+        else f"on (instance) (up offset {window})"
+    )
     return (
         f"sum by ({by}) (increase({series}[{window}])) > 0\n"
         f"or\n"
         f"sum by ({by}) (\n"
         f"  ({series} unless {series} offset {window})\n"
-        f"  and on (instance) (up offset {window})\n"
+        f"  and {scraped}\n"
         f") > 0"
     )
 
@@ -219,6 +233,84 @@ def alerts() -> list[Alert]:
             partitions cannot be taken in the index (`cannot take ... yet`), owns nothing.
             Fix the broker or index connection and restart it.""",
             D.APPEND_PARTITIONS,
+        ),
+        # --- Data lost: records the bus deleted, commits the index lost -----------------------
+        Alert(
+            "Img2datasetAppendRowsLostUpstream",
+            event_count(D.APPENDER_OFFSETS_SKIPPED, "", "1h", "instance", new_targets=True),
+            None,
+            "critical",
+            "{{ $labels.instance }} found APPEND records deleted before they were appended: "
+            "their rows are lost",
+            """An appender resuming an APPEND partition at the index's next_offset found the
+            records from there on already deleted from Kafka: the topic's retention ran out
+            before they were appended (an appender outage, or a backlog, longer than
+            retention.ms). Their rows were fetched but are in no segment, and no failed sample
+            records them: they are missing from the dataset until enqueued again. Critical
+            although the pipeline goes on: this is data lost, not data waiting. Fires at the
+            first such offset and for an hour after the last one.""",
+            """1. Find the lost offsets in the appender's log: `<partition>: offsets A..B are
+            gone from the bus (retention shorter than the appender's delay?)`, one line per
+            gap (img2dataset_appender_offsets_skipped_total counts them).
+
+            2. Keep it from happening again: raise the APPEND topic's retention.ms well above
+            the longest appender outage or backlog you may have (`kafka-configs.sh --alter
+            --entity-type topics --entity-name <APPEND topic> --add-config
+            retention.ms=<ms>`; retention.bytes -1 or as large), and make sure appenders run
+            (Img2datasetAppendPartitionsUnowned, Img2datasetAppendPartitionStopped).
+
+            3. Get the rows back once the backlog has drained (Backlog per consumer group at
+            0): run the same `img2dataset enqueue --url_list <list> ...` again, with the same
+            options and index. It skips every row the index records and sends the rest, the
+            lost rows among them (`--retry_failed` does not apply: they were never recorded
+            as failed); a row still in flight is sent twice and stays one sample. Rows sent
+            to `urls` by other means (kafka-console-producer) must be sent again the same
+            way.""",
+            D.DATA_LOST,
+        ),
+        Alert(
+            "Img2datasetIndexLostCommits",
+            event_count(D.APPENDER_POSITION_REFUSED, "", "1h", "instance", new_targets=True),
+            None,
+            "critical",
+            "{{ $labels.instance }}: the index refused a segment commit: it lost commits it "
+            "had acknowledged",
+            """The index (PostgreSQL) refused a segment commit because its next_offset for the
+            partition is not where the appender resumed: it lost transactions it had
+            acknowledged (a crash with synchronous_commit=off, a restore from a backup, a
+            failover to an asynchronous replica). The appender recovers by itself: it takes
+            the partition again under a new epoch and re-reads from the index's next_offset.
+            Critical although nothing waits: acknowledged data was lost. Segments already
+            announced are gone from the index, rows whose claim-check payloads had been
+            deleted became failed samples (`appender: claim-check payload ... is gone`), and
+            a loss reaching back past the APPEND topic's retention loses rows for good
+            (Img2datasetAppendRowsLostUpstream). Until the database is fixed, every crash or
+            failover can do it again. Fires at the first refusal and for an hour after the
+            last one.""",
+            """1. Find the refusals in the appender's log: `segment <id> refused, re-reading
+            <partition>: ...`. The appender has already taken the partition again and
+            re-reads it from the index's next_offset: there is nothing to restart.
+
+            2. Find why PostgreSQL lost acknowledged commits, and fix it: `SHOW
+            synchronous_commit;` must say `on` (`ALTER SYSTEM SET synchronous_commit = on;
+            SELECT pg_reload_conf();`, and no override for the img2dataset role or database);
+            fsync and full_page_writes on. With replicas, fail over only to a synchronous one:
+            set synchronous_standby_names (e.g. `ANY 1 (replica1, replica2)`) so that a commit
+            waits for a standby. A restore from a backup loses what came after it: restore to
+            the end of the WAL (point-in-time recovery) instead.
+
+            3. Clean up: the lost segments' objects are garbage no commit names: `img2dataset
+            gc` lists them (`--delete` removes them once older than --grace_seconds);
+            `img2dataset verify` checks that the committed segments and the index agree;
+            consumers skip the lost segments' SEGMENT_CLOSED events as unknown_segment
+            (Img2datasetSegmentEventsSkipped), and `img2dataset materialize` brings sidecars
+            and manifests up to date.
+
+            4. Rows that became failed samples with `appender: claim-check payload ... is
+            gone`: that reason is not transient, so `img2dataset enqueue --url_list <list>
+            --retry_failed all` fetches them again (with every other failed row of the
+            list).""",
+            D.DATA_LOST,
         ),
         # --- Backlog --------------------------------------------------------------------------
         Alert(
@@ -477,8 +569,9 @@ sum by (reason) (increase({D.FETCHER_FAILURES}[10m])) > 20
             """An appender threw away a segment it was writing and will read its records again
             from the committed offset (nothing is lost; the work is redone): `fenced` (another
             owner took the partition: a zombie appender), `lost` (its group session expired),
-            `stopped` (the partition stopped), or a store error (`store write`, `store read`,
-            `store complete`).""",
+            `stopped` (the partition stopped), `position` (the index lost commits it had
+            acknowledged: see Img2datasetIndexLostCommits), or a store error (`store write`,
+            `store read`, `store complete`).""",
             """1. On Appender retries and abandoned segments: the reason and how often.
 
             2. fenced or lost: an appender was paused or cut off longer than the Kafka
@@ -636,7 +729,7 @@ def scale_expr(expr: str, factor: float) -> str:
 
 def scaled(doc: dict[str, Any], factor: float) -> dict[str, Any]:
     """A copy of the rules whose `for:` and PromQL durations run `factor` times faster."""
-    out = {"groups": []}
+    out: dict[str, Any] = {"groups": []}
     for group in doc["groups"]:
         rules = []
         for rule in group["rules"]:
