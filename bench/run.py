@@ -90,7 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--ours-threads",
         type=int,
         default=0,
-        help="rows in flight (default: processes x img2dataset-threads, the same total)",
+        help="our --thread_count, rows in flight per worker process as img2dataset's threads "
+        "(default: --img2dataset-threads, the same flags and rows in flight)",
     )
     p.add_argument(
         "--shard-size",
@@ -121,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings(
         processes=ns.processes,
         img2dataset_threads=ns.img2dataset_threads,
-        ours_threads=ns.ours_threads or ns.processes * ns.img2dataset_threads,
+        ours_threads=ns.ours_threads or ns.img2dataset_threads,
         shard_size=ns.shard_size or max(100, ns.count // (2 * ns.processes)),
     )
     tools = _choice(ns.tools, TOOLS, "--tools")

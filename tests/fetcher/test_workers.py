@@ -207,6 +207,29 @@ def test_a_killed_worker_fails_only_its_rows_and_is_replaced(image_server: Image
     assert [p.committed for p in lag] == [len(rows)]  # every row acknowledged, then committed
 
 
+def test_thread_count_is_rows_in_flight_per_worker_process_as_in_img2dataset(
+    image_server: ImageServer,
+) -> None:
+    # img2dataset's `--processes_count 2 --thread_count 3` downloads 6 rows at once.
+    urls = [image_server.url_for(fresh_seed(), 300, 200, fault="slow", delay=2) for _ in range(9)]
+    bus = bus_with_urls(urls)
+    settings = worker_settings(processes_count=2, thread_count=3)
+    assert settings.rows_in_flight == 6
+    service = FetcherService(bus, settings)
+    stop = threading.Event()
+    thread = threading.Thread(target=service.run, args=(stop,))
+    slow_before = image_server.count("slow")
+    thread.start()
+    try:
+        wait_for(lambda: image_server.count("slow") - slow_before >= 6)
+        time.sleep(0.5)
+        assert service.rows_done == 0  # 6 rows in flight, all still being served...
+        assert image_server.count("slow") - slow_before == 6  # ...and the others waiting
+    finally:
+        stop.set()
+        thread.join()
+
+
 def test_a_stop_finishes_the_rows_in_flight_then_the_workers_exit(
     image_server: ImageServer,
 ) -> None:

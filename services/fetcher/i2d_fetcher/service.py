@@ -5,8 +5,9 @@
 
 This process only dispatches records and produces what the workers encoded, observing the
 figures they send back into its metrics. Back-pressure is explicit: no more than
-`thread_count` rows are in flight, and no more than `thread_count` records polled wait for
-room; the loop polls again only once every record it polled has started. All
+`rows_in_flight` rows (`thread_count` per worker process, as in img2dataset) are in flight,
+and no more than that many records polled wait for room; the loop polls again only once every
+record it polled has started. All
 consumer calls run on one dedicated thread (the consumer is not thread-safe and rebalance
 callbacks run inside its poll).
 """
@@ -92,7 +93,7 @@ class FetcherService(HeldPartitions):
         loop = asyncio.get_running_loop()
         config = WorkerConfig(
             options=self.options,
-            concurrency=self.settings.thread_count,
+            concurrency=self.settings.rows_in_flight,
             url_field=self.settings.url_field,
             caption_field=self.settings.caption_field,
             log_level=logging.getLogger().getEffectiveLevel(),
@@ -101,7 +102,7 @@ class FetcherService(HeldPartitions):
             self._consumer_thread,
             lambda: self.consumer.subscribe([self.settings.urls_topic], listener=self),
         )
-        limit = self.settings.thread_count
+        limit = self.settings.rows_in_flight
         # The rows in flight: each one's fetch, answered by `_fetched` when it completes (a
         # callback, not a task per row: the worker processes hand back futures).
         tasks: set[asyncio.Future[Outcome | None]] = set()

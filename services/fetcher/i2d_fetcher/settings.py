@@ -20,14 +20,15 @@ class FetcherSettings(ConnectionSettings, FetchOptions):
     thread_count: int = Field(
         256,
         ge=1,
-        description="Rows downloaded concurrently, in total over the worker processes "
-        "(img2dataset's name; it counts per process there).",
+        description="Rows downloaded concurrently per worker process, as in img2dataset (so "
+        "`--processes_count 16 --thread_count 64` has 1024 rows in flight); with "
+        "processes_count 0, in this process.",
     )
     processes_count: int = Field(
         default_factory=default_workers,
         ge=0,
         description="Worker processes that download, decode, resize and encode (default: one "
-        "per core; 0 = all in this process, images on a thread). thread_count and the per-host "
+        "per core; 0 = all in this process, images on a thread). The per-host "
         "limits are split across them.",
     )
     url_field: str = Field("url", description="JSON field of a `urls` record holding the url.")
@@ -41,6 +42,11 @@ class FetcherSettings(ConnectionSettings, FetchOptions):
     )
     commit_interval_seconds: float = Field(1.0, gt=0, description="How often offsets commit.")
     poll_timeout_seconds: float = Field(0.5, gt=0, description="Longest wait of one poll.")
+
+    @property
+    def rows_in_flight(self) -> int:
+        """The most rows this fetcher downloads at once: thread_count per worker process."""
+        return self.thread_count * max(1, self.processes_count)
 
     def fetch_options(self) -> FetchOptions:
         return FetchOptions.model_validate(

@@ -1,6 +1,6 @@
 """A budget of body bytes in flight, so that memory does not grow with what servers send.
 
-Without it a fetcher holds `thread_count x max_body_bytes` at worst (256 rows x 64 MiB): a
+Without it a worker holds `thread_count x max_body_bytes` at worst (256 rows x 64 MiB): a
 few hosts serving large bodies, or a CPU stage that falls behind while downloads go on, take a
 machine down. With it, the bodies a worker process holds (being read, waiting for the imaging
 thread, being decoded) add up to at most its part of `max_body_bytes_in_flight`.

@@ -21,8 +21,9 @@ aiohttp or Pillow.
   site's robots.txt Crawl-delay likewise (each worker spaces its requests N times the delay).
   The DNS cache, the robots.txt cache and the circuit breaker are per worker too: a dead host
   opens a breaker in each, and each reads a site's robots.txt once.
-- Back-pressure: the caller keeps at most `thread_count` rows in flight; a row goes to the
-  worker with the fewest, so none has more than ceil(thread_count / N).
+- Back-pressure: the caller keeps at most `concurrency` rows in flight (`thread_count` per
+  worker, as in img2dataset); a row goes to the worker with the fewest, so none has more than
+  ceil(concurrency / N).
 - A worker that dies (a segfaulting decoder, the OOM killer): its rows in flight become
   failed samples ("fetch worker died") and a new worker takes its place.
 - Workers start from a fork server (forkserver.py): forking a process that already runs
