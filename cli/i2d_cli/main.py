@@ -192,10 +192,10 @@ def start_fetch_workers_early() -> None:
 
 
 def _run(args: list[str], command: str | None) -> int:
+    if _runs_fetch_workers(args, command):
+        start_fetch_workers_early()  # before any heavy import, pydantic's included
     from pydantic import ValidationError
 
-    if _runs_fetch_workers(args, command):
-        start_fetch_workers_early()
     ns = build_parser(command).parse_args(args)
     logging.basicConfig(
         level=getattr(logging, str(ns.log_level).upper(), logging.INFO),

@@ -517,3 +517,39 @@ def test_results_and_rejections_cross_process_boundaries() -> None:
     assert isinstance(remote, ProcessedImage)
     assert remote == process_image(data, opts)
     assert info.value.message == "Image decoding error"
+
+
+FRESH_PROCESS_CHECK = """
+import io
+from PIL import Image
+from i2d_fetcher.imaging import formats
+from i2d_fetcher.imaging.pipeline import process_image
+from i2d_fetcher.options import FetchOptions
+
+missing = [f.name for f in formats.FORMATS.values() if f.pillow not in Image.OPEN]
+assert not missing, f"plugins not imported by pipeline.py: {missing}"
+opts = FetchOptions(allowed_image_formats=list(formats.FORMATS), image_size=32)
+for name, fmt in formats.FORMATS.items():
+    if fmt.pillow not in Image.SAVE or name in ("cur", "icns"):
+        continue
+    body = io.BytesIO()
+    Image.new("RGB", (48, 40), (200, 10, 10)).save(body, fmt.pillow)
+    for encode in ("jpg", "png", "webp"):
+        quality = 9 if encode == "png" else 90  # png: a compression level
+        how = opts.model_copy(update={"encode_format": encode, "encode_quality": quality})
+        out = process_image(body.getvalue(), how)
+        assert (out.width, out.height) == (32, 32), (name, encode)
+assert Image._initialized < 2, "something made Pillow import every plugin"
+print("ok")
+"""
+
+
+def test_the_formats_allowed_open_and_encode_without_every_pillow_plugin() -> None:
+    # A fresh interpreter: this one may have imported every plugin already.
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", FRESH_PROCESS_CHECK], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr

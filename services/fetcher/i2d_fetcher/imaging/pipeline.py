@@ -41,7 +41,22 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from PIL import Image, JpegImagePlugin, PngImagePlugin
+# Every plugin of formats.FORMATS, imported to register it: opening by format name then finds
+# it without Image.init(), which imports each of Pillow's ~45 plugins (~0.05 s of every
+# fetch workers' fork server start). test_imaging checks the list against FORMATS.
+from PIL import (
+    AvifImagePlugin,  # noqa: F401
+    BmpImagePlugin,  # noqa: F401
+    CurImagePlugin,  # noqa: F401
+    GifImagePlugin,  # noqa: F401
+    IcnsImagePlugin,  # noqa: F401
+    IcoImagePlugin,  # noqa: F401
+    Image,
+    JpegImagePlugin,
+    PngImagePlugin,
+    TiffImagePlugin,  # noqa: F401
+    WebPImagePlugin,  # noqa: F401
+)
 
 from i2d_fetcher.imaging import formats, guard, xmp
 from i2d_fetcher.imaging.blur import Box, blur_boxes
@@ -84,8 +99,8 @@ DECODED_BY_OPEN = frozenset({"ico"})
 # fetcher does not use, and memory no pixel limit counts. A PNG with more fails to open.
 PngImagePlugin.MAX_TEXT_MEMORY = 8 * PngImagePlugin.MAX_TEXT_CHUNK
 # Pillow can open more formats than the web uses, some through external programs (EPS runs
-# Ghostscript): a body is only ever opened by the one plugin its magic bytes name.
-Image.init()  # register every plugin now, so opening by format name finds it
+# Ghostscript): a body is only ever opened by the one plugin its magic bytes name, among the
+# plugins imported above.
 
 # Pillow's pixel memory, in a process that decodes image after image (keep_image_blocks): blocks
 # of at most IMAGE_BLOCK_BYTES (an image of 1 Mpx in RGBA fits in one), up to IMAGE_BLOCKS of
