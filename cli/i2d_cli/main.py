@@ -130,8 +130,11 @@ def exit_without_teardown(code: int) -> None:
     server's files removed, wandb finished...), what is left is freeing, one by one, every
     object of pyarrow, pydantic and the services (0.1-0.15 s of CPU, more of wall time on a
     busy machine) for memory the kernel frees at once. Everything the command writes is
-    closed (and fsynced) by then. Returns, for the usual exit, while another thread runs."""
-    if threading.active_count() > 1:
+    closed (and fsynced) by then. Returns, for the usual exit, while another thread runs that
+    Python would wait for; daemon threads (tqdm's monitor, the index's checkpointer) it would
+    not, so they do not keep the command from ending here."""
+    current = threading.current_thread()
+    if any(t is not current and not t.daemon and t.is_alive() for t in threading.enumerate()):
         return
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):

@@ -77,15 +77,22 @@ def test_the_commands_own_process_leaves_pandas_out_of_pyarrow() -> None:
     assert out.strip().splitlines()[-1] == str(installed)
 
 
+@pytest.mark.parametrize("daemon_thread", [False, True])
 def test_the_commands_own_process_exits_after_its_exit_handlers_without_teardown(
-    tmp_path: Path,
+    tmp_path: Path, daemon_thread: bool
 ) -> None:
     """main() as the process's entry point ends the process itself once done: the exit
     handlers run (logging, multiprocessing, wandb register theirs), the exit code is the
-    command's, and the interpreter's teardown is skipped."""
+    command's, and the interpreter's teardown is skipped, also while a daemon thread (tqdm's
+    monitor) lives, which Python would not wait for either."""
     probe = (
-        "import atexit, sys\n"
-        "atexit.register(lambda: print('exit handlers ran', flush=True))\n"
+        "import atexit, sys, threading, time\n"
+        + (
+            "threading.Thread(target=time.sleep, args=(60,), daemon=True).start()\n"
+            if daemon_thread
+            else ""
+        )
+        + "atexit.register(lambda: print('exit handlers ran', flush=True))\n"
         "from i2d_cli.main import main\n"
         f"sys.argv = ['img2dataset', 'download', '--url_list', {str(tmp_path / 'none.txt')!r},"
         f" '--output_folder', {str(tmp_path / 'out')!r}]\n"
