@@ -370,6 +370,31 @@ def test_a_commit_that_does_not_follow_the_committed_position_is_refused(index: 
     assert row is not None and row.next_offset == 150
 
 
+def test_held_count_is_the_rows_a_segment_holds_now(index: Index) -> None:
+    lease = index.acquire_partition(TOPIC, 0, "me")
+    a = seg(0, 0, 9, lease.epoch, samples=3)
+    index.commit_segment(
+        commit_of(a, [], [failed_sample(f"s{i}", a.segment_id, "404 Not Found") for i in (1, 2, 3)])
+    )
+    # s1 again with the same outcome stays in a; s3 with another moves to b; s4 is new.
+    b = seg(0, 10, 19, lease.epoch, samples=3)
+    index.commit_segment(
+        commit_of(
+            b,
+            [],
+            [
+                failed_sample("s1", b.segment_id, "404 Not Found"),
+                failed_sample("s3", b.segment_id, "timeout"),
+                failed_sample("s4", b.segment_id, "timeout"),
+            ],
+        )
+    )
+    assert index.held_samples(a.segment_id, ["s1", "s2", "s3"]) == {"s1", "s2"}
+    assert index.held_samples(b.segment_id, ["s1", "s3", "s4"]) == {"s3", "s4"}
+    assert (index.held_count(a.segment_id), index.held_count(b.segment_id)) == (2, 2)
+    assert index.held_count("p00000/00000000000000000099-e1") == 0
+
+
 def test_retrying_a_commit_that_landed_changes_nothing(index: Index) -> None:
     # A caller whose connection dropped during COMMIT cannot tell whether it landed; it retries.
     lease = index.acquire_partition(TOPIC, 0, "me")
@@ -913,6 +938,7 @@ def test_concurrent_outcomes_of_the_same_rows_record_every_move(
         ids = [f"row-{n}-{i}" for i in range(rows)]  # both segments' rows (_outcome_writer)
         held = {sid: len(index.held_samples(sid, ids)) for sid in pair}
         assert sum(held.values()) == rows  # every row in exactly one of the two
+        assert {sid: index.held_count(sid) for sid in pair} == held  # the totals agree
         for holder, loser in (pair, pair[::-1]):
             if held[holder] and held[loser] < rows:
                 # The loser's rows that the holder now has: recorded as moved.

@@ -70,6 +70,9 @@ class _Index:
     def held_samples(self, segment_id: str, sample_ids: Iterable[str]) -> set[str]:
         return set(sample_ids)
 
+    def held_count(self, segment_id: str) -> int | None:
+        return None  # no totals: every segment's rows are looked up
+
     def located_items(self, segment_id: str, item_ids: Iterable[str]) -> dict[str, tuple[int, int]]:
         return {}
 
@@ -127,3 +130,34 @@ def test_a_segment_larger_than_the_budget_is_still_kept_while_used() -> None:
     assert len(rows.samples_for_segment(big.segment_id)) == 1000
     rows.samples_for_segment(big.segment_id)
     assert loaded == [big.segment_id]
+
+
+class _Counted(_Index):
+    """An index with per-segment totals: `held` rows held now, the last ones given back by
+    held_samples, which records that it was asked."""
+
+    def __init__(self, segments: list[SegmentRow], held: int) -> None:
+        super().__init__(segments)
+        self.held = held
+        self.lookups = 0
+
+    def held_count(self, segment_id: str) -> int | None:
+        return self.held
+
+    def held_samples(self, segment_id: str, sample_ids: Iterable[str]) -> set[str]:
+        self.lookups += 1
+        return set(sorted(sample_ids)[-self.held :]) if self.held else set()
+
+
+def test_a_segment_holding_as_many_rows_as_its_manifest_has_needs_no_lookup() -> None:
+    segment = _segment(0)
+    every = cast(Index, _Counted([segment], held=ROWS))
+    rows = SegmentRows(_manifest, every).samples_for_segment(segment.segment_id)
+    assert len(rows) == ROWS and cast(_Counted, every).lookups == 0
+    # One row taken by a newer segment: the rows held are looked up.
+    fewer = _Counted([segment], held=ROWS - 1)
+    rows = SegmentRows(_manifest, cast(Index, fewer)).samples_for_segment(segment.segment_id)
+    assert fewer.lookups == 1
+    assert [r.sample_id for r in rows] == sorted(r.sample_id for r in _manifest(segment).samples)[
+        1:
+    ]

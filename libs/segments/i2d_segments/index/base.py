@@ -288,6 +288,12 @@ class Index(ABC):
         holds now: not those a newer segment took, nor those delivered again unchanged whose
         row stayed in an older segment."""
 
+    def held_count(self, segment_id: str) -> int | None:
+        """How many sample rows the segment holds now, from the totals its commits keep
+        (no row is read); None where the index keeps none. Its manifest's distinct sample ids
+        are a superset of those rows, so an equal count means it holds all of them."""
+        return None
+
     @abstractmethod
     def located_items(self, segment_id: str, item_ids: Iterable[str]) -> dict[str, tuple[int, int]]:
         """{item_id: (data_offset, data_length)} of the `item_ids` (items of the segment's

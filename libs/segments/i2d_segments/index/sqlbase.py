@@ -58,6 +58,7 @@ from i2d_segments.index.schema import load_migrations
 from i2d_segments.index.totals import (
     DATASET_TOTALS_SQL,
     ERROR_COUNTS_SQL,
+    HELD_COUNT_SQL,
     STATUS_COUNTS_SQL,
     TOTALS_VERSION,
 )
@@ -279,6 +280,12 @@ class SqlIndex(Index):
     def held_samples(self, segment_id: str, sample_ids: Iterable[str]) -> set[str]:
         rows = self._find({sample_key(s): s for s in sample_ids}, segment_id=clean_text(segment_id))
         return {s for s, _ in rows}
+
+    def held_count(self, segment_id: str) -> int | None:
+        if not self._has_totals():
+            return None
+        rows = self._fetch(HELD_COUNT_SQL, (clean_text(segment_id),))
+        return int(rows[0][0])
 
     def located_items(self, segment_id: str, item_ids: Iterable[str]) -> dict[str, tuple[int, int]]:
         rows = self._find(

@@ -79,10 +79,7 @@ ERROR_COUNTS_SQL = (
     "SELECT error, SUM(samples) FROM outcome_totals WHERE status <> ? AND error IS NOT NULL "
     "GROUP BY error HAVING SUM(samples) <> 0"
 )
-SEGMENT_COUNTS_SQL = (
-    "SELECT status, error, samples FROM segment_counts WHERE segment_id = ? AND samples <> 0 "
-    "ORDER BY status, error_key"
-)
+HELD_COUNT_SQL = "SELECT COALESCE(SUM(samples), 0) FROM segment_counts WHERE segment_id = ?"
 
 # -- the commit's writes ------------------------------------------------------------------------
 

@@ -197,6 +197,10 @@ class SegmentRows:
         parsed = self._parsed(segment_id)
         if parsed is None:
             return []
+        if self.index.held_count(segment_id) == len(parsed.samples):
+            # It holds as many rows as its manifest has ids, so all of them: no lookup of
+            # each row (most segments, since rows seldom move).
+            return sorted(parsed.samples.values(), key=lambda s: s.sample_id)
         held = self.index.held_samples(segment_id, parsed.samples)
         return sorted((parsed.samples[s] for s in held), key=lambda s: s.sample_id)
 
