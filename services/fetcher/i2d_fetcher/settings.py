@@ -3,16 +3,16 @@ defaults), and the service's own knobs. Env `I2D_<FIELD>` or `--field` flags."""
 
 from __future__ import annotations
 
-import os
-
 from pydantic import Field
 
+from i2d_fetcher.cpus import usable_cpus
 from i2d_fetcher.options import FetchOptions
 from i2d_segments.settings import ConnectionSettings
 
 
 def default_workers() -> int:
-    return max(1, len(os.sched_getaffinity(0)))
+    """One worker process per CPU this process may use (a container's CPU limit included)."""
+    return usable_cpus()
 
 
 class FetcherSettings(ConnectionSettings, FetchOptions):
@@ -28,7 +28,8 @@ class FetcherSettings(ConnectionSettings, FetchOptions):
         default_factory=default_workers,
         ge=0,
         description="Worker processes that download, decode, resize and encode (default: one "
-        "per core; 0 = all in this process, images on a thread). The per-host "
+        "per CPU this process may use, a container's CPU limit included; 0 = all in this "
+        "process, images on a thread). The per-host "
         "limits are split across them.",
     )
     url_field: str = Field("url", description="JSON field of a `urls` record holding the url.")
