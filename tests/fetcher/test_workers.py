@@ -7,6 +7,7 @@ leaves no worker process behind, and the records it had polled and not started c
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
@@ -14,7 +15,7 @@ import signal
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -58,6 +59,19 @@ def worker_settings(*, processes_count: int, thread_count: int) -> FetcherSettin
         metrics_port=0,
         create_topics=False,
     )
+
+
+@contextlib.contextmanager
+def running(service: FetcherService) -> Iterator[None]:
+    """The service's loop on a thread for the block, then stopped as SIGTERM stops it."""
+    stop = threading.Event()
+    thread = threading.Thread(target=service.run, args=(stop,))
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 def assert_each_url_stored_once_and_committed(
@@ -216,18 +230,12 @@ def test_thread_count_is_rows_in_flight_per_worker_process_as_in_img2dataset(
     settings = worker_settings(processes_count=2, thread_count=3)
     assert settings.rows_in_flight == 6
     service = FetcherService(bus, settings)
-    stop = threading.Event()
-    thread = threading.Thread(target=service.run, args=(stop,))
     slow_before = image_server.count("slow")
-    thread.start()
-    try:
+    with running(service):
         wait_for(lambda: image_server.count("slow") - slow_before >= 6)
         time.sleep(0.5)
         assert service.rows_done == 0  # 6 rows in flight, all still being served...
         assert image_server.count("slow") - slow_before == 6  # ...and the others waiting
-    finally:
-        stop.set()
-        thread.join()
 
 
 def test_a_stop_finishes_the_rows_in_flight_then_the_workers_exit(
@@ -237,18 +245,12 @@ def test_a_stop_finishes_the_rows_in_flight_then_the_workers_exit(
     bus = bus_with_urls(urls)
     settings = worker_settings(processes_count=2, thread_count=8)
     service = FetcherService(bus, settings)
-    stop = threading.Event()
-    thread = threading.Thread(target=service.run, args=(stop,))
     slow_before = image_server.count("slow")
-    thread.start()
-    try:
+    with running(service):  # stopped as SIGTERM stops `serve fetcher`
         wait_for(lambda: image_server.count("slow") - slow_before >= len(urls))
         assert isinstance(service.fetcher, FetchWorkers)
         pids = service.fetcher.pids()
         assert service.rows_done == 0  # all of them in flight
-    finally:
-        stop.set()  # what SIGTERM does in `serve fetcher`
-        thread.join()
     assert all(gone(pid) for pid in pids)
     assert_each_url_stored_once_and_committed(bus, urls, settings)
 
@@ -269,14 +271,8 @@ def test_records_polled_and_not_started_at_a_stop_come_again_to_the_next_fetcher
 
     def serve(until: Callable[[FetcherService], bool]) -> None:
         service = FetcherService(bus, settings)
-        stop = threading.Event()
-        thread = threading.Thread(target=service.run, args=(stop,))
-        thread.start()
-        try:
+        with running(service):
             wait_for(lambda: until(service))
-        finally:
-            stop.set()
-            thread.join()
 
     # Stopped with 4 slow rows in flight and 3 records polled behind them.
     serve(lambda _: image_server.count("slow") - slow_before >= 4)
