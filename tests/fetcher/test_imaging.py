@@ -553,3 +553,23 @@ def test_the_formats_allowed_open_and_encode_without_every_pillow_plugin() -> No
         [sys.executable, "-c", FRESH_PROCESS_CHECK], capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+
+
+def _encoded(size: tuple[int, int], fmt: str, **params: Any) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", size, (30, 120, 200)).save(out, fmt, **params)
+    return out.getvalue()
+
+
+def test_only_light_images_are_processed_on_the_event_loop() -> None:
+    from i2d_fetcher.imaging.pipeline import is_light
+
+    opts = FetchOptions()
+    assert is_light(_encoded((1600, 1200), "JPEG"), opts)  # 1.9 Mpx, baseline
+    assert is_light(_encoded((800, 600), "PNG"), opts)
+    assert not is_light(_encoded((2000, 1200), "JPEG"), opts)  # 2.4 Mpx
+    # Decode time that follows the scans, not the pixels: on the imaging thread.
+    assert not is_light(_encoded((400, 300), "JPEG", progressive=True), opts)
+    assert not is_light(_encoded((400, 300), "TIFF"), opts)
+    assert not is_light(b"<html>not an image</html>", opts)
+    assert not is_light(_encoded((400, 300), "PNG"), FetchOptions(allowed_image_formats=["jpeg"]))

@@ -61,8 +61,9 @@ def test_heavy_images_on_one_host_fail_no_row_of_another(
         return process_image(data, opts, *rest)
 
     monkeypatch.setattr(row_module, "process_image", slow_for_heavy_host)
+    # Over pipeline.INLINE_MAX_PIXELS: a lighter image is processed on the loop (a few ms).
     heavy = [
-        UrlRow(url=heavy_host.url_for(fresh_seed(), 64, 64, ext="png"), key=f"x{i}")
+        UrlRow(url=heavy_host.url_for(fresh_seed(), 1500, 1500, ext="png"), key=f"x{i}")
         for i in range(3)
     ]
     light = [

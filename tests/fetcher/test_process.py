@@ -131,7 +131,8 @@ def test_a_crashed_worker_costs_one_row_not_the_fetcher(image_server: ImageServe
     async def broken(*_args: Any) -> Any:
         raise BrokenProcessPool("a process in the pool was terminated abruptly")
 
-    row = UrlRow(url=image_server.url_for(fresh_seed(), 300, 200))
+    # Over INLINE_MAX_PIXELS: processed through run_cpu, not on the loop.
+    row = UrlRow(url=image_server.url_for(fresh_seed(), 2000, 1200))
     rec = fetch_one(row, run_cpu=broken)
     assert rec.meta.status is SampleStatus.FAILED_TO_RESIZE
     assert rec.meta.error_message == (
@@ -170,7 +171,7 @@ def test_verify_hash_drops_mismatches(image_server: ImageServer) -> None:
 
 def test_bbox_col_reaches_the_worker_and_blurs(image_server: ImageServer) -> None:
     seed = fresh_seed()
-    url = image_server.url_for(seed, 640, 480)
+    url = image_server.url_for(seed, 2000, 1200)  # heavy: processed through run_cpu
     opts = FAST.model_copy(update={"bbox_col": "faces"})
     calls: list[object] = []
 
@@ -212,3 +213,21 @@ def test_disable_all_reencoding_record(image_server: ImageServer) -> None:
     assert m.item_id == hashlib.sha256(original).hexdigest()
     assert (m.width, m.height, m.original_width, m.original_height) == (None,) * 4
     assert decode_append(encode_append(rec)) == rec
+
+
+def test_light_images_are_processed_on_the_loop_heavy_ones_through_run_cpu(
+    image_server: ImageServer,
+) -> None:
+    calls: list[str] = []
+
+    async def counted(fn: Any, /, *args: Any) -> Any:
+        calls.append(fn.__name__)
+        return fn(*args)
+
+    light = fetch_one(UrlRow(url=image_server.url_for(fresh_seed(), 1600, 1200)), run_cpu=counted)
+    assert light.meta.status is SampleStatus.SUCCESS and calls == []  # 1.9 Mpx: on the loop
+    heavy = fetch_one(UrlRow(url=image_server.url_for(fresh_seed(), 2000, 1200)), run_cpu=counted)
+    assert heavy.meta.status is SampleStatus.SUCCESS and calls == ["process_body"]
+    # A light body that is no image at all fails on the loop as on the thread.
+    page = fetch_one(UrlRow(url=image_server.url_for(fresh_seed(), 300, 200, fault="notimage")))
+    assert page.meta.status is SampleStatus.FAILED_TO_RESIZE

@@ -1,5 +1,6 @@
 """One input row in, one APPEND record out: download on the event loop, then hash,
-decode/resize/encode on the imaging thread (`run_cpu`).
+decode/resize/encode on the imaging thread (`run_cpu`), or on the loop itself for a light
+image (at most 2 Mpx: `pipeline.is_light`).
 
 Never raises for a bad row: every failure becomes a record with img2dataset's status
 (failed_to_download or failed_to_resize) and a clear error message, so the pipeline goes on
@@ -23,7 +24,7 @@ from typing import Any, NamedTuple, Protocol, TypeVar
 from i2d_fetcher.http.client import FetchFailed, HttpClient, download
 from i2d_fetcher.imaging.blur import Box, InvalidBoxes, boxed_item_id, parse_boxes
 from i2d_fetcher.imaging.gate import DecodeGate
-from i2d_fetcher.imaging.pipeline import ImageRejected, ProcessedImage, process_image
+from i2d_fetcher.imaging.pipeline import ImageRejected, ProcessedImage, is_light, process_image
 from i2d_fetcher.options import FetchOptions
 from i2d_fetcher.outcome import Outcome, RowStats, parse
 from i2d_fetcher.reasons import one_line
@@ -37,8 +38,9 @@ T = TypeVar("T")
 
 class RunCpu(Protocol):
     """Runs CPU work off the event loop: `await run_cpu(fn, *args)` is `fn(*args)` on the
-    worker's imaging thread. The loop only waits for sockets, so a heavy image never delays
-    another row's download nor eats into its timeout."""
+    worker's imaging thread, so a heavy image never delays another row's download nor eats
+    into its timeout. A light one (pipeline.is_light: at most 2 Mpx) is processed on the loop
+    itself, a few ms, cheaper than the hand-off."""
 
     def __call__(self, fn: Callable[..., T], /, *args: Any) -> Awaitable[T]: ...
 
@@ -146,7 +148,10 @@ async def _fetch_row(
         stats.downloaded_bytes = len(data)
         expected = _expected_hash(row, opts.verify_hash[0]) if opts.verify_hash else None
         try:
-            done = await run_cpu(process_body, data, opts, tuple(boxes), expected, gate)
+            if is_light(data, opts):  # a few ms: here, not worth two thread switches
+                done = process_body(data, opts, tuple(boxes), expected, gate)
+            else:
+                done = await run_cpu(process_body, data, opts, tuple(boxes), expected, gate)
         except Exception as e:  # a bug in a decoder must cost one row, not the worker
             log.exception("unexpected imaging error for %s", row.url)
             return Failure(_describe(e), SampleStatus.FAILED_TO_RESIZE)

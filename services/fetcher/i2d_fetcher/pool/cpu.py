@@ -7,6 +7,10 @@ row's socket waited that long, their timeouts ran out and the breaker of an inno
 opened. On its own thread, Pillow and hashlib release the GIL for the heavy parts, so the loop
 keeps reading sockets meanwhile. One thread: the worker processes already use every core, and
 one decode at a time per process bounds the pixel memory a process holds.
+
+A light image (at most 2 Mpx, `pipeline.is_light`: most web images) skips the thread: its few
+ms on the loop cost less than the two thread switches of the hand-off. So a process holds at
+most one heavy decode here and one light one (under the gate's floor) on its loop.
 """
 
 from __future__ import annotations
