@@ -2,9 +2,9 @@
 This is the main process's side; the workers' is worker.py.
 
 `FetchWorkers` runs `processes_count` worker processes. Each has its own event loop, HTTP
-client (open_client) and runs `fetch_value` (the one implementation of a row's work) with
-`process_image` called inline: a worker's loop blocks a few ms per image, as one of
-img2dataset's threads does, and the decoded pixels never cross a process boundary. The main
+client (open_client) and runs `fetch_value` (the one implementation of a row's work), with
+`process_image` on its imaging thread (cpu.py), or on its loop for a light image (a few ms, as
+one of img2dataset's threads blocks): the decoded pixels never cross a process boundary. The main
 process only dispatches `urls` records and produces the APPEND records the workers already
 encoded, so it stays off the critical path of a 2-core machine; it does not even import
 aiohttp or Pillow.
