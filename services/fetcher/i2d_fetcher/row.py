@@ -148,8 +148,12 @@ async def _fetch_row(
         stats.downloaded_bytes = len(data)
         expected = _expected_hash(row, opts.verify_hash[0]) if opts.verify_hash else None
         try:
-            if is_light(data, opts):  # a few ms: here, not worth two thread switches
-                done = process_body(data, opts, tuple(boxes), expected, gate)
+            if is_light(data, opts):
+                # A few ms: here, not worth two thread switches. Without the gate: the loop
+                # must never wait for other processes' decodes, and a decode of at most 2 Mpx
+                # (~30 MB at its peak, one at a time on this loop) is what the gate leaves
+                # unbudgeted anyway.
+                done = process_body(data, opts, tuple(boxes), expected, None)
             else:
                 done = await run_cpu(process_body, data, opts, tuple(boxes), expected, gate)
         except Exception as e:  # a bug in a decoder must cost one row, not the worker

@@ -319,8 +319,9 @@ def check_output(width: int, height: int, geo: Geometry, opts: FetchOptions) -> 
 # A decode of at most this many pixels (the full size, whatever a JPEG's reduced decode would
 # save) runs on the fetcher's event loop: a few ms, which cost less than the imaging thread's
 # two thread switches and executor hand-offs (bench corpus, 2000 photos of 0.04-1.9 Mpx: -5%
-# CPU and -6% wall clock per image). Heavier ones, and anything the gate would budget, run on
-# the imaging thread, so the loop never waits long on one image (row.py).
+# CPU and -6% wall clock per image). Heavier ones run on the imaging thread, so the loop never
+# waits long on one image; a light one skips the decode gate, so it never waits for another
+# process's decode either (row.py).
 INLINE_MAX_PIXELS = 1 << 21
 # Formats whose decode time follows their pixels. Not AVIF (AV1 decoding is slow), TIFF or ICO
 # (whatever they wrap), nor a progressive, multi-scan or lossless JPEG (its decode time
