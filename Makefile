@@ -46,8 +46,10 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy libs/segments/i2d_segments services/fetcher/i2d_fetcher services/appender/i2d_appender services/materializer/i2d_materializer services/status/i2d_status cli/i2d_cli cli/img2dataset tools/imageserver/i2d_imageserver bench
 
+# Two workers: most tests wait on servers and subprocesses, so two at once take about 2/3 of the
+# time of one after the other (each worker starts its own Kafka, S3 and PostgreSQL).
 unit: $(STAMP) servers
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n 2
 
 test: lint typecheck unit
 
