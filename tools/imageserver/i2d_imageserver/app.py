@@ -153,6 +153,10 @@ async def fault(request: web.Request) -> web.StreamResponse:
             name = parse_name(
                 request.match_info["name"], default_size=BOMB_SIZE, max_side=MAX_BOMB_SIDE
             )
+        elif kind in _NO_BODY:
+            # Their handlers serve no photo: the seed's size (numpy's generator, a quarter of
+            # the server's CPU per 404) is not computed.
+            name = parse_name(request.match_info["name"], default_size=NO_PHOTO_SIZE)
         else:
             name = parse_name(request.match_info["name"])
     except BadPath as e:
@@ -325,7 +329,9 @@ assert set(FAULT_HANDLERS) == set(FAULTS), "every documented fault has a handler
 
 
 _VARIANT_OF_FAULT = {"alpha": "alpha", "exif": "exif", "bomb": "bomb"}
+# Faults that serve no photo of their name (the size in their ImageName is NO_PHOTO_SIZE).
 _NO_BODY = {"missing", "error", "unavailable", "reset", "notimage", "gzipbomb"}
+NO_PHOTO_SIZE = (1, 1)
 
 
 async def warm(app: web.Application, paths: list[str], concurrency: int = 8) -> int:
