@@ -242,16 +242,19 @@ def alerts() -> list[Alert]:
             "critical",
             "{{ $labels.instance }} found APPEND records deleted before they were appended: "
             "their rows are lost",
-            """An appender resuming an APPEND partition at the index's next_offset found the
-            records from there on already deleted from Kafka: the topic's retention ran out
-            before they were appended (an appender outage, or a backlog, longer than
-            retention.ms). Their rows were fetched but are in no segment, and no failed sample
-            records them: they are missing from the dataset until enqueued again. Critical
+            """An appender reading an APPEND partition on from the last offset it holds found
+            the records from there on already deleted from Kafka: the topic's retention ran
+            out before they were appended (an appender outage, or a backlog, longer than
+            retention.ms). Or, rarer, the broker held records it did not deliver, even when
+            the partition was read again from them. Their rows were fetched but are in no
+            segment, and no failed sample records them: they are missing from the dataset
+            until enqueued again. Critical
             although the pipeline goes on: this is data lost, not data waiting. Fires at the
             first such offset and for an hour after the last one.""",
             """1. Find the lost offsets in the appender's log: `<partition>: offsets A..B are
-            gone from the bus (retention shorter than the appender's delay?)`, one line per
-            gap (img2dataset_appender_offsets_skipped_total counts them).
+            gone from the bus (retention shorter than the appender's delay?)` or `the bus
+            holds offsets A..B but does not deliver them`, one line per gap
+            (img2dataset_appender_offsets_skipped_total counts them).
 
             2. Keep it from happening again: raise the APPEND topic's retention.ms well above
             the longest appender outage or backlog you may have (`kafka-configs.sh --alter

@@ -28,6 +28,7 @@ from i2d_segments.bus.base import (
     Bus,
     BusError,
     Consumer,
+    EmbeddedBus,
     HeldPartitions,
     Message,
     Producer,
@@ -493,3 +494,24 @@ def test_held_partitions_are_the_members_assignment(bus: Bus, clients: Clients, 
     poll_until(consumer, lambda _: len(held.held()) == 2)
     assert held.held() == [TopicPartition(name, 0), TopicPartition(name, 1)]
     assert sorted(consumer.assignment()) == held.held()
+
+
+def test_low_watermark_is_the_first_offset_the_partition_still_holds(
+    bus: Bus, clients: Clients, name: str
+) -> None:
+    """What the appender asks when offsets are missing: whether the bus deleted them. (Tansu
+    answers no DeleteRecords, so only the embedded buses delete records here: once every
+    group has committed past them, as retention would.)"""
+    bus.create_topics({name: 1})
+    tp = TopicPartition(name, 0)
+    produce_all(clients.producer(bus), name, [(None, f"v{i}".encode()) for i in range(6)])
+    consumer = clients.consumer(bus, f"{name}-g")
+    consumer.subscribe([name])
+    poll_until(consumer, lambda got: len(got) >= 6)
+    assert consumer.low_watermark(tp) == 0
+    consumer.commit({tp: 4})
+    if isinstance(bus, EmbeddedBus):
+        bus.truncate_consumed()
+        assert consumer.low_watermark(tp) == 4
+    else:
+        assert consumer.low_watermark(tp) == 0  # a commit deletes nothing on Kafka

@@ -39,8 +39,14 @@ POSITION_REFUSED = Counter(
 )
 OFFSETS_SKIPPED = Counter(
     "img2dataset_appender_offsets_skipped_total",
-    "APPEND offsets the bus no longer held when the appender read on (deleted by retention "
-    "before they were appended): their rows are lost upstream.",
+    "APPEND offsets passed over without a record: deleted by the bus (retention) before they "
+    "were appended, or held and never delivered even when read again. Their rows are lost "
+    "upstream.",
+)
+GAPS_READ_AGAIN = Counter(
+    "img2dataset_appender_gaps_read_again_total",
+    "Times the bus delivered an APPEND record past offsets it still held, and the appender "
+    "read the partition again from the first of them.",
 )
 OWNED_PARTITIONS = Gauge(
     "img2dataset_appender_owned_partitions", "APPEND partitions this instance owns."

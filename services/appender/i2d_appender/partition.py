@@ -73,6 +73,9 @@ class PartitionState:
     # Committed segments ending below this offset were committed before we took the partition:
     # those past the announced mark are announced again (their owner may have died first).
     reannounce_below: int | None = None
+    # Where the partition was last read again because the bus skipped offsets it still held
+    # (service._past_gap): a gap found again there is passed over, not read again forever.
+    reread_from: int | None = None
 
     @property
     def accepting(self) -> bool:

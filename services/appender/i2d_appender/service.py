@@ -351,6 +351,8 @@ class AppenderService(RebalanceListener):
             state = self.owned.get(m.tp)
             if m.tp in self._rewound or state is None or not state.accepting:
                 continue
+            if m.offset > state.resume_offset and not self._past_gap(state, m):
+                continue
             if record is None:
                 self._advance_without_record(state, m)
             else:
@@ -382,18 +384,6 @@ class AppenderService(RebalanceListener):
     def _segment_for(self, state: PartitionState, m: Message) -> OpenSegment | None:
         if state.segment is None:
             assert state.epoch is not None
-            if m.offset > state.next_offset:
-                # Our producers leave no gaps (idempotent, not transactional): these records
-                # were deleted (retention) before they were appended. Say so; the index
-                # cannot hold what the bus no longer has.
-                metrics.OFFSETS_SKIPPED.inc(m.offset - state.next_offset)
-                log.error(
-                    "%s: offsets %d..%d are gone from the bus (retention shorter than the "
-                    "appender's delay?): their rows were never appended",
-                    m.tp,
-                    state.next_offset,
-                    m.offset - 1,
-                )
             try:
                 state.segment = OpenSegment(
                     self.store, m.tp, state.epoch, m.offset, resumed_from=state.next_offset
@@ -402,6 +392,57 @@ class AppenderService(RebalanceListener):
                 self._defer(state, "store write", e)
                 return None
         return state.segment
+
+    def _past_gap(self, state: PartitionState, m: Message) -> bool:
+        """`m` came after a gap: offsets from `state.resume_offset` to just below it were not
+        delivered. Our producers leave no gaps (idempotent, not transactional), so the bus
+        either deleted those records (retention shorter than the appender's delay: a
+        Kafka consumer then resets to the log start) or skipped them. Whether `m` may be
+        appended now: not while the bus still holds some of them (the partition is read
+        again from the first one it holds, once); yes once they are gone, counted and
+        logged: the index cannot hold what the bus no longer has."""
+        expected = state.resume_offset
+        try:
+            low = self.consumer.low_watermark(m.tp)
+        except BusError as e:
+            self._defer(state, "low watermark", e)
+            return False
+        first_held = max(low, expected)
+        if first_held < m.offset and state.reread_from != first_held:
+            state.reread_from = first_held
+            metrics.GAPS_READ_AGAIN.inc()
+            log.warning(
+                "%s: offsets %d..%d were not delivered though the bus holds them: reading "
+                "again from %d",
+                m.tp,
+                first_held,
+                m.offset - 1,
+                first_held,
+            )
+            self._rewound.add(m.tp)
+            try:
+                self.consumer.seek(m.tp, first_held)
+            except BusError as e:  # not ours any more: the next owner starts from the index
+                log.warning("cannot seek %s: %s", m.tp, e)
+            return False
+        metrics.OFFSETS_SKIPPED.inc(m.offset - expected)
+        if first_held > expected:
+            log.error(
+                "%s: offsets %d..%d are gone from the bus (retention shorter than the "
+                "appender's delay?): their rows were never appended",
+                m.tp,
+                expected,
+                first_held - 1,
+            )
+        if m.offset > first_held:
+            log.error(
+                "%s: the bus holds offsets %d..%d but does not deliver them, even when read "
+                "again: passed over",
+                m.tp,
+                first_held,
+                m.offset - 1,
+            )
+        return True
 
     def _advance_without_record(self, state: PartitionState, m: Message) -> None:
         segment = self._segment_for(state, m)

@@ -165,6 +165,13 @@ class Consumer(ABC):
         """Synchronously store, per partition, the next offset to read."""
 
     @abstractmethod
+    def low_watermark(self, tp: TopicPartition) -> int:
+        """The first offset `tp` still holds, asked of the bus now (records below it were
+        deleted: retention). A reader that finds offsets missing below what it was given
+        tells with it whether they are gone or only were not delivered. BusError if the bus
+        cannot say."""
+
+    @abstractmethod
     def assignment(self) -> list[TopicPartition]: ...
 
     @abstractmethod

@@ -270,7 +270,7 @@ class KafkaBus(Bus):
         if next_gen and "partition.assignment.strategy" not in self._extra:
             del conf["partition.assignment.strategy"]
         strategy = str(conf.get("partition.assignment.strategy", ""))
-        return _KafkaConsumer(conf, next_gen or "cooperative-sticky" in strategy)
+        return _KafkaConsumer(conf, next_gen or "cooperative-sticky" in strategy, self._timeout)
 
 
 class _KafkaProducer(Producer):
@@ -368,9 +368,10 @@ def _delivery_report(on_delivery: DeliveryCallback) -> Any:
 
 
 class _KafkaConsumer(Consumer):
-    def __init__(self, conf: dict[str, Any], incremental: bool) -> None:
+    def __init__(self, conf: dict[str, Any], incremental: bool, timeout: float) -> None:
         self._consumer = confluent_kafka.Consumer(conf)
         self._incremental = incremental
+        self._timeout = timeout  # for calls to the broker that wait for its answer
         self._listener = RebalanceListener()
         self._closed = False
 
@@ -478,6 +479,18 @@ class _KafkaConsumer(Consumer):
             self._consumer.seek(KafkaTopicPartition(tp.topic, tp.partition, offset))
         except KafkaException as e:
             raise _bus_error(f"cannot seek {tp} to {offset}", e) from e
+
+    def low_watermark(self, tp: TopicPartition) -> int:
+        try:
+            # cached=False: asked of the partition's leader now, not the last fetch's figure.
+            low, _high = self._consumer.get_watermark_offsets(
+                KafkaTopicPartition(tp.topic, tp.partition), timeout=self._timeout, cached=False
+            )
+        except KafkaException as e:
+            raise _bus_error(f"cannot read the low watermark of {tp}", e) from e
+        if low < 0:
+            raise BusError(f"no low watermark for {tp}")
+        return int(low)
 
     def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
         if not offsets:

@@ -360,6 +360,11 @@ class _MemoryConsumer(Consumer):
                 raise BusError(f"cannot seek {tp}: not assigned to this consumer")
             self._positions[tp] = offset
 
+    def low_watermark(self, tp: TopicPartition) -> int:
+        with self._cond:
+            self._check_open()
+            return self._bus._log(tp).start
+
     def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
         with self._cond:
             self._check_open()

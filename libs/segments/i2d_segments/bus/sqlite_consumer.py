@@ -155,6 +155,20 @@ class SqliteConsumer(Consumer):
                     )
         self._bus._maybe_truncate()
 
+    @bus_errors
+    def low_watermark(self, tp: TopicPartition) -> int:
+        with self._lock:
+            self._check_open()
+            with schema.read_transaction(self._conn) as conn:
+                topic_id, count = self._bus._topic(tp.topic, conn)
+                if not 0 <= tp.partition < count:
+                    raise BusError(f"{tp.topic!r} has no partition {tp.partition}")
+                (start,) = conn.execute(
+                    "SELECT log_start FROM partitions WHERE topic_id = ? AND part = ?",
+                    (topic_id, tp.partition),
+                ).fetchone()
+                return int(start)
+
     def assignment(self) -> list[TopicPartition]:
         with self._lock:
             return sorted(self._positions)
