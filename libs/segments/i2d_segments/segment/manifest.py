@@ -70,9 +70,41 @@ def encode_manifest(manifest: SegmentManifest) -> bytes:
     out = [_line(head)]
     for item in manifest.items:
         out.append(_line({"kind": "item", **{k: getattr(item, k) for k in _ITEM_FIELDS}}))
-    for sample in manifest.samples:
-        out.append(_line({"kind": "sample", **{k: getattr(sample, k) for k in _SAMPLE_FIELDS}}))
+    # A line per input row: its dict written out field by field (the order of _SAMPLE_FIELDS,
+    # checked below), not gathered with getattr (about a third of the encoding's time).
+    encode = _ENCODER.encode
+    out += [
+        (
+            encode(
+                {
+                    "kind": "sample",
+                    "sample_id": s.sample_id,
+                    "url": s.url,
+                    "caption": s.caption,
+                    "status": s.status,
+                    "error": s.error,
+                    "item_id": s.item_id,
+                    "attrs": s.attrs,
+                    "updated_at": s.updated_at,
+                }
+            )
+            + "\n"
+        ).encode("utf-8")
+        for s in manifest.samples
+    ]
     return b"".join(out)
+
+
+assert _SAMPLE_FIELDS == (
+    "sample_id",
+    "url",
+    "caption",
+    "status",
+    "error",
+    "item_id",
+    "attrs",
+    "updated_at",
+), "encode_manifest and _sample write and read a sample line's fields by name"
 
 
 def decode_manifest(data: bytes) -> SegmentManifest:
@@ -104,7 +136,7 @@ def decode_manifest(data: bytes) -> SegmentManifest:
         segment_id = str(head["segment_id"])
         for line in lines:
             try:
-                obj = json.loads(line)
+                obj = _decode(line.decode("utf-8"))
             except (UnicodeDecodeError, json.JSONDecodeError) as e:
                 raise SegmentFormatError(f"manifest is not JSON lines: {e}") from e
             kind = obj.get("kind")
@@ -143,6 +175,11 @@ def _lines(data: bytes) -> Iterator[bytes]:
         start = end + 1
 
 
+# One decoder for every line: `json.loads` looks for a byte order mark and checks its argument
+# at each call (a manifest is UTF-8, written by encode_manifest).
+_decode = json.JSONDecoder().decode
+
+
 class _Shared:
     """One string object for each value rows repeat: img2dataset's column names (every row's
     `attrs` keys: json.loads makes new ones for each line), statuses, error messages (10,000
@@ -151,20 +188,39 @@ class _Shared:
 
     def __init__(self) -> None:
         self._seen: dict[str, str] = {}
+        # attrs' keys, as a tuple -> the same tuple of shared strings: rows of one list have
+        # the same columns, so a row's keys are one lookup, not one per key.
+        self._keys: dict[tuple[str, ...], tuple[str, ...]] = {}
 
     def __call__(self, value: Any) -> Any:
         return self._seen.setdefault(value, value) if isinstance(value, str) else value
 
+    def attrs(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        keys = tuple(attrs)
+        shared = self._keys.get(keys)
+        if shared is None:
+            shared = self._keys.setdefault(keys, tuple(self(k) for k in keys))
+        return dict(zip(shared, attrs.values(), strict=True))
+
 
 def _sample(obj: dict[str, Any], segment_id: str, shared: _Shared | None = None) -> SampleRow:
-    row = {k: obj[k] for k in _SAMPLE_FIELDS}
+    # Every field is required: a missing one is a KeyError (the manifest is incomplete).
+    status, error, item_id, attrs = obj["status"], obj["error"], obj["item_id"], obj["attrs"]
     if shared is not None:
-        for k in ("status", "error", "item_id"):
-            row[k] = shared(row[k])
-        attrs = row["attrs"]
+        status, error, item_id = shared(status), shared(error), shared(item_id)
         if isinstance(attrs, dict):
-            row["attrs"] = {shared(k): v for k, v in attrs.items()}
-    return SampleRow(segment_id=segment_id, **row)
+            attrs = shared.attrs(attrs)
+    return SampleRow(
+        sample_id=obj["sample_id"],
+        url=obj["url"],
+        caption=obj["caption"],
+        status=status,
+        error=error,
+        item_id=item_id,
+        segment_id=segment_id,
+        attrs=attrs,
+        updated_at=obj["updated_at"],
+    )
 
 
 def decode_sample_tail(data: bytes, segment_id: str, *, partial: bool) -> list[SampleRow]:
