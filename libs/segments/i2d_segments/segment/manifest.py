@@ -47,6 +47,9 @@ class SegmentManifest:
 # One encoder for every line (a line per sample): `json.dumps` with options builds a new
 # JSONEncoder at each call.
 _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+# And one decoder: `json.loads` looks for a byte order mark and checks its argument at each
+# call (a manifest is UTF-8, written by encode_manifest).
+_decode = json.JSONDecoder().decode
 
 
 def _line(obj: dict[str, Any]) -> bytes:
@@ -173,11 +176,6 @@ def _lines(data: bytes) -> Iterator[bytes]:
         if end > start:
             yield data[start:end]
         start = end + 1
-
-
-# One decoder for every line: `json.loads` looks for a byte order mark and checks its argument
-# at each call (a manifest is UTF-8, written by encode_manifest).
-_decode = json.JSONDecoder().decode
 
 
 class _Shared:
