@@ -36,8 +36,8 @@ TOPIC = "APPEND"
 
 
 class Harness:
-    def __init__(self, tmp_path: Path) -> None:
-        self.bus = MemoryBus()
+    def __init__(self, tmp_path: Path, bus: MemoryBus | None = None) -> None:
+        self.bus = bus if bus is not None else MemoryBus()
         self.bus.create_topic(TOPIC, 1)
         self.bus.create_topic("SEGMENT_CLOSED", 1)
         self.store = LocalStore(tmp_path / "store")

@@ -79,11 +79,7 @@ class SkippingBus(MemoryBus):
 
 @pytest.fixture
 def h(tmp_path: Path) -> Iterator[Harness]:
-    harness = Harness(tmp_path)
-    harness.bus = SkippingBus()
-    harness.bus.create_topic(TOPIC, 1)
-    harness.bus.create_topic("SEGMENT_CLOSED", 1)
-    harness.producer = harness.bus.producer()
+    harness = Harness(tmp_path, SkippingBus())
     yield harness
     harness.index.close()
 
