@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from tqdm import tqdm
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 
 class Progress:
     def __init__(self, total: int | None, enabled: bool = True, unit: str = "rows") -> None:
-        self._bar: tqdm[Any] | None = (
-            tqdm(
+        self._bar: tqdm[Any] | None = None
+        if enabled:  # tqdm is imported only for a bar
+            from tqdm import tqdm
+
+            self._bar = tqdm(
                 total=total,
                 unit=f" {unit}",
                 dynamic_ncols=True,
@@ -19,9 +23,6 @@ class Progress:
                 file=sys.stderr,
                 mininterval=0.5,
             )
-            if enabled
-            else None
-        )
         self._skipped = 0
         self._done = 0
 

@@ -12,12 +12,17 @@ import io
 import json
 from collections import Counter
 from collections.abc import Sequence
-from typing import Any
-
-import pyarrow as pa
-import pyarrow.parquet as pq
+from typing import TYPE_CHECKING, Any
 
 from i2d_segments.index import ItemRow, SampleRow, SegmentRow
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+# pyarrow (and the numpy it loads) is imported by the functions that build tables, not with
+# this module: `download` imports the materializer at start-up, and pyarrow's ~0.2 s of CPU
+# would otherwise delay the first request by that much. It is loaded when the first segment
+# closes, on the materializer's thread, while the fetch workers go on.
 
 _STRING_COLUMNS = ("url", "caption", "key", "status", "error_message")
 _INT_COLUMNS = ("width", "height", "original_width", "original_height")
@@ -44,6 +49,8 @@ def metadata_rows(samples: Sequence[SampleRow]) -> list[dict[str, Any]]:
 
 
 def metadata_table(samples: Sequence[SampleRow]) -> pa.Table:
+    import pyarrow as pa
+
     rows = metadata_rows(samples)
     extra = sorted(
         {k for r in rows for k in r} - set(_FIXED) - set(_TAIL),
@@ -64,6 +71,8 @@ def metadata_table(samples: Sequence[SampleRow]) -> pa.Table:
 
 def _array(values: list[Any]) -> pa.Array:
     """Extra columns keep their type when it is consistent; mixed types become JSON text."""
+    import pyarrow as pa
+
     try:
         return pa.array(values)
     except (pa.ArrowInvalid, pa.ArrowTypeError):
@@ -74,6 +83,8 @@ def _array(values: list[Any]) -> pa.Array:
 
 
 def parquet_bytes(table: pa.Table) -> bytes:
+    import pyarrow.parquet as pq
+
     buf = io.BytesIO()
     pq.write_table(table, buf, compression="zstd")
     return buf.getvalue()
