@@ -398,6 +398,9 @@ _FAILURE_TAIL = (
 )
 
 
+_STATUS_TEXT = {s: s.value for s in SampleStatus}  # an enum's `.value` is a property lookup
+
+
 def _plain(text: str) -> bool:
     """Text JSON writes as it is between quotes (printable ASCII, no quote or backslash)."""
     return text.isascii() and text.isprintable() and '"' not in text and "\\" not in text
@@ -420,17 +423,16 @@ def failure_value(
         not _FAILURE_FAST
         or row.extra
         or not (1.0 <= now < 1e15)  # where float repr is pydantic's number exactly
-        or not (_plain(sample_id) and _plain(url) and _plain(error))
-        or (caption is not None and not _plain(caption))
-        or (key is not None and not _plain(key))
+        # One check of the texts put together: each is plain if and only if the whole is.
+        or not _plain(f"{sample_id}{url}{error}{caption or ''}{key or ''}")
     ):
         return None
     caption_json = "null" if caption is None else '"' + caption + '"'
     key_json = "null" if key is None else '"' + key + '"'
     meta = (
         f'{{"v":1,"sample_id":"{sample_id}","url":"{url}","caption":{caption_json},'
-        f'"key":{key_json},"extra":{{}},"status":"{status.value}","error_message":"{error}",'
-        f'{_FAILURE_TAIL}"fetched_at":{now!r}}}'
+        f'"key":{key_json},"extra":{{}},"status":"{_STATUS_TEXT[status]}","error_message":'
+        f'"{error}",{_FAILURE_TAIL}"fetched_at":{now!r}}}'
     ).encode("ascii")
     return _APPEND_HEADER.pack(_APPEND_MAGIC, 1, len(meta)) + meta
 

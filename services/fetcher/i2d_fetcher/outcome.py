@@ -37,9 +37,11 @@ class RowStats:
     cpu: dict[str, float] | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Outcome:
-    """One row's APPEND record, encoded where it was made, and what producing it needs."""
+    """One row's APPEND record, encoded where it was made, and what producing it needs.
+    Not changed once made (not frozen: a frozen dataclass sets each field through
+    `object.__setattr__`, and two are made per row, in the worker and in the main process)."""
 
     value: bytes  # encode_append(record)
     key: bytes  # record.key
