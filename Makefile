@@ -5,13 +5,14 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 OUT     ?= out
 
-.PHONY: help venv servers run test lint typecheck unit bench diff chaos scale clean
+.PHONY: help venv servers run test lint typecheck unit bench instructions diff chaos scale clean
 
 help:
 	@echo "make run    - download the bundled example list into ./$(OUT) (embedded mode)"
 	@echo "make test   - lint, type-check and run the whole test suite on real Kafka/S3/Postgres"
 	@echo "make lint / make typecheck / make unit - the parts of make test"
 	@echo "make bench  - rows/s, images/s and RSS against img2dataset 1.47: download, service, kafka (BENCH_ARGS='--count 1000 --rounds 1 --rss-counts 10000')"
+	@echo "make instructions - instructions per row of the worker's and the appender's paths (valgrind; ~1 min)"
 	@echo "make diff   - same lists downloaded by img2dataset 1.47 and by this tool: same layouts (installs 1.47)"
 	@echo "make scale  - the index and status at 5 M samples on PostgreSQL (SCALE_ARGS='--samples 1000000')"
 	@echo "make chaos  - fault injection: CHAOS_ROUNDS (50) rounds of appender crashes and faults, with a summary"
@@ -82,6 +83,15 @@ $(BENCH_VENV)/.installed: bench/requirements.txt
 bench: $(STAMP) $(BENCH_VENV)/.installed servers
 	$(BIN)/python -m compileall -q libs services cli tools
 	$(BIN)/python -m bench.run --img2dataset $(BENCH_VENV)/bin/img2dataset $(BENCH_ARGS)
+
+# Instructions per row of the hot paths under valgrind (bench/instructions.py): a change's gain,
+# measured where wall-clock and CPU time drift more than it. Not part of `make test`.
+INSTRUCTIONS_ARGS ?=
+instructions: $(STAMP)
+	@command -v valgrind >/dev/null || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind >/dev/null)
+	$(BIN)/python -m compileall -q libs services cli tools
+	$(BIN)/python -m bench.instructions $(INSTRUCTIONS_ARGS)
 
 # The differential tests (~40 s; marker `differential`, left out of `make test`): the same lists,
 # exif and json layouts through img2dataset 1.47 itself and through this tool.
