@@ -105,14 +105,14 @@ class OpenSegment:
         """Add one APPEND record. `stored`: the item is already in the index or this segment, so
         only the sample row is recorded (dedup); `payload` is the image when it must be written."""
         meta = record.meta
-        row = meta.sample_json()  # the item's `.json` member and the sample row's columns
         item_id: str | None = None
         if meta.status is SampleStatus.SUCCESS and meta.item_id:
             item_id = meta.item_id
             if not stored:
                 if payload is None:
                     raise ValueError(f"success record at offset {offset} carries no payload")
-                self._write_item(record, payload, row)
+                # The item's `.json` member (only an item written here has one).
+                self._write_item(record, payload, meta.sample_json())
         if meta.staged:
             self._staged.append(meta.staged)
         previous = self._samples.get(meta.sample_id)
