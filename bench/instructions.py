@@ -11,7 +11,8 @@ the difference in rows is what one more row costs (start-up and imports cancel o
   with a bare aiohttp session is printed beside it (`aiohttp`), what our side adds is the
   difference. The wire to the main process is not included.
 - `appender`: the appender's loop (decode, segment, manifest, index commit in SQLite) over
-  failure records as the workers encode them, committed in segments of 1,000.
+  failure records as the workers encode them, committed in segments of 1,000. The records are
+  made before, outside valgrind; their produce onto the in-process bus is counted.
 
     python -m bench.instructions [--scenarios worker,aiohttp,appender] [--rows 300,1300]
 
@@ -25,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import pickle
 import re
 import subprocess
 import sys
@@ -101,27 +103,35 @@ async def _aiohttp(base_url: str, count: int) -> None:
         await _lanes(count, lambda i: one(WARM_ROWS + i))
 
 
-def _appender(count: int) -> None:
+def failure_records(count: int) -> list[tuple[bytes, bytes]]:
+    """(value, key) of `count` failed rows' APPEND records, as a fetch worker encodes them."""
+    from i2d_fetcher.outcome import Outcome
+    from i2d_segments.records import SampleStatus, UrlRow
+
+    out = []
+    for url in _urls_404("http://127.0.0.1:9", count):
+        row = UrlRow(url=url, row_key=url[-16:], row_id=url)
+        outcome = Outcome.failure(row, "HTTP Error 404: Not Found", SampleStatus.FAILED_TO_DOWNLOAD)
+        out.append((outcome.value, outcome.key))
+    return out
+
+
+def _appender(records: list[tuple[bytes, bytes]]) -> None:
     from i2d_appender.service import AppenderService
     from i2d_appender.settings import AppenderSettings
-    from i2d_fetcher.outcome import Outcome
     from i2d_segments.bus.memory import MemoryBus
     from i2d_segments.index.sqlite import SqliteIndex
-    from i2d_segments.records import SampleStatus, UrlRow
     from i2d_segments.store.local import LocalStore
 
+    count = len(records)
     with tempfile.TemporaryDirectory() as tmp:
         bus = MemoryBus()
         bus.create_topics({"APPEND": 1, "SEGMENT_CLOSED": 1})
         index = SqliteIndex(Path(tmp) / "index.sqlite")
         index.migrate()
         producer = bus.producer()
-        for url in _urls_404("http://127.0.0.1:9", count):
-            row = UrlRow(url=url, row_key=url[-16:], row_id=url)
-            outcome = Outcome.failure(
-                row, "HTTP Error 404: Not Found", SampleStatus.FAILED_TO_DOWNLOAD
-            )
-            producer.produce("APPEND", outcome.value, key=outcome.key)
+        for value, key in records:
+            producer.produce("APPEND", value, key=key)
         producer.flush()
         settings = AppenderSettings(
             number_sample_per_shard=SEGMENT_ROWS,
@@ -146,9 +156,10 @@ def _appender(count: int) -> None:
 
 
 def run_scenario(name: str, count: int, base_url: str) -> None:
-    """One scenario in this process (what valgrind runs)."""
+    """One scenario in this process (what valgrind runs); `appender` reads its records from
+    `base_url`, a file (`failure_records`, pickled)."""
     if name == "appender":
-        _appender(count)
+        _appender(pickle.loads(Path(base_url).read_bytes())[:count])
         return
     main = _worker if name == "worker" else _aiohttp
     import uvloop
@@ -233,9 +244,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit("--rows: the second size must be larger")
     names = [s for s in ns.scenarios.split(",") if s]
     results: dict[str, float] = {}
-    with _Server() as base_url:
+    with _Server() as base_url, tempfile.TemporaryDirectory() as tmp:
+        records = Path(tmp) / "records.pickle"
+        records.write_bytes(pickle.dumps(failure_records(large)))
         for name in names:
-            results[name] = per_row(name, (small, large), base_url)
+            source = str(records) if name == "appender" else base_url
+            results[name] = per_row(name, (small, large), source)
             print(f"{name:9s} {results[name] / 1000:8.1f} k instructions per row", flush=True)
     if "worker" in results and "aiohttp" in results:
         ours = results["worker"] - results["aiohttp"]
