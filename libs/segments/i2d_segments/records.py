@@ -152,14 +152,20 @@ def parse_url_value(
     key = obj.pop("key", None)
     row_key = obj.pop("row_key", None)
     row_id = obj.pop("sample_id", None)
-    return UrlRow(
-        url=url.strip(),
-        caption=None if caption is None else str(caption),
-        key=None if key is None or key == "" else str(key),
-        row_key=None if row_key is None else str(row_key),
-        row_id=None if row_id is None or row_id == "" else str(row_id),
-        extra=obj,
-    )
+    # Only the fields the record has: a default is not validated again (two fifths of a
+    # plain row's model, which has url, row_key and sample_id only).
+    fields: dict[str, Any] = {"url": url.strip()}
+    if caption is not None:
+        fields["caption"] = str(caption)
+    if key is not None and key != "":
+        fields["key"] = str(key)
+    if row_key is not None:
+        fields["row_key"] = str(row_key)
+    if row_id is not None and row_id != "":
+        fields["row_id"] = str(row_id)
+    if obj:
+        fields["extra"] = obj
+    return UrlRow(**fields)
 
 
 def row_key_of(value: bytes) -> str | None:
