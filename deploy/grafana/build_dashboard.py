@@ -349,7 +349,8 @@ def sections() -> list[tuple[str, list[dict[str, Any]]]]:
                 ),
                 panel(
                     "In flight",
-                    "Rows being downloaded or processed per fetcher; APPEND partitions owned "
+                    "Rows handed to each fetcher's workers and not answered yet (being "
+                    "downloaded or processed, or queued to start next); APPEND partitions owned "
                     "per appender.",
                     "short",
                     [

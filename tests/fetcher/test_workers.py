@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from i2d_fetcher.outcome import Outcome
-from i2d_fetcher.pool.config import WorkerConfig, share, worker_options
+from i2d_fetcher.pool.config import WorkerConfig, capacity, share, worker_options
 from i2d_fetcher.pool.supervisor import WORKER_DIED, FetchWorkers
 from i2d_fetcher.service import FetcherService
 from i2d_fetcher.settings import FetcherSettings
@@ -221,6 +221,36 @@ def test_a_killed_worker_fails_only_its_rows_and_is_replaced(image_server: Image
     assert [p.committed for p in lag] == [len(rows)]  # every row acknowledged, then committed
 
 
+def test_rows_a_killed_worker_had_queued_are_fetched_by_another(
+    image_server: ImageServer,
+) -> None:
+    # 2 workers fetching 2 rows each at once are given 4 each: 2 fetched, 2 queued to start
+    # next. The killed worker's 2 queued rows never ran: another worker fetches them, and only
+    # the 2 it was fetching fail.
+    urls = [image_server.url_for(fresh_seed(), 300, 200, fault="slow", delay=1) for _ in range(8)]
+    bus = bus_with_urls(urls)
+    settings = worker_settings(processes_count=2, thread_count=2)
+    assert capacity(settings.rows_in_flight, settings.processes_count) == 8
+    service = FetcherService(bus, settings)
+    slow_before = image_server.count("slow")
+    with running(service):
+        wait_for(lambda: image_server.count("slow") - slow_before >= 4)
+        time.sleep(0.3)
+        assert image_server.count("slow") - slow_before == 4  # 2 per worker, the rest queued
+        workers = service.fetcher
+        assert isinstance(workers, FetchWorkers)
+        os.kill(workers.pids()[0], signal.SIGKILL)
+        wait_for(lambda: service.rows_done >= len(urls))
+    consumer = bus.consumer("check")
+    consumer.subscribe(["APPEND"])
+    records = [decode_append(m.value) for m in consumer.poll_batch(1000, 1.0)]
+    assert sorted(r.meta.url for r in records) == sorted(urls)  # one record per row
+    died = [r.meta.url for r in records if r.meta.error_message == WORKER_DIED]
+    assert len(died) == 2
+    ok = [r.meta.url for r in records if r.meta.status is SampleStatus.SUCCESS]
+    assert len(ok) == 6
+
+
 def test_thread_count_is_rows_in_flight_per_worker_process_as_in_img2dataset(
     image_server: ImageServer,
 ) -> None:
@@ -258,15 +288,18 @@ def test_a_stop_finishes_the_rows_in_flight_then_the_workers_exit(
 def test_records_polled_and_not_started_at_a_stop_come_again_to_the_next_fetcher(
     image_server: ImageServer,
 ) -> None:
-    """A poll takes up to thread_count records and starts them as rows finish: at a stop, the
-    ones not started yet are neither answered nor committed past, so the next fetcher of the
-    group gets them, and every row ends with exactly one record."""
-    fast = image_server.url_for(fresh_seed(), 300, 200)
-    slow = [image_server.url_for(fresh_seed(), 300, 200, fault="slow", delay=2) for _ in range(7)]
-    urls = [fast, *slow]
+    """A poll takes up to the pool's capacity of records and hands them out as rows finish: at
+    a stop, the ones not handed out yet are neither answered nor committed past, so the next
+    fetcher of the group gets them, and every row ends with exactly one record."""
+    quick = image_server.url_for(fresh_seed(), 300, 200, fault="slow", delay=0.5)
+    slow = [image_server.url_for(fresh_seed(), 300, 200, fault="slow", delay=1.5) for _ in range(7)]
+    urls = [quick, *slow]
     bus = bus_with_urls(urls)
-    # thread_count 4, so refill 1: once the fast row is done, a poll takes the last 4.
-    settings = worker_settings(processes_count=1, thread_count=4)
+    # One worker fetching 2 rows at once holds 4 (capacity), so refill is 1: the first poll
+    # hands out the quick row and 3 slow ones (2 fetched, 2 queued in the worker); once the
+    # quick one is done, a poll takes the last 4 and hands out 1 of them.
+    settings = worker_settings(processes_count=1, thread_count=2)
+    assert capacity(settings.rows_in_flight, settings.processes_count) == 4
     slow_before = image_server.count("slow")
 
     def serve(until: Callable[[FetcherService], bool]) -> None:
@@ -274,8 +307,17 @@ def test_records_polled_and_not_started_at_a_stop_come_again_to_the_next_fetcher
         with running(service):
             wait_for(lambda: until(service))
 
-    # Stopped with 4 slow rows in flight and 3 records polled behind them.
-    serve(lambda _: image_server.count("slow") - slow_before >= 4)
+    def three_rows_at_the_server(_: FetcherService) -> bool:
+        # The quick row and 2 slow ones (the quick one is done: the second poll, which its end
+        # set off, is over 0.3 s later).
+        if image_server.count("slow") - slow_before < 3:
+            return False
+        time.sleep(0.3)
+        return True
+
+    # Stopped with 4 rows handed out and not done (2 fetched, 2 queued) and 3 records polled
+    # behind them: the 4 and the quick row are answered and committed.
+    serve(three_rows_at_the_server)
     assert [p.committed for p in bus.lag(settings.group_id, "urls")] == [5]
     serve(lambda s: s.rows_done >= 3)
     assert_each_url_stored_once_and_committed(bus, urls, settings)

@@ -29,7 +29,11 @@ FAILURES = Counter(
 # Updated per row: their children by label value, looked up once.
 ROWS_BY_STATUS = LabelledChildren(ROWS)
 FAILURES_BY_REASON = LabelledChildren(FAILURES)
-IN_FLIGHT = Gauge("img2dataset_fetcher_in_flight", "Rows being downloaded or processed.")
+IN_FLIGHT = Gauge(
+    "img2dataset_fetcher_in_flight",
+    "Rows handed to the fetch workers and not answered yet: being downloaded or processed, or "
+    "queued in a worker to start next (up to thread_count of each per worker process).",
+)
 FETCH_SECONDS = Histogram(
     "img2dataset_fetcher_fetch_seconds",
     "Time to download one URL (successful or not), retries included.",

@@ -4,10 +4,10 @@
     pool/)  ->  produce APPEND  ->  delivery acknowledged  ->  commit `urls` offsets
 
 This process only dispatches records and produces what the workers encoded, observing the
-figures they send back into its metrics. Back-pressure is explicit: no more than
-`rows_in_flight` rows (`thread_count` per worker process, as in img2dataset) are in flight,
-and no more than that many records polled wait for room; the loop polls again only once every
-record it polled has started. All
+figures they send back into its metrics. Back-pressure is explicit: the pool is handed at most
+its `capacity` of rows (`thread_count` per worker process fetched at once, as in img2dataset,
+and as many again queued in the workers), and no more than that many records polled wait for
+room; the loop polls again only once every record it polled has been handed out. All
 consumer calls run on one dedicated thread (the consumer is not thread-safe and rebalance
 callbacks run inside its poll).
 """
@@ -29,6 +29,7 @@ from i2d_fetcher import eventloop, metrics
 from i2d_fetcher.offsets import OffsetTracker
 from i2d_fetcher.outcome import Outcome
 from i2d_fetcher.pool import RowFetcher, WorkerConfig, open_fetcher
+from i2d_fetcher.pool.config import capacity
 from i2d_fetcher.settings import FetcherSettings
 from i2d_segments.bus import Bus, BusError, HeldPartitions, Message, TopicPartition
 from i2d_segments.naming import staging_name
@@ -102,8 +103,10 @@ class FetcherService(HeldPartitions):
             self._consumer_thread,
             lambda: self.consumer.subscribe([self.settings.urls_topic], listener=self),
         )
-        limit = self.settings.rows_in_flight
-        # The rows in flight: each one's fetch, answered by `_fetched` when it completes (a
+        # Rows handed to the pool: `rows_in_flight` being fetched, and with worker processes as
+        # many again queued in them (pool.config.capacity).
+        limit = capacity(self.settings.rows_in_flight, self.settings.processes_count)
+        # The rows handed out: each one's fetch, answered by `_fetched` when it completes (a
         # callback, not a task per row: the worker processes hand back futures).
         tasks: set[asyncio.Future[Outcome | None]] = set()
         # Poll again once `refill` rows are done, not after each one: a consumer-thread round

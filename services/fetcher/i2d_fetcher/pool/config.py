@@ -25,7 +25,9 @@ class WorkerConfig:
     """Everything a worker needs, sent once when it starts."""
 
     options: FetchOptions
-    concurrency: int  # rows it may be given at once: its connection pool's size
+    # Rows it works on at once (its connection pool's size); it is given up to twice as many,
+    # the others waiting in it to start (`capacity`).
+    concurrency: int
     url_field: str = "url"
     caption_field: str | None = "caption"
     log_level: int = logging.WARNING
@@ -34,6 +36,23 @@ class WorkerConfig:
     # Worker processes sharing the per-host limits (options holds this one's part of them);
     # a site's robots.txt Crawl-delay is split across them the same way.
     workers: int = 1
+
+
+# Rows a worker process holds beyond those it works on, per row it works on: they wait in the
+# worker, not started (no connection, no timeout, no memory), and the next starts as soon as a
+# row ends. The main process hands out rows on a loop that shares its GIL with the appender and
+# the materializer: while they commit and materialize a segment it answers late, and a worker
+# with nothing queued went idle meanwhile (a list of urls that all answer 404, 2 workers: the
+# machine's two cores 1.87 busy on average with dips at every segment close, 1.93 with a queue;
+# 7 to 11% less wall-clock time in 4 alternating pairs).
+QUEUED_PER_ROW = 1
+
+
+def capacity(concurrency: int, processes: int) -> int:
+    """Rows the fetcher hands the pool at once: `concurrency` being fetched and, with worker
+    processes, QUEUED_PER_ROW times as many waiting in them to start. This process fetching
+    (processes 0) has nothing to bridge: only `concurrency`."""
+    return concurrency * (1 + QUEUED_PER_ROW) if processes > 0 else concurrency
 
 
 def share(total: int, workers: int, index: int) -> int:

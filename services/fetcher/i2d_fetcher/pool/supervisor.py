@@ -21,11 +21,13 @@ aiohttp or Pillow.
   site's robots.txt Crawl-delay likewise (each worker spaces its requests N times the delay).
   The DNS cache, the robots.txt cache and the circuit breaker are per worker too: a dead host
   opens a breaker in each, and each reads a site's robots.txt once.
-- Back-pressure: the caller keeps at most `concurrency` rows in flight (`thread_count` per
-  worker, as in img2dataset); a row goes to the worker with the fewest, so none has more than
-  ceil(concurrency / N).
-- A worker that dies (a segfaulting decoder, the OOM killer): its rows in flight become
-  failed samples ("fetch worker died") and a new worker takes its place.
+- Back-pressure: the caller hands out at most `config.capacity(concurrency, N)` rows: each
+  worker fetches ceil(concurrency / N) at once (`thread_count` per worker, as in img2dataset)
+  and holds as many again queued, which it starts in the order they came as rows end. A row
+  goes to the worker with the fewest.
+- A worker that dies (a segfaulting decoder, the OOM killer): the rows it may have started
+  become failed samples ("fetch worker died"), those it had queued go to another worker, and
+  a new worker takes its place.
 - Workers start from a fork server (forkserver.py): forking a process that already runs
   librdkafka and aiohttp threads is unsafe; the fork server is a clean single-threaded process
   that imported the worker's code once, so a worker (or its replacement) starts warm.
@@ -84,6 +86,8 @@ class FetchWorkers:
         # replacement instead of failing too.
         self._waiting: deque[tuple[asyncio.Future[Outcome | None], bytes]] = deque()
         self._next_id = 0
+        # Rows a worker fetches at once (it is given up to config.capacity's share of them).
+        self._per_worker = math.ceil(config.concurrency / count)
         self._closing = False
         self._replacing: set[asyncio.Task[None]] = set()
 
@@ -132,7 +136,7 @@ class FetchWorkers:
     async def _start(self, index: int) -> _Worker:
         parent, child = socket.socketpair()
         config = self.config
-        concurrency = math.ceil(config.concurrency / self.count)
+        concurrency = self._per_worker
         worker_config = WorkerConfig(
             options=worker_options(config.options, self.count, index),
             concurrency=concurrency,
@@ -172,19 +176,29 @@ class FetchWorkers:
 
     def _on_lost(self, worker: _Worker) -> None:
         # The connection ends after every result the worker sent was read: what is still
-        # pending will never come.
+        # pending will never come. Rows it had queued and not started go to another worker.
         worker.lost = True
-        self._fail_pending(worker)
+        self._fail_pending(worker, requeue=not self._closing)
         if not self._closing:
             task = asyncio.get_running_loop().create_task(self._replace(worker))
             self._replacing.add(task)
             task.add_done_callback(self._replacing.discard)
 
-    def _fail_pending(self, worker: _Worker) -> None:
+    def _fail_pending(self, worker: _Worker, requeue: bool = False) -> None:
+        """The worker's unanswered rows fail ("fetch worker died"); with `requeue`, only those
+        it may have started. A worker starts its rows in the order they were sent, at most
+        `_per_worker` at once (worker.py), so of its unanswered rows (`pending` keeps the
+        order they were sent in) only the first `_per_worker` can have started: the others
+        never ran, and are given to another worker (or the replacement) instead."""
         pending, worker.pending = worker.pending, {}
-        for future, value in pending.values():
+        entries = list(pending.values())
+        started = entries[: self._per_worker] if requeue else entries
+        for future, value in started:
             if not future.done():
                 future.set_result(self._died(value))
+        for future, value in entries[len(started) :]:
+            if not future.done():
+                self._dispatch(future, value)
 
     def _died(self, value: bytes) -> Outcome | None:
         return failed_value(value, WORKER_DIED, self.config.url_field, self.config.caption_field)

@@ -71,20 +71,24 @@ async def _serve(sock: socket.socket, config: WorkerConfig) -> None:
     in_flight = 0
     opts = config.options
     imaging = ImagingThread()
+    # `concurrency` rows are fetched at once; the others the main process queued here wait
+    # for one to end (pool.config.capacity), in the order they came.
+    running = asyncio.Semaphore(config.concurrency)
     async with open_client(opts, config.concurrency, workers=config.workers) as client:
 
         async def handle(task_id: int, value: bytes) -> None:
             nonlocal in_flight
             try:
-                outcome = await fetch_value(
-                    client,
-                    value,
-                    opts,
-                    imaging,
-                    config.url_field,
-                    config.caption_field,
-                    config.decode_gate,
-                )
+                async with running:
+                    outcome = await fetch_value(
+                        client,
+                        value,
+                        opts,
+                        imaging,
+                        config.url_field,
+                        config.caption_field,
+                        config.decode_gate,
+                    )
             except Exception as e:  # a bug: the row must still be answered, or it waits forever
                 log.exception("unexpected error fetching %r", value[:200])
                 error = f"fetch worker error: {type(e).__name__}"
