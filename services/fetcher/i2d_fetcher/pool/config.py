@@ -42,9 +42,9 @@ class WorkerConfig:
 # worker, not started (no connection, no timeout, no memory), and the next starts as soon as a
 # row ends. The main process hands out rows on a loop that shares its GIL with the appender and
 # the materializer: while they commit and materialize a segment it answers late, and a worker
-# with nothing queued went idle meanwhile (a list of urls that all answer 404, 2 workers: the
-# machine's two cores 1.87 busy on average with dips at every segment close, 1.93 with a queue;
-# 7 to 11% less wall-clock time in 4 alternating pairs).
+# with nothing queued went idle meanwhile (`download` of a list of urls that all answer 404, 2
+# workers on 2 cores: 1.84-1.86 cores busy on average, down to 1.3-1.6 at each segment close;
+# 1.89-1.91 with the queue; 0 to 10% less wall-clock time in alternating pairs).
 QUEUED_PER_ROW = 1
 
 
