@@ -155,23 +155,23 @@ def _appender(records: list[tuple[bytes, bytes]]) -> None:
         index.close()
 
 
-def run_scenario(name: str, count: int, base_url: str) -> None:
-    """One scenario in this process (what valgrind runs); `appender` reads its records from
-    `base_url`, a file (`failure_records`, pickled)."""
+def run_scenario(name: str, count: int, source: str) -> None:
+    """One scenario in this process (what valgrind runs). `source`: the image server's url,
+    or for `appender` the file of its records (`failure_records`, pickled)."""
     if name == "appender":
-        _appender(pickle.loads(Path(base_url).read_bytes())[:count])
+        _appender(pickle.loads(Path(source).read_bytes())[:count])
         return
     main = _worker if name == "worker" else _aiohttp
     import uvloop
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(main(base_url, count))
+        runner.run(main(source, count))
 
 
 # --------------------------------------------------------------------------- measuring
 
 
-def instructions(name: str, count: int, base_url: str) -> int:
+def instructions(name: str, count: int, source: str) -> int:
     """Instructions one run of the scenario executes, start-up included."""
     cmd = [
         "valgrind",
@@ -185,8 +185,8 @@ def instructions(name: str, count: int, base_url: str) -> int:
         name,
         "--count",
         str(count),
-        "--base-url",
-        base_url,
+        "--source",
+        source,
     ]
     done = subprocess.run(cmd, capture_output=True, text=True)
     found = _IREFS.search(done.stderr)
@@ -195,10 +195,10 @@ def instructions(name: str, count: int, base_url: str) -> int:
     return int(found.group(1).replace(",", ""))
 
 
-def per_row(name: str, sizes: tuple[int, int], base_url: str) -> float:
+def per_row(name: str, sizes: tuple[int, int], source: str) -> float:
     small, large = sizes
     with ThreadPoolExecutor(2) as pool:  # two processes at once: instruction counts do not mind
-        a, b = pool.map(lambda n: instructions(name, n, base_url), (small, large))
+        a, b = pool.map(lambda n: instructions(name, n, source), (small, large))
     return (b - a) / (large - small)
 
 
@@ -230,14 +230,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", type=Path, help="also write the counts here")
     p.add_argument("--run", choices=SCENARIOS, help=argparse.SUPPRESS)  # one run, in this process
     p.add_argument("--count", type=int, default=0, help=argparse.SUPPRESS)
-    p.add_argument("--base-url", default="", help=argparse.SUPPRESS)
+    p.add_argument("--source", default="", help=argparse.SUPPRESS)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     ns = build_parser().parse_args(argv)
     if ns.run:
-        run_scenario(ns.run, ns.count, ns.base_url)
+        run_scenario(ns.run, ns.count, ns.source)
         return 0
     small, large = (int(n) for n in ns.rows.split(","))
     if large <= small:
