@@ -256,6 +256,10 @@ class SampleStatus(StrEnum):
     FAILED_TO_RESIZE = "failed_to_resize"
 
 
+# Each status's text, for code that runs per row: an enum's `.value` is a Python-level lookup.
+STATUS_TEXT = {s: s.value for s in SampleStatus}
+
+
 class AppendMeta(BaseModel):
     """Everything about one input row's outcome except the image bytes themselves."""
 
@@ -404,9 +408,6 @@ _FAILURE_TAIL = (
 )
 
 
-_STATUS_TEXT = {s: s.value for s in SampleStatus}  # an enum's `.value` is a property lookup
-
-
 def _plain(text: str) -> bool:
     """Text JSON writes as it is between quotes (printable ASCII, no quote or backslash)."""
     return text.isascii() and text.isprintable() and '"' not in text and "\\" not in text
@@ -437,7 +438,7 @@ def failure_value(
     key_json = "null" if key is None else '"' + key + '"'
     meta = (
         f'{{"v":1,"sample_id":"{sample_id}","url":"{url}","caption":{caption_json},'
-        f'"key":{key_json},"extra":{{}},"status":"{_STATUS_TEXT[status]}","error_message":'
+        f'"key":{key_json},"extra":{{}},"status":"{STATUS_TEXT[status]}","error_message":'
         f'"{error}",{_FAILURE_TAIL}"fetched_at":{now!r}}}'
     ).encode("ascii")
     return _APPEND_HEADER.pack(_APPEND_MAGIC, 1, len(meta)) + meta

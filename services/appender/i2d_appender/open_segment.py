@@ -18,16 +18,13 @@ from i2d_segments.bus import TopicPartition
 from i2d_segments.ids import sha256_hex
 from i2d_segments.index import ItemRow, SampleRow, SegmentCommit, SegmentRow
 from i2d_segments.naming import segment_id_of, segment_object_name
-from i2d_segments.records import AppendMeta, AppendRecord, SampleStatus
+from i2d_segments.records import STATUS_TEXT, AppendMeta, AppendRecord, SampleStatus
 from i2d_segments.segment import SegmentWriter, sample_members
 from i2d_segments.segment.manifest import MANIFEST_NAME, SegmentManifest, encode_manifest
 from i2d_segments.store import SegmentStore
 
 # Columns carried by SampleRow itself; everything else of img2dataset's row goes to `attrs`.
 _SAMPLE_COLUMNS = ("url", "caption", "status", "error_message", "sample_id")
-
-
-_STATUS_TEXT = {s: s.value for s in SampleStatus}  # (an enum's .value is a Python call)
 
 
 def sample_attrs(meta: AppendMeta) -> dict[str, Any]:
@@ -131,7 +128,7 @@ class OpenSegment:
             sample_id=meta.sample_id,
             url=meta.url,
             caption=meta.caption,
-            status=_STATUS_TEXT[meta.status],
+            status=STATUS_TEXT[meta.status],
             error=meta.error_message,
             item_id=item_id,
             segment_id=self.segment_id,
