@@ -142,3 +142,33 @@ def test_a_lists_plain_row_travels_as_the_json_of_its_fields() -> None:
         assert written == row_content(url, None, None, {}, "000010007", "f" * 64)
         back = parse_url_value(written)  # the fetcher's reading (it strips the url)
         assert back is not None and (back.url, back.row_id) == (url.strip(), row.row_id)
+
+
+def test_a_plain_row_reads_as_its_json_whichever_path_reads_it() -> None:
+    # The shape encode_url_row writes is read without json.loads when its strings need no
+    # escape: the same row as the general path (here made to take it by the spaces
+    # json.dumps puts after separators), down to a blank url's error and an empty sample_id.
+    cases = [
+        ("http://a/b.jpg", "000010007", "f" * 64),
+        ("  http://a/b.jpg  ", "000010007", "f" * 64),  # the url is stripped either way
+        ("  http://a/b.jpg\t", "000010007", "f" * 64),
+        ("http://é/ü", "1", "x"),
+        ('http://a/"q"\\x', "1", "x"),  # escapes: the general path
+        ("http://a/\x01", "1", "x"),  # a control character: escaped, the general path
+        ("http://a/b.jpg", "000010007", ""),  # an empty sample_id is no sample_id
+        ("   ", "1", "x"),  # a blank url is a malformed row
+    ]
+    for url, row_key, sample_id in cases:
+        fields = {"url": url, "row_key": row_key, "sample_id": sample_id}
+        compact = json.dumps(fields, ensure_ascii=False, separators=(",", ":"))
+        spaced = json.dumps(fields, ensure_ascii=False)
+
+        def read(text: str) -> object:
+            try:
+                return parse_url_value(text.encode())
+            except ValueError as e:
+                return f"{type(e).__name__}: {e}"
+
+        assert read(compact) == read(spaced), (url, row_key, sample_id)
+    fast = parse_url_value(b'{"url":" http://a/b.jpg ","row_key":"7","sample_id":""}')
+    assert fast == UrlRow(url="http://a/b.jpg", row_key="7")
