@@ -232,6 +232,7 @@ class EmbeddedDownload:
         )
         record.update(force=True)
         pipeline.start()
+        drained = False
         try:
             produced = self._enqueue(pipeline, index, summary, progress)
             progress.set_total(summary.rows_skipped + produced)
@@ -246,12 +247,12 @@ class EmbeddedDownload:
                 progress.update(*pipeline.progress())
                 self._beat()
 
-            pipeline.drain(self.stop_requested, tick)
+            drained = pipeline.drain(self.stop_requested, tick)
             progress.update(*pipeline.progress())
         finally:
             progress.close()
             try:
-                pipeline.stop()
+                pipeline.stop(drained=drained)
             finally:
                 record.update(force=True, finished_at=time.time())
         summary.elapsed = time.monotonic() - started

@@ -142,9 +142,14 @@ class LocalPipeline:
             self.errors.append(e)
             self.failed.set()
 
-    def stop(self) -> None:
+    def stop(self, drained: bool = False) -> None:
         """Stop the services in order, each finishing and committing what it holds; raise the
-        first error a service stopped on."""
+        first error a service stopped on. `drained`: after a `drain` that returned True nothing
+        is left to pass from one service to the next, so all three are told at once and each
+        exits after its current poll, not one poll after the other (the end of a download)."""
+        if drained:
+            for event in self._stops.values():
+                event.set()
         for (name, _), thread in zip(self._stages, self._threads, strict=False):
             self._stops[name].set()
             thread.join()
