@@ -163,12 +163,24 @@ def test_a_plain_row_reads_as_its_json_whichever_path_reads_it() -> None:
         compact = json.dumps(fields, ensure_ascii=False, separators=(",", ":"))
         spaced = json.dumps(fields, ensure_ascii=False)
 
-        def read(text: str) -> object:
-            try:
-                return parse_url_value(text.encode())
-            except ValueError as e:
-                return f"{type(e).__name__}: {e}"
+        # Other column names too: a url read from another column, a caption from row_key.
+        for url_col, caption_col in [
+            ("url", "caption"),
+            ("url", None),
+            ("url", "text"),
+            ("link", "caption"),
+            ("url", "row_key"),
+            ("url", "sample_id"),
+        ]:
 
-        assert read(compact) == read(spaced), (url, row_key, sample_id)
+            def read(
+                text: str, url_col: str = url_col, caption: str | None = caption_col
+            ) -> object:
+                try:
+                    return parse_url_value(text.encode(), url_col, caption)
+                except ValueError as e:
+                    return f"{type(e).__name__}: {e}"
+
+            assert read(compact) == read(spaced), (url, row_key, sample_id, url_col, caption_col)
     fast = parse_url_value(b'{"url":" http://a/b.jpg ","row_key":"7","sample_id":""}')
     assert fast == UrlRow(url="http://a/b.jpg", row_key="7")
