@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import signal
 import subprocess
 import time
@@ -94,3 +95,12 @@ def stopped_by_second_signal(code: int | None, sig: int, printed: str) -> bool:
     if code == 128 + sig:
         return f"{name} again: stopping now" in printed
     return code == -sig
+
+
+def rows_fetched(printed: str) -> int:
+    """The rows an interrupted `download` says it fetched ("this run: N rows fetched"): each is
+    in the index if the work in flight was committed on the way out. (Counting segments under
+    the shard size would not tell: the rows finished after the signal can fill one exactly.)"""
+    found = re.search(r"this run: (\d+) rows fetched", printed)
+    assert found is not None, printed[-3000:]
+    return int(found.group(1))

@@ -23,6 +23,7 @@ from i2d_cli.main import main
 from i2d_imageserver import ImageServer, make_url_list
 from i2d_segments.index.sqlite import SqliteIndex
 from i2d_segments.naming import object_name_of
+from tests.e2e.signals import rows_fetched
 from tests.img2dataset_columns import IMG2DATASET_COLUMNS
 from tests.rows import folder_rows
 
@@ -201,18 +202,20 @@ def test_ctrl_c_commits_work_in_flight_and_resumes(images: ImageServer, tmp_path
         assert time.monotonic() < deadline, "no segment committed in time"
         time.sleep(0.05)
     time.sleep(0.5)  # let the next segment take some rows
+    index = SqliteIndex(out / "index.sqlite")
+    try:
+        at_signal = sum(index.status_counts().values())
+    finally:
+        index.close()
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err[-2000:]
     assert "run the same command again to resume" in err
-    # The open segment was committed on the way out, not dropped: rows fetched before the
-    # interrupt are recorded, beyond the segments that had closed by count.
+    # The open segment was committed on the way out, not dropped: every row the run says it
+    # fetched is recorded, beyond the segments that had closed by count.
     samples, _ = outcome(out)
-    index = SqliteIndex(out / "index.sqlite")
-    try:
-        assert any(seg.sample_count < 50 for seg in index.segments()), "open segment dropped"
-    finally:
-        index.close()
+    assert len(samples) == rows_fetched(err), err[-2000:]
+    assert len(samples) > at_signal, "the rows fetched after the last close were dropped"
     resumed = subprocess.run(download_cmd(url_list, out), capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert f"{len(samples)} rows skipped" in resumed.stdout
