@@ -5,7 +5,9 @@ the loop, so neither side can stall the other and no thread is needed per messag
 
 Messages sent in one turn of the event loop travel as one frame (a pickled list), written
 once at the end of the turn: the rows a poll dispatches, the results a burst of responses
-completes. One pickle and one send(2) for them all instead of one each, on both sides."""
+completes. One pickle and one send(2) for them all instead of one each, on both sides. A
+channel with a `linger` holds its messages that long instead, so those of several turns share
+a frame: a worker's answers, which otherwise come one or two per turn (worker.py)."""
 
 from __future__ import annotations
 
@@ -25,9 +27,17 @@ class Channel(asyncio.Protocol):
     """Length-prefixed pickles over a stream socket, in both directions; each frame is the
     list of messages sent in one turn of the loop."""
 
-    def __init__(self, on_message: Callable[[Any], None], on_lost: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        on_message: Callable[[Any], None],
+        on_lost: Callable[[], None],
+        linger: float = 0.0,
+    ) -> None:
+        """`linger`: seconds a message may wait for others to share its frame (0: the end of
+        the turn it was sent in)."""
         self._on_message = on_message
         self._on_lost = on_lost
+        self._linger = linger
         self._buffer = bytearray()
         self._outbox: list[object] = []  # sent this turn, written by _flush at its end
         self.transport: asyncio.Transport | None = None
@@ -62,7 +72,11 @@ class Channel(asyncio.Protocol):
             return  # the peer is gone; its loss is handled by connection_lost
         self._outbox.append(message)
         if len(self._outbox) == 1:
-            asyncio.get_running_loop().call_soon(self._flush)
+            loop = asyncio.get_running_loop()
+            if self._linger > 0:
+                loop.call_later(self._linger, self._flush)
+            else:
+                loop.call_soon(self._flush)
 
     def _flush(self) -> None:
         batch, self._outbox = self._outbox, []
