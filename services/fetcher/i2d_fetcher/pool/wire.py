@@ -25,7 +25,7 @@ _FRAME = struct.Struct(">I")  # length of the pickle that follows
 
 class Channel(asyncio.Protocol):
     """Length-prefixed pickles over a stream socket, in both directions; each frame is the
-    list of messages sent in one turn of the loop."""
+    list of messages sent in one turn of the loop (or, with a linger, within it)."""
 
     def __init__(
         self,
@@ -39,7 +39,7 @@ class Channel(asyncio.Protocol):
         self._on_lost = on_lost
         self._linger = linger
         self._buffer = bytearray()
-        self._outbox: list[object] = []  # sent this turn, written by _flush at its end
+        self._outbox: list[object] = []  # sent since the last frame, written by _flush
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:

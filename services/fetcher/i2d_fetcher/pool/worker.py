@@ -29,8 +29,9 @@ _LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s[worker %(process)d]: %(message
 # How long an answer waits for others to share its frame to the main process (wire.py).
 # Answers complete one or two per turn of the loop, each frame a pickle, a send(2) here and a
 # wake-up and a read there: held 5 ms, several travel in one frame. On a list of 20,000 rows
-# that all answer 404 (2 workers): a third fewer frames, 5% fewer system calls in all; the
-# rows' slots are held 5 ms longer, a small part of a fetch.
+# that all answer 404 (2 workers): a third fewer frames, 5% fewer system calls in all. Against
+# the code without it, in alternating runs: 404 list 4.5% less wall clock (5 pairs), 2,000
+# photos 12% less (4 pairs). The rows' slots are held 5 ms longer, a small part of a fetch.
 ANSWER_LINGER_SECONDS = 0.005
 
 
