@@ -74,13 +74,18 @@ def running(service: FetcherService) -> Iterator[None]:
         thread.join()
 
 
+def appended(bus: MemoryBus) -> list[AppendRecord]:
+    """The APPEND records the fetcher produced, read by a group of their own."""
+    consumer = bus.consumer("check")
+    consumer.subscribe(["APPEND"])
+    return [decode_append(m.value) for m in consumer.poll_batch(1000, 1.0)]
+
+
 def assert_each_url_stored_once_and_committed(
     bus: MemoryBus, urls: list[str], settings: FetcherSettings
 ) -> None:
     """Every url has exactly one APPEND record, a success, and the group committed them all."""
-    consumer = bus.consumer("check")
-    consumer.subscribe(["APPEND"])
-    records = [decode_append(m.value) for m in consumer.poll_batch(1000, 1.0)]
+    records = appended(bus)
     assert Counter(r.meta.url for r in records) == Counter(urls)
     assert {r.meta.status for r in records} == {SampleStatus.SUCCESS}
     assert [p.committed for p in bus.lag(settings.group_id, "urls")] == [len(urls)]
@@ -206,9 +211,7 @@ def test_a_killed_worker_fails_only_its_rows_and_is_replaced(image_server: Image
         thread.join()
     assert all(gone(pid) for pid in {*first, *now})  # no worker outlives the service
 
-    consumer = bus.consumer("check")
-    consumer.subscribe(["APPEND"])
-    records = [decode_append(m.value) for m in consumer.poll_batch(1000, 1.0)]
+    records = appended(bus)
     by_sample = Counter(r.meta.sample_id for r in records)
     assert by_sample == Counter(r.sample_id for r in rows)  # exactly one record per row
     died = {r.meta.url for r in records if r.meta.error_message == WORKER_DIED}
@@ -241,9 +244,7 @@ def test_rows_a_killed_worker_had_queued_are_fetched_by_another(
         assert isinstance(workers, FetchWorkers)
         os.kill(workers.pids()[0], signal.SIGKILL)
         wait_for(lambda: service.rows_done >= len(urls))
-    consumer = bus.consumer("check")
-    consumer.subscribe(["APPEND"])
-    records = [decode_append(m.value) for m in consumer.poll_batch(1000, 1.0)]
+    records = appended(bus)
     assert sorted(r.meta.url for r in records) == sorted(urls)  # one record per row
     died = [r.meta.url for r in records if r.meta.error_message == WORKER_DIED]
     assert len(died) == 2
