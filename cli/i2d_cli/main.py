@@ -31,6 +31,7 @@ from types import ModuleType
 
 from i2d_cli.errors import InputError
 from i2d_segments import __version__
+from i2d_segments.gcpolicy import collect_rarely
 from i2d_segments.signals import children_ignore_stop_signals, stop_signals
 
 COMMANDS = (
@@ -208,6 +209,7 @@ def _run(args: list[str], command: str | None) -> int:
     # "Found credentials in environment variables" on every command says nothing to act on.
     logging.getLogger("botocore").setLevel(logging.WARNING)
     module = next(m for m in _commands(ns.command) if ns.command == m.NAME)
+    collect_rarely()  # the command's modules are imported: they are there for good
     try:
         return int(module.run(ns))
     except ValidationError as e:

@@ -22,6 +22,7 @@ from i2d_fetcher.pool.cpu import ImagingThread
 from i2d_fetcher.pool.wire import Channel
 from i2d_fetcher.row import fetch_value, report_robots
 from i2d_segments import stagecpu
+from i2d_segments.gcpolicy import collect_rarely
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,7 @@ def worker_main(sock: socket.socket, config: WorkerConfig) -> None:
     # process dies, the connection closes all the same.)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    collect_rarely()  # first: what the fork server imported is never walked, nor copied
     _return_large_buffers_to_the_system()
     keep_image_blocks()
     stagecpu.collect_locally()  # no /metrics here: the stage times travel with the results
