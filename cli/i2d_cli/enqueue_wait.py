@@ -23,8 +23,11 @@ from i2d_segments.index import Index
 log = logging.getLogger(__name__)
 
 # How often the positions are read while waiting (a lag query and an index query, both cheap):
-# each wait may add itself to the end of every `--wait`.
+# each wait may add itself to the end of every `--wait`, so they are read more often once
+# few rows are left (fetchers answer thousands a second) and while the last are recorded.
 POLL_SECONDS = 0.1
+FINAL_POLL_SECONDS = 0.02
+FINAL_ROWS = 1000
 
 
 def wait_recorded(
@@ -46,14 +49,14 @@ def wait_recorded(
         )
     progress = Progress(sent.rows, settings.progress, unit="rows answered")
     try:
-        while not _answered(settings, bus, sent, progress):
-            if stop.wait(POLL_SECONDS):
+        while left := _unanswered(settings, bus, sent, progress):
+            if stop.wait(POLL_SECONDS if left > FINAL_ROWS else FINAL_POLL_SECONDS):
                 return False
         # Every APPEND record of these rows is below each log's current end.
         lags = bus.lag(settings.fetcher_group, settings.append_topic)  # any group: the ends
         ends = {p.partition: p.high_watermark for p in lags}
         while not _recorded(settings, index, ends):
-            if stop.wait(POLL_SECONDS):
+            if stop.wait(FINAL_POLL_SECONDS):
                 return False
     finally:
         progress.close()
@@ -61,18 +64,20 @@ def wait_recorded(
     return True
 
 
-def _answered(settings: EnqueueSettings, bus: Bus, sent: Sent, progress: Progress) -> bool:
+def _unanswered(settings: EnqueueSettings, bus: Bus, sent: Sent, progress: Progress) -> int:
+    """Rows sent that the fetchers have not answered yet (0: all answered)."""
     done = 0
-    complete = True
+    left = 0
     for lag in bus.lag(settings.fetcher_group, settings.urls_topic):
         if lag.partition not in sent.end:
             continue
         committed = lag.committed or 0
         first, end = sent.first[lag.partition], sent.end[lag.partition]
-        done += min(max(committed - first, 0), end - first)
-        complete = complete and committed >= end
+        answered = min(max(committed - first, 0), end - first)
+        done += answered
+        left += end - first - answered
     progress.update(done)
-    return complete
+    return left
 
 
 def _recorded(settings: EnqueueSettings, index: Index, ends: dict[int, int]) -> bool:

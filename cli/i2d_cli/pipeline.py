@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from i2d_appender.service import AppenderService
 from i2d_appender.settings import AppenderSettings
+from i2d_fetcher.pool.config import capacity
 from i2d_fetcher.service import FetcherService, FetchProgress
 from i2d_fetcher.settings import FetcherSettings
 from i2d_materializer.service import MaterializerService
@@ -40,6 +41,10 @@ POLL_SECONDS = 0.05
 COMMIT_SECONDS = 0.2
 # How long `drain` sleeps between two looks at the groups' positions.
 TICK_SECONDS = 0.05
+# And once the end is near (no more rows on `urls` than the fetcher holds, then the last
+# segments being committed and materialized): each of those waits adds itself to the end of
+# every download, and a look is two small queries.
+FINAL_TICK_SECONDS = 0.01
 
 
 @dataclass(frozen=True)
@@ -207,26 +212,40 @@ class LocalPipeline:
         segments as soon as their partition is idle meanwhile; `tick` runs between looks.
         False when `stop` was set or a service failed first."""
 
-        def wait(done: Callable[[], bool]) -> bool:
+        def wait(done: Callable[[], bool], pause: Callable[[], float]) -> bool:
             while not done():
                 if stop.is_set() or self.failed.is_set():
                     return False
                 tick()
                 self.housekeeping()
-                time.sleep(TICK_SECONDS)
+                time.sleep(pause())
             return True
 
-        if not wait(self._fetched):
+        held = self.fetcher_capacity()
+
+        def fetching_pause() -> float:
+            return TICK_SECONDS if self.backlog() > held else FINAL_TICK_SECONDS
+
+        if not wait(self._fetched, fetching_pause):
             return False
         self.appender.drain()
         try:
-            return wait(self._recorded) and wait(self._materialized)
+            return wait(self._recorded, _final_pause) and wait(self._materialized, _final_pause)
         finally:
             self.appender.drain(False)
+
+    def fetcher_capacity(self) -> int:
+        """Rows the fetcher holds at most (in flight and queued in its workers)."""
+        fs = self.settings.fetcher
+        return capacity(fs.rows_in_flight, fs.processes_count)
 
     def housekeeping(self) -> None:
         """Drop what every group has read (the in-process log holds image payloads)."""
         self.bus.truncate_consumed()
+
+
+def _final_pause() -> float:
+    return FINAL_TICK_SECONDS
 
 
 def _all_checks_pass(health: Health) -> Callable[[], bool]:

@@ -39,6 +39,12 @@ from i2d_segments.store import SegmentStore
 
 log = logging.getLogger(__name__)
 
+# The longest wait of a poll while rows are in flight or unacknowledged: the loop commits
+# only between polls, and the commit of the last rows is what ends a download (and an
+# `enqueue --wait`). Polls return at once while records come; only a starved loop (the end
+# of a list) goes round this often, a consumer-thread round trip each time.
+IN_FLIGHT_POLL_SECONDS = 0.01
+
 
 class FetchProgress(NamedTuple):
     rows_done: int
@@ -148,7 +154,9 @@ class FetcherService(HeldPartitions):
                                 self._consumer_thread,
                                 self.consumer.poll_batch,
                                 min(limit, 1000),
-                                0.05 if tasks or pending else self.settings.poll_timeout_seconds,
+                                IN_FLIGHT_POLL_SECONDS
+                                if tasks or pending
+                                else self.settings.poll_timeout_seconds,
                             )
                         if not polled and tasks:
                             await asyncio.sleep(0)
