@@ -52,6 +52,7 @@ def sample_attrs(meta: AppendMeta) -> dict[str, Any]:
 class ClosedSegment:
     commit: SegmentCommit
     staged: list[str]  # claim-check objects to delete once the commit is durable
+    manifest: SegmentManifest  # the one written in the object (handed over once committed)
 
 
 class OpenSegment:
@@ -205,7 +206,7 @@ class OpenSegment:
             next_offset=self.last_offset + 1,
             resumed_from=self.resumed_from,
         )
-        return ClosedSegment(commit=commit, staged=self._staged)
+        return ClosedSegment(commit=commit, staged=self._staged, manifest=manifest)
 
     def abort(self) -> None:
         """Discard the upload (a failed store call may have left it half sent)."""

@@ -44,6 +44,7 @@ from i2d_segments.records import (
     decode_append,
 )
 from i2d_segments.runtime import Health
+from i2d_segments.segment import handoff
 from i2d_segments.store import ObjectExistsError, SegmentStore, StoreError
 
 log = logging.getLogger(__name__)
@@ -601,6 +602,7 @@ class AppenderService(RebalanceListener):
             self._defer(state, "index commit", e, pending=closed)
             return None
         crashpoints.reached("after_index_commit")
+        handoff.offer(commit.segment, closed.manifest)  # to this process's materializer
         state.committed(commit.next_offset)
         metrics.SEGMENTS_CLOSED.inc()
         metrics.SEGMENT_BYTES.observe(commit.segment.bytes)

@@ -24,6 +24,7 @@ from dataclasses import dataclass, replace
 from i2d_segments.index.base import Index, ItemRow, SampleRow, SegmentRow
 from i2d_segments.index.keys import sample_key
 from i2d_segments.naming import object_name_of
+from i2d_segments.segment import handoff
 from i2d_segments.segment.format import SegmentFormatError
 from i2d_segments.segment.manifest import SegmentManifest, decode_manifest, decode_sample_tail
 from i2d_segments.segment.scan import scan_segment
@@ -48,9 +49,12 @@ class ManifestMissingError(SegmentFormatError):
 
 def store_manifests(store: SegmentStore) -> ManifestLoader:
     """Manifests read from the store: one ranged read where the index recorded the member,
-    else one scan of the object."""
+    else one scan of the object; or handed over by this process's appender (handoff.py)."""
 
     def load(segment: SegmentRow) -> SegmentManifest:
+        handed = handoff.take(segment)  # the appender of this process just committed it
+        if handed is not None:
+            return handed
         name = object_name_of(segment.segment_id)
         if segment.manifest_offset is not None and segment.manifest_length is not None:
             data = store.read_range(name, segment.manifest_offset, segment.manifest_length)
