@@ -118,7 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with signals:
         if argv is None:
             hide_pandas()
-        code = _run(args, command)
+        code = _run(args, command, own_process=argv is None)
     if argv is None:
         exit_without_teardown(code)
     return code
@@ -195,7 +195,9 @@ def start_fetch_workers_early() -> None:
         start_early()
 
 
-def _run(args: list[str], command: str | None) -> int:
+def _run(args: list[str], command: str | None, own_process: bool = False) -> int:
+    """`own_process`: main() is the process's entry point (not a caller's function call),
+    so the process's settings (its garbage collection) are this command's to choose."""
     if _runs_fetch_workers(args, command):
         start_fetch_workers_early()  # before any heavy import, pydantic's included
     from pydantic import ValidationError
@@ -209,7 +211,8 @@ def _run(args: list[str], command: str | None) -> int:
     # "Found credentials in environment variables" on every command says nothing to act on.
     logging.getLogger("botocore").setLevel(logging.WARNING)
     module = next(m for m in _commands(ns.command) if ns.command == m.NAME)
-    collect_rarely()  # the command's modules are imported: they are there for good
+    if own_process:
+        collect_rarely()  # the command's modules are imported: they are there for good
     try:
         return int(module.run(ns))
     except ValidationError as e:
