@@ -109,7 +109,9 @@ class LocalPipeline:
         self.settings = settings
         self.health = health
         create_local_topics(bus, index, settings.fetcher)
-        self.appender = AppenderService(bus, store, index, settings.appender)
+        self.appender = AppenderService(
+            bus, store, index, settings.appender, hand_off_manifests=True
+        )
         self.materializer = MaterializerService(bus, store, index, settings.materializer)
         self.fetcher = FetcherService(bus, settings.fetcher, store=store)
         # Ready while each service's own checks pass; alive while the caller's loop beats.
@@ -221,7 +223,7 @@ class LocalPipeline:
                 time.sleep(pause())
             return True
 
-        held = self.fetcher_capacity()
+        held = self._fetcher_capacity()
 
         def fetching_pause() -> float:
             return TICK_SECONDS if self.backlog() > held else FINAL_TICK_SECONDS
@@ -234,7 +236,7 @@ class LocalPipeline:
         finally:
             self.appender.drain(False)
 
-    def fetcher_capacity(self) -> int:
+    def _fetcher_capacity(self) -> int:
         """Rows the fetcher holds at most (in flight and queued in its workers)."""
         fs = self.settings.fetcher
         return capacity(fs.rows_in_flight, fs.processes_count)

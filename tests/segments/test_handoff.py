@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from i2d_appender.service import AppenderService
 from i2d_segments.naming import object_name_of
 from i2d_segments.reader.segment_rows import store_manifests
 from i2d_segments.records import AppendMeta, AppendRecord, SampleStatus
@@ -64,7 +65,7 @@ def test_the_handed_manifest_is_the_committed_one_parsed(h: Harness) -> None:
         *(failure(n) for n in range(5, 10)),
     ]
     h.send(records)
-    app = h.appender()
+    app = AppenderService(h.bus, h.store, h.index, h.settings(), hand_off_manifests=True)
     run_until(app, lambda: len(h.index.segments()) == 2)
     for segment in h.index.segments():
         data = h.store.read_range(
@@ -80,7 +81,7 @@ def test_the_handed_manifest_is_the_committed_one_parsed(h: Harness) -> None:
 
 def test_only_the_committed_object_is_handed_over(h: Harness) -> None:
     h.send([failure(n) for n in range(5)])
-    app = h.appender()
+    app = AppenderService(h.bus, h.store, h.index, h.settings(), hand_off_manifests=True)
     run_until(app, lambda: len(h.index.segments()) == 1)
     segment = h.index.segments()[0]
     load = store_manifests(h.store)
@@ -95,3 +96,10 @@ def test_only_the_committed_object_is_handed_over(h: Harness) -> None:
     )
     assert load(segment) == parsed  # handed over
     assert load(segment) == parsed  # then read from the store
+
+
+def test_an_appender_with_no_materializer_beside_it_holds_none(h: Harness) -> None:
+    """`serve appender`: the materializer is another process; nothing would take them."""
+    h.send([failure(n) for n in range(5)])
+    run_until(h.appender(), lambda: len(h.index.segments()) == 1)
+    assert handoff.take(h.index.segments()[0]) is None

@@ -58,10 +58,16 @@ class AppenderService(RebalanceListener):
         index: Index,
         settings: AppenderSettings,
         health: Health | None = None,
+        *,
+        hand_off_manifests: bool = False,
     ) -> None:
+        """`hand_off_manifests`: a materializer runs in this process and takes each committed
+        segment's manifest from here rather than from the store (segment/handoff.py); without
+        one, none is held for it."""
         self.settings = settings
         self.store = store
         self.index = index
+        self.hand_off_manifests = hand_off_manifests
         self._index_cpu = 0.0  # CPU seconds in index calls (the `index` stage), running total
         self.health = health or Health()
         self.consumer = bus.consumer(settings.group_id)
@@ -602,7 +608,8 @@ class AppenderService(RebalanceListener):
             self._defer(state, "index commit", e, pending=closed)
             return None
         crashpoints.reached("after_index_commit")
-        handoff.offer(commit.segment, closed.manifest)  # to this process's materializer
+        if self.hand_off_manifests:
+            handoff.offer(commit.segment, closed.manifest)
         state.committed(commit.next_offset)
         metrics.SEGMENTS_CLOSED.inc()
         metrics.SEGMENT_BYTES.observe(commit.segment.bytes)

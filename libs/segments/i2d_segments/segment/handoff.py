@@ -6,11 +6,12 @@ per row), right after the appender had encoded it from the very rows it still he
 was 60% of the materializer's CPU, 9% of that process's on a list of urls that all answer 404,
 and the last segment's parse adds itself to the end of every run.
 
-The appender `offer`s a segment's manifest once its index commit succeeded; the manifest loader
-(`reader.segment_rows.store_manifests`) `take`s it for that same committed object (segment id
-and sha256 both match) instead of reading and parsing it. Anything else (another process, an
-older segment, one taken already) reads the store as before. The rows are the objects the
-manifest was encoded from, so they are what parsing it gives back
+The appender of such a process (`hand_off_manifests`; `serve appender` holds none, its
+materializer being elsewhere) `offer`s a segment's manifest once its index commit succeeded;
+the manifest loader (`reader.segment_rows.store_manifests`) `take`s it for that same committed
+object (segment id and sha256 both match) instead of reading and parsing it. Anything else
+(another process, an older segment, one taken already) reads the store as before. The rows are
+the objects the manifest was encoded from, so they are what parsing it gives back
 (tests/segments/test_handoff.py checks it on rows of every kind).
 """
 
@@ -23,7 +24,7 @@ from i2d_segments.index.base import SegmentRow
 from i2d_segments.segment.manifest import SegmentManifest
 
 # Manifests held at most: the materializer takes each soon after its commit; an offer nobody
-# takes (a process without a materializer) is dropped when newer ones come.
+# takes (it was busy with an older segment, or stopped) is dropped when newer ones come.
 HELD = 2
 
 _lock = threading.Lock()
