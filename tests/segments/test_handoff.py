@@ -10,11 +10,12 @@ from pathlib import Path
 import pytest
 
 from i2d_appender.service import AppenderService
+from i2d_segments.index import SegmentRow
 from i2d_segments.naming import object_name_of
 from i2d_segments.reader.segment_rows import store_manifests
 from i2d_segments.records import AppendMeta, AppendRecord, SampleStatus
 from i2d_segments.segment import handoff
-from i2d_segments.segment.manifest import decode_manifest
+from i2d_segments.segment.manifest import SegmentManifest, decode_manifest
 from tests.append_records import failure, success
 from tests.services.test_appender import Harness, run_until
 
@@ -26,6 +27,14 @@ def h(tmp_path: Path) -> Iterator[Harness]:
     yield harness
     harness.index.close()
     handoff.clear()
+
+
+def _committed_manifest(h: Harness, segment: SegmentRow) -> SegmentManifest:
+    """The manifest parsed from the committed object in the store."""
+    name = object_name_of(segment.segment_id)
+    offset, length = segment.manifest_offset, segment.manifest_length
+    assert offset is not None and length is not None
+    return decode_manifest(h.store.read_range(name, offset, length))
 
 
 def _unusual(n: int) -> AppendRecord:
@@ -68,14 +77,9 @@ def test_the_handed_manifest_is_the_committed_one_parsed(h: Harness) -> None:
     app = AppenderService(h.bus, h.store, h.index, h.settings(), hand_off_manifests=True)
     run_until(app, lambda: len(h.index.segments()) == 2)
     for segment in h.index.segments():
-        data = h.store.read_range(
-            object_name_of(segment.segment_id),
-            segment.manifest_offset or 0,
-            segment.manifest_length or 0,
-        )
         handed = handoff.take(segment)
         assert handed is not None
-        assert handed == decode_manifest(data)
+        assert handed == _committed_manifest(h, segment)
         assert handoff.take(segment) is None  # once: a second reader parses the store's copy
 
 
@@ -84,18 +88,20 @@ def test_only_the_committed_object_is_handed_over(h: Harness) -> None:
     app = AppenderService(h.bus, h.store, h.index, h.settings(), hand_off_manifests=True)
     run_until(app, lambda: len(h.index.segments()) == 1)
     segment = h.index.segments()[0]
-    load = store_manifests(h.store)
+    parsed = _committed_manifest(h, segment)
     # Another object under the same name (e.g. written again by a new owner): not handed.
     assert handoff.take(dataclasses.replace(segment, sha256="0" * 64)) is None
-    parsed = decode_manifest(
-        h.store.read_range(
-            object_name_of(segment.segment_id),
-            segment.manifest_offset or 0,
-            segment.manifest_length or 0,
-        )
-    )
-    assert load(segment) == parsed  # handed over
-    assert load(segment) == parsed  # then read from the store
+    reads: list[str] = []
+    read_range = h.store.read_range
+
+    def counted(name: str, offset: int, length: int) -> bytes:
+        reads.append(name)
+        return read_range(name, offset, length)
+
+    h.store.read_range = counted  # type: ignore[method-assign]
+    load = store_manifests(h.store)
+    assert load(segment) == parsed and reads == []  # handed over: the store is not read
+    assert load(segment) == parsed and len(reads) == 1  # then read from the store
 
 
 def test_an_appender_with_no_materializer_beside_it_holds_none(h: Harness) -> None:
