@@ -66,8 +66,10 @@ def _read_errors() -> tuple[type[BaseException], ...]:
     """The errors that mean "this list cannot be read". pyarrow (a third of a second to import)
     is loaded by parquet lists only, so its errors count once it is loaded: `enqueue` and
     `download` of a txt, csv or json list start without it."""
-    arrow = sys.modules.get("pyarrow")
-    return _READ_ERRORS if arrow is None else (*_READ_ERRORS, arrow.ArrowException)
+    # Not yet there while another thread imports pyarrow (a module is in sys.modules from
+    # the start of its import): nothing of it can be reading the list then.
+    arrow_error = getattr(sys.modules.get("pyarrow"), "ArrowException", None)
+    return _READ_ERRORS if arrow_error is None else (*_READ_ERRORS, arrow_error)
 
 
 # A caption may be long, but a missing closing quote must not swallow the rest of the file

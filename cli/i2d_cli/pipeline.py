@@ -23,6 +23,7 @@ from i2d_appender.settings import AppenderSettings
 from i2d_fetcher.pool.config import capacity
 from i2d_fetcher.service import FetcherService, FetchProgress
 from i2d_fetcher.settings import FetcherSettings
+from i2d_materializer.metadata import load_table_libraries
 from i2d_materializer.service import MaterializerService
 from i2d_materializer.settings import MaterializerSettings
 from i2d_segments.bus import EmbeddedBus
@@ -140,6 +141,12 @@ class LocalPipeline:
             thread = threading.Thread(target=self._guarded, args=(run, name), name=name)
             thread.start()
             self._threads.append(thread)
+        # The materializer's pyarrow (with numpy, ~0.25 s of CPU), imported now on the
+        # caller's thread: while the fetcher waits for its workers' fork server to import
+        # their code, this process's core has nothing else to do; when the first segment
+        # closes, every core is fetching. Not on the materializer's thread: the caller reads
+        # the list meanwhile, and a module another thread is importing is half made.
+        load_table_libraries()
 
     def _guarded(self, run: Callable[[threading.Event], None], name: str) -> None:
         try:

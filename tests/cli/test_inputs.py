@@ -6,6 +6,8 @@ import csv
 import gzip
 import json
 import subprocess
+import sys
+import types
 from pathlib import Path
 from typing import Any
 
@@ -203,6 +205,19 @@ def test_a_damaged_list_is_a_clear_error_after_the_rows_before_it(tmp_path: Path
         count_rows(tmp_path / "bad.parquet", "parquet")
     with pytest.raises(InputError, match="is not a file or a folder"):
         count_rows("/dev/null", "txt")
+
+
+def test_a_damaged_list_is_the_same_error_while_another_thread_imports_pyarrow(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`download` imports pyarrow on its main thread while its pipeline runs; a module is in
+    sys.modules, still empty, from the start of its import. A list read meanwhile by another
+    thread (the Python API's caller) still fails with its own error, not pyarrow's half."""
+    urls = "".join(f"http://127.0.0.1/{i}.jpg\n" for i in range(3000)).encode()
+    (tmp_path / "cut.txt.gz").write_bytes(gzip.compress(urls)[:-2000])
+    monkeypatch.setitem(sys.modules, "pyarrow", types.ModuleType("pyarrow"))
+    with pytest.raises(InputError, match=r"cut\.txt\.gz: unreadable after \d+ rows: Compressed"):
+        list(RowReader("txt.gz").rows(tmp_path / "cut.txt.gz"))
 
 
 def test_a_long_caption_is_read(tmp_path: Path) -> None:

@@ -21,8 +21,8 @@ if TYPE_CHECKING:
 
 # pyarrow (and the numpy it loads) is imported by the functions that build tables, not with
 # this module: `download` imports the materializer at start-up, and pyarrow's ~0.2 s of CPU
-# would otherwise delay the first request by that much. The service loads it as its thread
-# starts (`load_table_libraries`), while `download` waits for its fetch workers.
+# would otherwise delay the first request by that much. `download` and `service` load it once
+# their fetch workers are starting (`load_table_libraries`), not when the first segment closes.
 
 _STRING_COLUMNS = ("url", "caption", "key", "status", "error_message")
 _INT_COLUMNS = ("width", "height", "original_width", "original_height")

@@ -28,7 +28,7 @@ import time
 
 from i2d_materializer import metrics
 from i2d_materializer.dataset_manifests import write_manifests
-from i2d_materializer.metadata import load_table_libraries, metadata_table, parquet_bytes, stats
+from i2d_materializer.metadata import metadata_table, parquet_bytes, stats
 from i2d_materializer.settings import MaterializerSettings
 from i2d_segments import stagecpu
 from i2d_segments.bus import Bus
@@ -134,10 +134,6 @@ class MaterializerService:
         )
 
     def run(self, stop: threading.Event) -> None:
-        # Now, not when the first segment closes: in `download` and `service` this thread
-        # starts while the fetch workers' fork server still imports their code, and the
-        # process's core is idle; the first segment closes while the workers use every core.
-        load_table_libraries()
         self.runner.run(stop, catch_up=self.settings.reconcile_on_start)
 
     def step(self) -> int:
