@@ -137,16 +137,16 @@ class LocalPipeline:
     # -- lifecycle ----------------------------------------------------------------------------
 
     def start(self) -> None:
+        # The materializer's pyarrow (with numpy, ~0.25 s of CPU), imported now: the fetch
+        # workers' fork server (started first thing, main.py) is still importing their code,
+        # and this process's core has nothing else to do; when the first segment closes,
+        # every core is fetching. On the caller's thread, before any of ours: the caller
+        # reads the list next, and a module another thread is still importing is half made.
+        load_table_libraries()
         for name, run in self._stages:
             thread = threading.Thread(target=self._guarded, args=(run, name), name=name)
             thread.start()
             self._threads.append(thread)
-        # The materializer's pyarrow (with numpy, ~0.25 s of CPU), imported now on the
-        # caller's thread: while the fetcher waits for its workers' fork server to import
-        # their code, this process's core has nothing else to do; when the first segment
-        # closes, every core is fetching. Not on the materializer's thread: the caller reads
-        # the list meanwhile, and a module another thread is importing is half made.
-        load_table_libraries()
 
     def _guarded(self, run: Callable[[threading.Event], None], name: str) -> None:
         try:
@@ -167,6 +167,9 @@ class LocalPipeline:
         for (name, _), thread in zip(self._stages, self._threads, strict=False):
             self._stops[name].set()
             thread.join()
+            if name == "fetcher" and not drained:
+                # Every answer it counted as fetched is on the bus: all of it is committed.
+                self.appender.read_to_end()
         if self.errors:
             raise self.errors[0]
 

@@ -225,6 +225,33 @@ def test_after_a_small_poll_the_appender_lets_records_gather_but_not_while_drain
     assert h.index.segments()[0].last_offset == 14  # nothing lost on the way
 
 
+@pytest.mark.parametrize(("read_to_end", "committed"), [(True, 13), (False, 3)])
+def test_told_to_read_to_end_the_appender_commits_what_was_published_before_its_stop(
+    h: Harness, monkeypatch: pytest.MonkeyPatch, read_to_end: bool, committed: int
+) -> None:
+    """`download` stops its fetcher first, then its appender, whose records live on a bus that
+    ends with the process: the answers published meanwhile, which the run counts as fetched,
+    are committed too. Without `read_to_end` (the distributed appender), a stop leaves what
+    was not read yet on the topic for the partition's next owner."""
+    stop = threading.Event()
+    app = h.appender(poll_max_records=80, poll_linger_seconds=0.25, number_sample_per_shard=100)
+
+    def last_answers_then_stop(_seconds: float) -> None:
+        # The appender waits after a small poll; the fetcher publishes its last answers and
+        # the pipeline stops the appender meanwhile.
+        if not stop.is_set():
+            h.send([failure(i) for i in range(3, 13)])
+            if read_to_end:
+                app.read_to_end()
+            stop.set()
+
+    monkeypatch.setattr("i2d_appender.service.time.sleep", last_answers_then_stop)
+    h.send([failure(i) for i in range(3)])
+    app.run(stop)
+    (seg,) = h.index.segments()
+    assert seg.sample_count == committed
+
+
 def test_a_sample_rows_attributes_are_its_metadata_but_its_own_columns() -> None:
     # sample_attrs (made per record) is sample_json() without SampleRow's columns, in order.
     metas = [

@@ -87,6 +87,8 @@ class AppenderService(RebalanceListener):
         # Set through `drain` once every record is produced: close segments as soon as the
         # partition has nothing more to read, instead of waiting for the idle timeout.
         self._draining = threading.Event()
+        # Set through `read_to_end`: at the stop, what is left to read is appended first.
+        self._read_to_end = threading.Event()
         self.failed: BaseException | None = None
         # Partitions rewound during the current batch: the rest of the batch is stale for them.
         self._rewound: set[TopicPartition] = set()
@@ -106,6 +108,15 @@ class AppenderService(RebalanceListener):
         else:
             self._draining.clear()
 
+    def read_to_end(self) -> None:
+        """The producer of APPEND is done (a download's fetcher stopped, every answer it
+        counted published): at the stop, append and commit what is left to read before
+        shutting down, rather than leave it on a bus that ends with the process. Not for the
+        distributed appender, whose stop leaves the topic's backlog for its next owner.
+        Thread-safe."""
+        self.drain()
+        self._read_to_end.set()
+
     def stopped_partitions(self) -> dict[TopicPartition, str]:
         return {tp: s.stop_reason for tp, s in self.owned.items() if s.stop_reason is not None}
 
@@ -117,6 +128,8 @@ class AppenderService(RebalanceListener):
         try:
             while not stop.is_set():
                 self.step()
+            while self._read_to_end.is_set() and self.step():
+                pass  # until a poll finds nothing left
             self._shutdown()
         except BaseException as e:
             self.failed = e
@@ -129,11 +142,12 @@ class AppenderService(RebalanceListener):
             except BusError as e:
                 log.warning("closing the producer: %s", e)
 
-    def step(self) -> None:
+    def step(self) -> int:
+        """One poll and what follows it; returns how many records the poll brought."""
         started = time.thread_time()
         index_before = self._index_cpu
         try:
-            self._step()
+            return self._step()
         finally:
             # The step's CPU: the index's part (dedup lookups, commits) and the rest (append).
             spent = time.thread_time() - started
@@ -150,7 +164,7 @@ class AppenderService(RebalanceListener):
         if linger and polled < self.settings.poll_max_records // 8 and not self._draining.is_set():
             time.sleep(linger)
 
-    def _step(self) -> None:
+    def _step(self) -> int:
         self._retry_due()
         messages = self.consumer.poll_batch(
             self.settings.poll_max_records, self.settings.poll_timeout_seconds
@@ -168,6 +182,7 @@ class AppenderService(RebalanceListener):
             sum(s.segment.bytes_written for s in self.owned.values() if s.segment)
         )
         metrics.PARTITIONS_STOPPED.set(len(self.stopped_partitions()))
+        return len(messages)
 
     def _shutdown(self) -> None:
         for state in list(self.owned.values()):
