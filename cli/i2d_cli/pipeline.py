@@ -169,7 +169,7 @@ class LocalPipeline:
             thread.join()
             if name == "fetcher" and not drained:
                 # Every answer it counted as fetched is on the bus: all of it is committed.
-                self.appender.read_to_end()
+                self.appender.drain()
         if self.errors:
             raise self.errors[0]
 

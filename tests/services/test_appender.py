@@ -225,14 +225,14 @@ def test_after_a_small_poll_the_appender_lets_records_gather_but_not_while_drain
     assert h.index.segments()[0].last_offset == 14  # nothing lost on the way
 
 
-@pytest.mark.parametrize(("read_to_end", "committed"), [(True, 13), (False, 3)])
-def test_told_to_read_to_end_the_appender_commits_what_was_published_before_its_stop(
-    h: Harness, monkeypatch: pytest.MonkeyPatch, read_to_end: bool, committed: int
+@pytest.mark.parametrize(("drained", "committed"), [(True, 13), (False, 3)])
+def test_a_drained_appender_commits_what_was_published_before_its_stop(
+    h: Harness, monkeypatch: pytest.MonkeyPatch, drained: bool, committed: int
 ) -> None:
     """`download` stops its fetcher first, then its appender, whose records live on a bus that
     ends with the process: the answers published meanwhile, which the run counts as fetched,
-    are committed too. Without `read_to_end` (the distributed appender), a stop leaves what
-    was not read yet on the topic for the partition's next owner."""
+    are committed too. Not drained (the distributed appender), a stop leaves what was not
+    read yet on the topic for the partition's next owner."""
     stop = threading.Event()
     app = h.appender(poll_max_records=80, poll_linger_seconds=0.25, number_sample_per_shard=100)
 
@@ -241,8 +241,8 @@ def test_told_to_read_to_end_the_appender_commits_what_was_published_before_its_
         # the pipeline stops the appender meanwhile.
         if not stop.is_set():
             h.send([failure(i) for i in range(3, 13)])
-            if read_to_end:
-                app.read_to_end()
+            if drained:
+                app.drain()
             stop.set()
 
     monkeypatch.setattr("i2d_appender.service.time.sleep", last_answers_then_stop)

@@ -87,8 +87,6 @@ class AppenderService(RebalanceListener):
         # Set through `drain` once every record is produced: close segments as soon as the
         # partition has nothing more to read, instead of waiting for the idle timeout.
         self._draining = threading.Event()
-        # Set through `read_to_end`: at the stop, what is left to read is appended first.
-        self._read_to_end = threading.Event()
         self.failed: BaseException | None = None
         # Partitions rewound during the current batch: the rest of the batch is stale for them.
         self._rewound: set[TopicPartition] = set()
@@ -100,22 +98,16 @@ class AppenderService(RebalanceListener):
         )
 
     def drain(self, on: bool = True) -> None:
-        """While on, a segment closes as soon as its partition has nothing more to read (the
-        producer of APPEND is done: a download's list is all fetched), instead of after
-        `segment_idle_seconds`. Thread-safe."""
+        """While on, the producer of APPEND is done (a download's list is all fetched, or its
+        fetcher stopped): a segment closes as soon as its partition has nothing more to read,
+        instead of after `segment_idle_seconds`, and a stop first appends and commits what is
+        left to read, rather than leave it on a bus that may end with the process. The
+        distributed appender is never drained: its stop leaves the topic's backlog to the
+        partition's next owner. Thread-safe."""
         if on:
             self._draining.set()
         else:
             self._draining.clear()
-
-    def read_to_end(self) -> None:
-        """The producer of APPEND is done (a download's fetcher stopped, every answer it
-        counted published): at the stop, append and commit what is left to read before
-        shutting down, rather than leave it on a bus that ends with the process. Not for the
-        distributed appender, whose stop leaves the topic's backlog for its next owner.
-        Thread-safe."""
-        self.drain()
-        self._read_to_end.set()
 
     def stopped_partitions(self) -> dict[TopicPartition, str]:
         return {tp: s.stop_reason for tp, s in self.owned.items() if s.stop_reason is not None}
@@ -128,8 +120,8 @@ class AppenderService(RebalanceListener):
         try:
             while not stop.is_set():
                 self.step()
-            while self._read_to_end.is_set() and self.step():
-                pass  # until a poll finds nothing left
+            while self._draining.is_set() and self.step():
+                pass  # until a poll finds nothing left (see `drain`)
             self._shutdown()
         except BaseException as e:
             self.failed = e
