@@ -43,6 +43,18 @@ TARGETS = (
     # Images three times as fast as img2dataset's.
     ("download", "img2dataset", ("clean",), "images_per_second", 3.0),
 )
+# A target against img2dataset is met when both the wall-clock ratio and the in-run ratio (each
+# tool's own clock, start-up left out) reach it. A timed run's wall clock counts each tool's
+# start-up, and img2dataset's is long: it splits the list into shard files and starts its pool,
+# ~7 s here against our ~1 s. So its wall-clock ratio shrinks as the list grows (404 list, our
+# download over img2dataset: 1.90x at 20,000 urls, 1.48x at 100,000), while the in-run ratio,
+# what a list of billions of rows sees, does not (1.29x and 1.35x). Our tools against each
+# other keep the wall clock: kafka's in-run is its wall clock, download's leaves start-up out.
+IN_RUN = {
+    "rows_per_second": "in_run_rows_per_second",
+    "images_per_second": "in_run_images_per_second",
+}
+IN_RUN_JUDGED = frozenset({"img2dataset"})
 # The corpus whose every url answers 404, and the prefix of the RSS runs' corpora.
 MISSING = "404"
 RSS = "rss-"
@@ -61,6 +73,7 @@ def _figures(r: RunResult) -> dict[str, float]:
         "in_run_rows_per_second": in_run,
         "cpu_ms_per_row": cpu,
         "cpu_ms_per_image": r.cpu_ms_per_image or 0.0,
+        "in_run_images_per_second": r.in_run_images_per_second or 0.0,
     }
 
 
@@ -190,7 +203,9 @@ def render(report: dict[str, object], tools: Sequence[str]) -> str:
 
 
 def _target_lines(medians: dict[str, dict[str, object]]) -> list[str]:
-    """One line per target: the ratio of the medians and each round's, per corpus."""
+    """One line per target: the ratio of the medians and each round's, per corpus; against
+    img2dataset also the in-run ratio of the medians, and the verdict on the lower of the two
+    (IN_RUN)."""
     lines = []
     for tool, other, corpora, figure, target in TARGETS:
         parts = []
@@ -202,8 +217,13 @@ def _target_lines(medians: dict[str, dict[str, object]]) -> list[str]:
                 continue
             value = ratios[pair][figure]
             rounds = row["by_round"][pair][figure]  # type: ignore[index]
+            part = f"{corpus} {_ratio(value)} ({' '.join(map(_ratio, rounds))})"
+            if other in IN_RUN_JUDGED:
+                steady = in_run_ratio(row, tool, other, figure)
+                part += f", in-run {_ratio(steady)}"
+                value = None if value is None or steady is None else min(value, steady)
             mark = "" if value is None else (" ok" if value >= target else " MISSED")
-            parts.append(f"{corpus} {_ratio(value)}{mark} ({' '.join(map(_ratio, rounds))})")
+            parts.append(part + mark)
         if parts:
             lines.append(
                 f"{tool} / {other}, {_UNITS[figure]} (median; each round's): "
@@ -211,6 +231,15 @@ def _target_lines(medians: dict[str, dict[str, object]]) -> list[str]:
                 + f"; target: {target:.2f}x or more"
             )
     return lines
+
+
+def in_run_ratio(row: dict[str, object], tool: str, other: str, figure: str) -> float | None:
+    """`tool`'s median in-run rate over `other`'s, for a wall-clock `figure` (IN_RUN)."""
+    mine, theirs = row.get(tool), row.get(other)
+    if not isinstance(mine, dict) or not isinstance(theirs, dict):
+        return None
+    a, b = mine.get(IN_RUN[figure]), theirs.get(IN_RUN[figure])
+    return round(a / b, 2) if a and b else None
 
 
 _UNITS = {"rows_per_second": "rows/s", "images_per_second": "images/s"}
