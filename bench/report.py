@@ -218,11 +218,14 @@ def _target_lines(medians: dict[str, dict[str, object]]) -> list[str]:
             value = ratios[pair][figure]
             rounds = row["by_round"][pair][figure]  # type: ignore[index]
             part = f"{corpus} {_ratio(value)} ({' '.join(map(_ratio, rounds))})"
+            unjudged = ""
             if other in IN_RUN_JUDGED:
                 steady = in_run_ratio(row, tool, other, figure)
                 part += f", in-run {_ratio(steady)}"
+                if steady is None and value is not None:
+                    unjudged = " not judged (no in-run figure)"
                 value = None if value is None or steady is None else min(value, steady)
-            mark = "" if value is None else (" ok" if value >= target else " MISSED")
+            mark = unjudged if value is None else (" ok" if value >= target else " MISSED")
             parts.append(part + mark)
         if parts:
             lines.append(

@@ -37,3 +37,11 @@ def test_our_tools_against_each_other_keep_the_wall_clock() -> None:
     line = _target(render(summarize(results, TOOLS), TOOLS), "kafka / download")
     assert "404 0.91x (0.91x) ok" in line
     assert "in-run" not in line
+
+
+def test_a_run_without_its_own_clock_is_not_judged_on_the_wall_clock_alone() -> None:
+    results = [_run("download", 10.0, 6.0), _run("img2dataset", 30.0, 13.0)]
+    results[0].in_run_seconds = None  # a summary line the bench could not read
+    line = _target(render(summarize(results, TOOLS), TOOLS), "download / img2dataset")
+    assert "404 3.00x (3.00x), in-run - not judged (no in-run figure)" in line
+    assert " ok" not in line
